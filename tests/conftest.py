@@ -1,0 +1,51 @@
+"""Shared tiny fixtures: a byte tokenizer and a 2-layer Llama-style model built from a config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from brainstacks_pl.tokenization import byte_tokenizer
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    kwargs = dict(
+        vocab_size=260,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def make_tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+
+
+@pytest.fixture
+def tokenizer():
+    return byte_tokenizer()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path):
+    """A tiny model + tokenizer written with ``save_pretrained``: the hub-loading path, offline."""
+    path = tmp_path / "tiny-llama"
+    make_tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
