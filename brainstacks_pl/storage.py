@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_json",
     "sha256_bytes",
     "save_tensors",
+    "serialize_tensors",
     "load_tensors",
 ]
 
@@ -65,9 +66,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def serialize_tensors(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    return safetensors_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+
+
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> str:
     """Atomically write ``tensors`` as safetensors; return the file's sha256."""
-    data = safetensors_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    data = serialize_tensors(tensors, metadata)
     atomic_write_bytes(path, data)
     return sha256_bytes(data)
 
@@ -124,8 +129,12 @@ class StackRecord:
     domain: str
     round: int
     phase: str = "sft"
+    start_val_loss: float | None = None
+    """Validation loss of the current domain before this stack trained (earlier stacks on)."""
     best_val_loss: float | None = None
+    """Best validation loss of the active stack (full precision) during its round."""
     loss_at_freeze: float | None = None
+    """Validation loss right after freezing (storage precision), ungated."""
     val_losses: list[float] = field(default_factory=list)
     train_seconds: float | None = None
     steps: int | None = None

@@ -1,0 +1,7 @@
+"""Lightning callbacks of the inner loop and the curriculum."""
+
+from brainstacks_pl.callbacks.best_stack import BestStackCallback
+from brainstacks_pl.callbacks.boosting import ResidualBoosting
+from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
+
+__all__ = ["BestStackCallback", "ForgettingMatrix", "ResidualBoosting"]

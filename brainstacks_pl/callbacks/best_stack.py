@@ -1,0 +1,107 @@
+"""BestStackCallback: keep the best-validation snapshot of the active stack within a round.
+
+A new best validation loss snapshots the active stack. A loss more than ``spike_threshold``
+above the best (or a non-finite one) restores the snapshot and ends the round; so do
+``patience`` evaluations without improvement. When the round ends for any reason the best
+snapshot is restored, so the stack that gets frozen is the best one seen. The snapshot is
+part of the callback state, hence of Lightning checkpoints: a resumed round keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BestStackCallback"]
+
+
+class BestStackCallback(Callback):
+    """Snapshot / restore the active stack by validation loss.
+
+    Args:
+        monitor: Logged validation metric to watch.
+        spike_threshold: Absolute rise above the best loss that counts as a spike.
+        patience: Evaluations without improvement before the round stops.
+        min_delta: Smallest decrease that counts as an improvement.
+    """
+
+    def __init__(self, monitor: str = "val_loss", spike_threshold: float = 0.5, patience: int = 3, min_delta: float = 0.0):
+        self.monitor = monitor
+        self.spike_threshold = spike_threshold
+        self.patience = patience
+        self.min_delta = min_delta
+        self.reset()
+
+    def reset(self) -> None:
+        self.best: float = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[float] = []
+        self.bad_evals = 0
+        self.stopped_reason: str | None = None
+        self.restores = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.reset()  # each round starts afresh; a checkpoint restore (after setup) overrides this
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped_reason is not None:
+            trainer.should_stop = True  # resumed from a checkpoint written after the round had stopped
+
+    def snapshot(self, pl_module: L.LightningModule) -> None:
+        self.best_state = {k: v.cpu() for k, v in pl_module.stacks.active_state_dict().items()}
+
+    def restore(self, pl_module: L.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.stacks.load_active_state_dict(self.best_state)
+            self.restores += 1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        loss = float(trainer.callback_metrics[self.monitor])
+        self.history.append(loss)
+        if not math.isfinite(loss) or loss > self.best + self.spike_threshold:
+            log.warning("validation loss %.4f spiked above best %.4f: restoring the best snapshot and ending the round", loss, self.best)
+            self.restore(pl_module)
+            self._stop(trainer, f"spike ({loss:.4f} > best {self.best:.4f} + {self.spike_threshold})")
+        elif loss < self.best - self.min_delta:
+            self.best, self.bad_evals = loss, 0
+            self.snapshot(pl_module)
+        else:
+            self.bad_evals += 1
+            if self.bad_evals >= self.patience:
+                self._stop(trainer, f"patience ({self.patience} evaluations without improvement)")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if outputs is None and getattr(pl_module, "nonfinite_steps", 0):
+            self.restore(pl_module)  # a non-finite loss: go back to the last good weights
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore(pl_module)
+
+    def _stop(self, trainer: L.Trainer, reason: str) -> None:
+        self.stopped_reason = reason
+        trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_state": self.best_state,
+            "history": list(self.history),
+            "bad_evals": self.bad_evals,
+            "stopped_reason": self.stopped_reason,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.best_state = state_dict["best_state"]
+        self.history = list(state_dict["history"])
+        self.bad_evals = state_dict["bad_evals"]
+        self.stopped_reason = state_dict["stopped_reason"]

@@ -1,0 +1,176 @@
+"""StackSFTModule: supervised fine-tuning of the active stack of the current domain.
+
+The LightningModule owns the ``BrainstacksModel`` (frozen base + stacks). The curriculum
+driver adds a stack, runs one ``Trainer.fit`` per boosting round on this same module and
+freezes the stack between fits, so every fit sees exactly one trainable stack. Checkpoints
+hold only that stack's tensors: the base is rebuilt from ``model_name_or_path`` and the
+frozen stacks from their files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.losses import causal_lm_loss, per_sample_lm_loss
+from brainstacks_pl.model import BrainstacksModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StackSFTModule", "evaluate_loss"]
+
+
+class StackSFTModule(L.LightningModule):
+    """Causal-LM loss on response tokens + ``aux_coeff`` x the summed load-balance losses.
+
+    Args:
+        model_name_or_path: Hugging Face model id or local ``save_pretrained`` directory
+            (``brainstacks-demo`` is the bundled tiny base).
+        stack: MoE-LoRA hyperparameters shared by every stack of the run.
+        domains: Domain names in curriculum order (linked from the data module by the CLI).
+        quantization: ``nf4`` loads the base in 4-bit NF4 (QLoRA); ``None`` keeps it dense.
+        dtype: Base weights / compute dtype (``float32``, ``bfloat16``, ``float16``).
+        optimizer: Optimizer for the active stack (e.g. ``torch.optim.AdamW`` or
+            ``bitsandbytes.optim.AdamW8bit``); receives only the trainable parameters.
+        warmup_steps: Linear warmup steps of the learning-rate schedule.
+        scheduler: ``cosine`` decays to ``min_lr_ratio`` x lr after warmup; ``constant`` keeps it.
+        min_lr_ratio: Final learning rate as a fraction of the peak (cosine only).
+        seed: Seed of stack initialisation and of the per-epoch gating noise.
+        log_expert_utilisation_every: Log per-expert utilisation every N training steps (0 = never).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "brainstacks-demo",
+        stack: Optional[StackConfig] = None,
+        domains: Optional[list[str]] = None,
+        quantization: Optional[Literal["nf4"]] = None,
+        dtype: str = "float32",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: int = 10,
+        scheduler: Literal["cosine", "constant"] = "cosine",
+        min_lr_ratio: float = 0.1,
+        seed: int = 0,
+        log_expert_utilisation_every: int = 10,
+    ):
+        super().__init__()
+        self.model_name_or_path = model_name_or_path
+        self.stack_config = stack or StackConfig()
+        self.domain_names = list(domains or [])
+        self.quantization = quantization
+        self.dtype_name = dtype
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.scheduler_name = scheduler
+        self.min_lr_ratio = min_lr_ratio
+        self.seed = seed
+        self.log_expert_utilisation_every = log_expert_utilisation_every
+        self.stacks: BrainstacksModel | None = None
+        self.strict_loading = False  # checkpoints hold only the active stack
+        self.nonfinite_steps = 0
+
+    # ------------------------------------------------------------------ model
+    def build(self) -> BrainstacksModel:
+        """Load the base and inject the stack layers once (idempotent)."""
+        if self.stacks is None:
+            if not self.domain_names:
+                raise ValueError("StackSFTModule needs the curriculum's domain names (model.domains)")
+            self.stacks = BrainstacksModel.from_pretrained(
+                self.model_name_or_path, self.stack_config, self.domain_names, quantization=self.quantization, dtype=self.dtype_name
+            )
+        return self.stacks
+
+    def configure_model(self) -> None:
+        self.build()
+
+    @property
+    def stack_tag(self) -> str:
+        info = self.build().active_info
+        return f"{info.domain}/stack{info.round}" if info else "frozen"
+
+    # ------------------------------------------------------------------ steps
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        collect = stage == "train" and self.log_expert_utilisation_every > 0 and self.global_step % self.log_expert_utilisation_every == 0
+        out = self.stacks(batch["input_ids"], batch["attention_mask"], collect_expert_fractions=collect)
+        task_loss = causal_lm_loss(out.logits, batch["labels"])
+        loss = task_loss + self.stack_config.aux_coeff * out.aux_loss
+        tag, batch_size = self.stack_tag, batch["input_ids"].shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss/{tag}", task_loss, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{stage}/aux_loss/{tag}", out.aux_loss, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        if stage == "val":
+            self.log("val_loss", task_loss, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        if out.expert_fractions:
+            utilisation = torch.stack(out.expert_fractions).mean(0)  # [E], mean over layers
+            for expert, share in enumerate(utilisation):
+                self.log(f"experts/{tag}/e{expert}", share, on_step=True, on_epoch=False)
+        return loss if stage == "train" else task_loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        loss = self._common_step(batch, "train")
+        if not torch.isfinite(loss):
+            # Returning None skips backward and the optimizer step: the weights never see it.
+            self.nonfinite_steps += 1
+            log.warning("non-finite training loss at step %d of %s; step skipped", self.global_step, self.stack_tag)
+            return None
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        # Gating noise is a function of (seed, stack, epoch): a resumed round replays it exactly.
+        info = self.stacks.active_info
+        offset = (self.domain_names.index(info.domain) * 100 + info.round) if info else 0
+        torch.manual_seed(self.seed * 1_000_003 + offset * 10_007 + self.current_epoch)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.stacks.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable parameters: add a stack before fitting")
+        optimizer = self.optimizer_factory(params)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, floor, cosine = self.warmup_steps, self.min_lr_ratio, self.scheduler_name == "cosine"
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if not cosine:
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}
+
+
+@torch.no_grad()
+def evaluate_loss(stacks: BrainstacksModel, dataloader, device: torch.device | str = "cpu") -> float:
+    """Mean response-token loss over a whole dataloader (sums in float64: order-stable, exact)."""
+    was_training = stacks.training
+    stacks.eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    try:
+        for batch in dataloader:
+            out = stacks(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            sums, counts = per_sample_lm_loss(out.logits, batch["labels"].to(device))
+            total += sums.double().sum().cpu()
+            count += int(counts.sum())
+    finally:
+        stacks.train(was_training)
+    if count == 0:
+        raise ValueError("evaluation data has no response tokens")
+    return float(total / count)
