@@ -1,4 +1,4 @@
-from brainstacks_pl.cli import cli_main
+from brainstacks_pl.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

@@ -15,7 +15,7 @@ from typing import Any
 from jsonargparse import set_parsing_settings
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
@@ -24,7 +24,7 @@ from brainstacks_pl.data.curriculum import CurriculumDataModule
 from brainstacks_pl.driver import CurriculumDriver
 from brainstacks_pl.modules.sft import StackSFTModule
 
-__all__ = ["BrainstacksCLI", "cli_main", "CurriculumProgressBar"]
+__all__ = ["BrainstacksCLI", "cli_main", "main", "CurriculumProgressBar"]
 
 
 class CurriculumProgressBar(TQDMProgressBar):
@@ -46,6 +46,11 @@ class BrainstacksCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(StackSFTModule, CurriculumDataModule, *args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only fit for now: validate/test/predict of a bare LightningModule would bypass the run directory.
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(BestStackCallback, "best_stack")
         parser.add_lightning_class_args(ResidualBoosting, "boosting")
@@ -60,8 +65,9 @@ class BrainstacksCLI(LightningCLI):
         run_dir = Path(self.trainer.default_root_dir)
         trainer_config = {k: v for k, v in vars(self._get(self.config_init, "trainer")).items()}
         logger = self._shared_logger(trainer_config.get("logger"), run_dir)
-        user_callbacks = list(trainer_config.get("callbacks") or [])
         forced = [self._get(self.config_init, key) for key in ("best_stack", "boosting")]
+        # LightningCLI appends the forced callbacks and SaveConfigCallback to this list in place.
+        user_callbacks = [cb for cb in trainer_config.get("callbacks") or [] if not any(cb is f for f in forced) and not isinstance(cb, SaveConfigCallback)]
         show_progress = trainer_config.get("enable_progress_bar", True) is not False
 
         def trainer_factory(round_dir: Path) -> Trainer:
@@ -101,7 +107,7 @@ def report_run(driver: CurriculumDriver, logger: Logger | None) -> None:
     console = Console()
     forgetting = driver.forgetting
     for mode in ("ungated", "isolated", "as_frozen"):
-        table = Table(title=f"forgetting matrix ({mode}): validation loss of each domain (columns) after training each domain (rows)")
+        table = Table(title=f"forgetting matrix, {mode}: val loss (columns) after each domain (rows)")
         table.add_column("after")
         domains = forgetting.data["domains"]
         for domain in domains:
@@ -115,5 +121,10 @@ def report_run(driver: CurriculumDriver, logger: Logger | None) -> None:
 
 
 def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
-    """Entry point of ``brainstacks``; tests pass ``args`` as a list."""
+    """Run the CLI; tests pass ``args`` as a list and get the CLI object back."""
     return BrainstacksCLI(args=args)
+
+
+def main() -> None:
+    """Console-script entry point of ``brainstacks``."""
+    cli_main()

@@ -86,6 +86,7 @@ def inject_stacks(model: nn.Module, config: StackConfig, context: StackContext) 
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = StackedLinear(module, config, context, name=name)
+        layer.train(module.training)  # keep the wrapped module's mode (an eval model stays in eval)
         setattr(parent, child_name, layer)
         layers[name] = layer
     return layers

@@ -36,6 +36,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+METADATA_KEY = "brainstacks"
 
 
 class StackFileError(ValueError):
@@ -67,7 +68,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def serialize_tensors(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    return safetensors_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    """safetensors bytes; the metadata travels as one sorted JSON string so the bytes are reproducible
+    (safetensors writes a metadata map in arbitrary key order)."""
+    packed = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True)}
+    return safetensors_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=packed)
 
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> str:
@@ -77,9 +81,9 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[st
     return sha256_bytes(data)
 
 
-def _refuse_unsafe(path: Path, data: bytes) -> None:
-    if data[:1] == b"\x80" or data[:2] == b"PK":
-        raise StackFileError(f"{path}: looks like a pickle / torch.save archive; only safetensors files are loaded (pickles can run code)")
+def _looks_pickled(data: bytes) -> bool:
+    # pickle protocol >= 2 starts with PROTO (0x80); torch.save writes a zip archive ("PK").
+    return data[:1] == b"\x80" or data[:2] == b"PK"
 
 
 def load_tensors(
@@ -98,12 +102,13 @@ def load_tensors(
     data = path.read_bytes()
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
         raise StackFileError(f"{path}: sha256 mismatch (file is corrupt, truncated or was replaced; expected {expected_sha256[:12]}..., got {sha256_bytes(data)[:12]}...)")
-    _refuse_unsafe(path, data)
-    try:
+    try:  # safetensors parses without executing anything; a pickle is never unpickled
         tensors = safetensors_load(data)
         metadata = _read_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as err:
-        raise StackFileError(f"{path}: not a readable safetensors file ({err})") from err
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        if _looks_pickled(data):
+            raise StackFileError(f"{path}: looks like a pickle / torch.save archive; only safetensors files are loaded (pickles can run code)") from err
+        raise StackFileError(f"{path}: not a readable safetensors file (truncated or corrupt: {err})") from err
     if expected_shapes is not None:
         missing = sorted(set(expected_shapes) - set(tensors))
         if missing:
@@ -117,7 +122,8 @@ def load_tensors(
 def _read_metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    return dict(header.get("__metadata__", {}))
+    metadata = dict(header.get("__metadata__") or {})
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else metadata
 
 
 @dataclass

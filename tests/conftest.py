@@ -32,6 +32,15 @@ def make_tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread; two OpenMP pools on 2 cores thrash each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tokenizer():
     return byte_tokenizer()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 RoutingMode = Literal["ungated", "isolated", "routed", "base"]
@@ -32,6 +33,8 @@ class StackContext:
     """When a list, each layer's active stack appends its load-balance loss here."""
     expert_fractions: list[Tensor] | None = None
     """When a list, each layer's active stack appends its expert utilisation here."""
+    noise_generator: "torch.Generator | None" = None
+    """Source of the active stack's gating noise (seeded per epoch so resumed runs replay it)."""
     stack_selection_cache: dict = field(default_factory=dict, repr=False)
 
     def selects(self, domain: str) -> bool:

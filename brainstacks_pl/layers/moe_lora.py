@@ -91,14 +91,18 @@ class MoELoRA(nn.Module):
         """[E*r, d_in] the stacked down-projections."""
         return self.in_proj[: self.config.experts * self.config.rank]
 
-    def forward(self, x: Tensor, null_basis: Tensor | None = None) -> MoEOutput:
-        """Delta for ``x`` ([..., d_in]); with ``null_basis`` V ([d_out, K]) the delta is projected off span(V)."""
+    def forward(self, x: Tensor, null_basis: Tensor | None = None, noise_generator: torch.Generator | None = None) -> MoEOutput:
+        """Delta for ``x`` ([..., d_in]); with ``null_basis`` V ([d_out, K]) the delta is projected off span(V).
+
+        ``noise_generator`` (on x's device) draws the gating noise; without it the global RNG does.
+        """
         experts, rank = self.config.experts, self.config.rank
         x = x.to(self.in_proj.dtype)
         fused = F.linear(x, self.in_proj)  # [..., E*r + 2E]
         mid, logits, noise_logits = fused.split([experts * rank, experts, experts], dim=-1)
         if self.training and self.config.noise:
-            logits = logits + F.softplus(noise_logits) * torch.randn_like(logits)
+            eps = torch.randn(logits.shape, generator=noise_generator, device=logits.device, dtype=logits.dtype)
+            logits = logits + F.softplus(noise_logits) * eps
         gates = top_k_gates(logits, self.config.top_k)  # [..., E]
         aux_loss, frac = load_balance_loss(logits, gates)
         coef = (gates * self.config.scale).unsqueeze(-1)  # [..., E, 1]

@@ -101,6 +101,7 @@ class StackedLinear(nn.Module):
             raise RuntimeError(f"layer '{self.name}' already has an active stack; freeze it first")
         device = self.frozen_in.device
         stack = MoELoRA(self.d_in, self.d_out, self.config, generator=generator).to(device)
+        stack.train(self.training)  # a stack added to a model in eval mode must not add gate noise
         self.active, self.active_domain = stack, domain
         return stack
 
@@ -157,7 +158,7 @@ class StackedLinear(nn.Module):
             result = result + frozen.to(result.dtype)
         if self.active is not None and context.selects(self.active_domain):
             basis = self.null_basis if self.null_space_mode == "delta" else None
-            out = self.active(x, basis)
+            out = self.active(x, basis, context.noise_generator)
             delta = out.delta
             if context.mode == "routed":
                 index = torch.tensor([context.domain_index(self.active_domain)], device=x.device)

@@ -127,10 +127,13 @@ class StackSFTModule(L.LightningModule):
         return self._common_step(batch, "val")
 
     def on_train_epoch_start(self) -> None:
-        # Gating noise is a function of (seed, stack, epoch): a resumed round replays it exactly.
+        # Gating noise is a function of (seed, stack, epoch) drawn from its own generator, so a
+        # resumed round replays it exactly whatever else consumed the global RNG.
         info = self.stacks.active_info
         offset = (self.domain_names.index(info.domain) * 100 + info.round) if info else 0
-        torch.manual_seed(self.seed * 1_000_003 + offset * 10_007 + self.current_epoch)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.seed * 1_000_003 + offset * 10_007 + self.current_epoch)
+        self.stacks.context.noise_generator = generator
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,253 @@
+"""The SFT curriculum end to end through ``cli_main`` with the real Trainer on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from brainstacks_pl.callbacks.best_stack import BestStackCallback
+from brainstacks_pl.callbacks.boosting import ResidualBoosting
+from brainstacks_pl.cli import cli_main
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.storage import Manifest, StackRecord
+from conftest import make_tiny_llama
+from brainstacks_pl.tokenization import byte_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 48}, {name: math, path: "demo:math", max_examples: 48}]'
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    make_tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config", str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path", str(model_dir),
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", "2",
+        "--trainer.limit_train_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--data.max_seq_len", "96",
+        "--data.batch_size", "4",
+        "--data.max_val_examples", "8",
+        f"--data.domains={DOMAINS}",
+        "--boosting.max_rounds", "2",
+        "--boosting.min_loss_delta", "-1.0",  # always boost to max_rounds: the test wants 2 x 2
+        *extra,
+    ]
+
+
+def stack_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "stacks").glob("*.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    cli_main(fit_args(tiny_model_dir, run_dir))
+    return run_dir
+
+
+def test_two_domains_two_rounds_write_the_run_directory(finished_run):
+    manifest = Manifest.load(finished_run)
+    assert [(s.domain, s.round) for s in manifest.stacks] == [("chat", 0), ("chat", 1), ("math", 0), ("math", 1)]
+    assert manifest.completed_domains == ["chat", "math"]
+    for record in manifest.stacks:
+        assert (finished_run / record.file).is_file()
+        assert record.loss_at_freeze is not None and math.isfinite(record.loss_at_freeze)
+        assert record.val_losses, "BestStackCallback history is recorded"
+    assert (finished_run / "forgetting_matrix.json").is_file()
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list((finished_run / "rounds").glob("*/checkpoints/*.ckpt")), "round checkpoints are removed once the stack is saved"
+
+
+def test_as_frozen_losses_are_bit_identical_to_the_loss_at_freeze(finished_run):
+    data = json.loads((finished_run / "forgetting_matrix.json").read_text())
+    assert data["domains"] == ["chat", "math"]
+    for row in data["rows"]:
+        for domain, loss in row["as_frozen"].items():
+            assert loss == data["at_freeze"][domain]
+    # after math, chat's ungated loss includes math's stacks; its isolated loss equals as-frozen (chat is first)
+    last = data["rows"][-1]
+    assert last["isolated"]["chat"] == data["at_freeze"]["chat"]
+
+
+def test_tensorboard_has_per_stack_curves(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (finished_run / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    for expected in ("train/loss/chat/stack0", "train/loss/math/stack1", "val/loss/chat/stack1", "train/aux_loss/chat/stack0", "forgetting/ungated/chat", "forgetting/as_frozen"):
+        assert any(tag.startswith(expected) for tag in tags), f"{expected} missing from {sorted(tags)}"
+
+
+class SimulatedKill(RuntimeError):
+    pass
+
+
+class KillAtStep(Callback):
+    """Test helper: dies in the middle of a given domain/round, like a SIGKILL would."""
+
+    def __init__(self, domain: str, round: int, step: int):
+        self.domain, self.round, self.step = domain, round, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        info = pl_module.stacks.active_info
+        if (info.domain, info.round) == (self.domain, self.round) and trainer.global_step == self.step:
+            raise SimulatedKill(f"killed at {self.domain} round {self.round} step {self.step}")
+
+
+def test_resume_after_a_kill_gives_bit_identical_stacks(tiny_model_dir, finished_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    kill = '--trainer.callbacks=[{class_path: test_sft_curriculum.KillAtStep, init_args: {domain: math, round: 0, step: 3}}]'
+    with pytest.raises(SimulatedKill):
+        cli_main(fit_args(tiny_model_dir, run_dir, kill))
+    assert (run_dir / "rounds" / "math-r0" / "checkpoints" / "last.ckpt").is_file(), "the interrupted round left its epoch checkpoint"
+    assert len(Manifest.load(run_dir).stacks) == 2
+    cli_main(fit_args(tiny_model_dir, run_dir))
+    assert stack_bytes(run_dir) == stack_bytes(finished_run)
+    assert json.loads((run_dir / "forgetting_matrix.json").read_text()) == json.loads((finished_run / "forgetting_matrix.json").read_text())
+
+
+def test_finished_run_is_reused_not_retrained(tiny_model_dir, finished_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    before = stack_bytes(copy)
+    cli_main(fit_args(tiny_model_dir, copy))
+    assert stack_bytes(copy) == before
+
+
+def test_corrupt_stack_file_is_named_and_nothing_is_overwritten(tiny_model_dir, finished_run, tmp_path):
+    import shutil
+
+    from brainstacks_pl.storage import StackFileError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    victim = copy / "stacks" / "chat-r1.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    others = {k: v for k, v in stack_bytes(copy).items() if k != "chat-r1.safetensors"}
+    with pytest.raises(StackFileError, match="chat-r1.safetensors"):
+        cli_main(fit_args(tiny_model_dir, copy))
+    assert {k: v for k, v in stack_bytes(copy).items() if k != "chat-r1.safetensors"} == others
+
+
+# ---------------------------------------------------------------------- callbacks in isolation
+class FakeTrainer:
+    def __init__(self):
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.sanity_checking = False
+        self.should_stop = False
+
+
+class FakeModule:
+    def __init__(self):
+        self.stacks = BrainstacksModel(make_tiny_llama(), StackConfig(), ["a"])
+        self.stacks.add_stack("a")
+
+    def set_b(self, value: float) -> None:
+        with torch.no_grad():
+            for stack in self.stacks.active_stacks().values():
+                stack.B.fill_(value)
+
+
+def validate(callback: BestStackCallback, trainer: FakeTrainer, module: FakeModule, loss: float) -> None:
+    trainer.callback_metrics["val_loss"] = torch.tensor(loss)
+    callback.on_validation_end(trainer, module)
+
+
+def first_b(module: FakeModule) -> float:
+    return float(next(iter(module.stacks.active_stacks().values())).B[0, 0])
+
+
+def test_best_stack_restores_best_weights_on_a_spike():
+    callback, trainer, module = BestStackCallback(spike_threshold=0.5, patience=5), FakeTrainer(), FakeModule()
+    module.set_b(1.0)
+    validate(callback, trainer, module, 2.0)
+    module.set_b(2.0)
+    validate(callback, trainer, module, 1.5)  # new best: snapshot B = 2
+    module.set_b(3.0)
+    validate(callback, trainer, module, 2.1)  # 0.6 above best: spike
+    assert trainer.should_stop and "spike" in callback.stopped_reason
+    assert first_b(module) == 2.0
+
+
+def test_best_stack_stops_after_patience_and_restores_on_train_end():
+    callback, trainer, module = BestStackCallback(spike_threshold=10.0, patience=2), FakeTrainer(), FakeModule()
+    module.set_b(1.0)
+    validate(callback, trainer, module, 1.0)
+    module.set_b(5.0)
+    validate(callback, trainer, module, 1.2)
+    assert not trainer.should_stop
+    validate(callback, trainer, module, 1.1)
+    assert trainer.should_stop and "patience" in callback.stopped_reason
+    callback.on_train_end(trainer, module)
+    assert first_b(module) == 1.0
+
+
+def test_best_stack_treats_a_non_finite_loss_as_a_spike():
+    callback, trainer, module = BestStackCallback(), FakeTrainer(), FakeModule()
+    module.set_b(1.0)
+    validate(callback, trainer, module, 1.0)
+    module.set_b(float("nan"))
+    validate(callback, trainer, module, float("nan"))
+    assert trainer.should_stop and first_b(module) == 1.0
+
+
+def record(round: int, start: float, end: float) -> StackRecord:
+    return StackRecord(file="", sha256="", domain="d", round=round, start_val_loss=start, loss_at_freeze=end)
+
+
+def test_boosting_stops_on_a_plateau_and_at_max_rounds():
+    boosting = ResidualBoosting(max_rounds=3, min_loss_delta=0.002)
+    assert boosting.wants_another_round([])
+    assert boosting.wants_another_round([record(0, 2.0, 1.5)])
+    assert not boosting.wants_another_round([record(0, 2.0, 1.5), record(1, 1.5, 1.499)]), "improved by 0.001 < 0.002"
+    assert not boosting.wants_another_round([record(0, 2.0, 1.5), record(1, 1.5, 1.2), record(2, 1.2, 0.9)]), "max_rounds"
+
+
+# ---------------------------------------------------------------------- configs and bad input
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "model_name_or_path" in capsys.readouterr().out
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--model.stack.rnak", "8"])
+    assert "rnak" in capsys.readouterr().err
+
+
+def test_wrong_type_is_named(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--boosting.max_rounds", "many"])
+    assert "max_rounds" in capsys.readouterr().err
+
+
+def test_missing_domain_files_name_the_domain(tiny_model_dir, tmp_path):
+    missing = '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, {name: law, path: "/nonexistent/law.jsonl"}]'
+    with pytest.raises(Exception, match="law"):
+        cli_main(fit_args(tiny_model_dir, tmp_path / "run", missing))
