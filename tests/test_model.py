@@ -25,18 +25,6 @@ DOMAINS = ["chat", "code", "math"]
 SMALL = dict(experts=2, rank=4, top_k=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine torch's OpenMP pool
-    spinning against other processes costs 10-100x (33 s instead of 0.3 s for one test here).
-    bitsandbytes' CPU kernels bring a second OpenMP pool that does the same to torch's (~50x).
-    Candidate for tests/conftest.py."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _ids(batch: int = 2, length: int = 12, seed: int = 0, vocab: int = 260) -> torch.Tensor:
     return torch.randint(4, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 

@@ -12,17 +12,6 @@ from brainstacks_pl import MoELoRA, StackConfig
 from brainstacks_pl.layers.moe_lora import load_balance_loss, top_k_gates
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine torch's OpenMP pool
-    spinning against other processes costs 10-100x (33 s instead of 0.3 s for one test here).
-    Candidate for tests/conftest.py."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _layer(d_in=12, d_out=10, seed=0, noise_scale=0.0, **config) -> MoELoRA:
     """A MoELoRA with a trained-looking (nonzero) B, and W_n scaled by ``noise_scale``."""
     cfg = StackConfig(**config)

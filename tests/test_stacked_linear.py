@@ -14,17 +14,6 @@ D_IN, D_OUT = 16, 24
 DOMAINS = ["chat", "code", "math"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine torch's OpenMP pool
-    spinning against other processes costs 10-100x (33 s instead of 0.3 s for one test here).
-    Candidate for tests/conftest.py."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _config(**overrides) -> StackConfig:
     return StackConfig(**{"experts": 3, "rank": 4, "frozen_dtype": "float32", **overrides})
 

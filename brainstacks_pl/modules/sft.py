@@ -155,6 +155,17 @@ class StackSFTModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ------------------------------------------------------------------ the phase
+    def run_phase(self, context: "PhaseContext") -> None:
+        """The whole curriculum: every domain, every boosting round (see ``driver.py``)."""
+        from brainstacks_pl.driver import CurriculumDriver
+        from brainstacks_pl.report import print_forgetting_report
+
+        driver = CurriculumDriver(self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger)
+        driver.run_all()
+        if driver.run.is_writer:
+            print_forgetting_report(driver.forgetting, driver.run.root, context.logger)
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}
