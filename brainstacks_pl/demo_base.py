@@ -355,6 +355,9 @@ class DemoBaseConfig:
     """Seeds the corpus, the initialisation and the data order; held-out text uses ``seed + 1``."""
     heldout_docs: int = 300
     """Documents of held-out text (``general_corpus(seed + 1)``) for the reported held-out loss."""
+    num_threads: int = 1
+    """Torch CPU threads during the build (restored afterwards). One thread gives the same bits on any
+    machine and is the fastest choice on a shared 2-core box; raise it on an idle many-core machine."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -399,8 +402,28 @@ def pretrain_demo_base(out_dir: Path, config: DemoBaseConfig = DemoBaseConfig(),
     Writes ``config.json``, ``model.safetensors``, the tokenizer files and ``brainstacks_demo.json``
     (the config, corpus sha256, initial/final training loss, held-out loss of the trained and of the
     random-init model, build time) into a temp dir beside ``out_dir``, then renames it into place.
-    Deterministic on CPU for a given config and thread count.
+    Deterministic on CPU for a given config (which fixes the thread count).
     """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        return _pretrain(Path(out_dir), config, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """``save_pretrained``, naming the class ``PreTrainedTokenizerFast`` so transformers 4.x loads it too."""
+    tokenizer.save_pretrained(path)
+    config_file = path / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text())
+    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(tok_config, indent=2) + "\n")
+
+
+def _pretrain(out_dir: Path, config: DemoBaseConfig, progress: bool) -> Path:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -408,7 +431,6 @@ def pretrain_demo_base(out_dir: Path, config: DemoBaseConfig = DemoBaseConfig(),
     from brainstacks_pl.modules.pretrain import LossHistory, PackedDataset, PretrainModule, lm_loss, pack_token_ids
 
     start = time.perf_counter()
-    out_dir = Path(out_dir)
     L.seed_everything(config.seed, verbose=False)
     texts = general_corpus(config.seed, config.n_docs)
     tokenizer = build_demo_tokenizer(texts, config.vocab_size, config.max_position_embeddings)
@@ -446,13 +468,12 @@ def pretrain_demo_base(out_dir: Path, config: DemoBaseConfig = DemoBaseConfig(),
         "heldout_loss": lm_loss(module.model, heldout_rows),
         "random_init_heldout_loss": random_init_heldout,
         "build_seconds": round(time.perf_counter() - start, 1),
-        "torch_threads": torch.get_num_threads(),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         module.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _save_tokenizer(tokenizer, tmp)
         (tmp / "brainstacks_demo.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
     except BaseException:

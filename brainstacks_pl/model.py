@@ -203,6 +203,17 @@ class BrainstacksModel(nn.Module):
     def base_only(self):
         return self.routing("base")
 
+    @contextlib.contextmanager
+    def active_off(self) -> Iterator[None]:
+        """Scope with the active stack switched off (routing unchanged): the DPO/GRPO reference
+        policy is this same model without its trainable stack, so no second copy is held."""
+        saved = self.context.active_enabled
+        self.context.active_enabled = False
+        try:
+            yield
+        finally:
+            self.context.active_enabled = saved
+
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, collect_expert_fractions: bool = False, **kwargs) -> StackForward:
         ctx = self.context

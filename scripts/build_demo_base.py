@@ -12,8 +12,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from brainstacks_pl.demo_base import DemoBaseConfig, pretrain_demo_base, shipped_demo_base_path
 
 
@@ -21,12 +19,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=shipped_demo_base_path(), help="output directory (replaced atomically)")
     parser.add_argument("--max-steps", type=int, default=None, help="override DemoBaseConfig.max_steps")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="override DemoBaseConfig.num_threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = DemoBaseConfig() if args.max_steps is None else replace(DemoBaseConfig(), max_steps=args.max_steps)
+    overrides = {"max_steps": args.max_steps, "num_threads": args.threads}
+    config = replace(DemoBaseConfig(), **{k: v for k, v in overrides.items() if v is not None})
     out = pretrain_demo_base(args.out, config, progress=not args.no_progress)
     report = json.loads((out / "brainstacks_demo.json").read_text())
     keys = ("initial_loss", "final_loss", "heldout_loss", "random_init_heldout_loss", "build_seconds")

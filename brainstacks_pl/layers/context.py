@@ -33,6 +33,9 @@ class StackContext:
     """When a list, each layer's active stack appends its load-balance loss here."""
     expert_fractions: list[Tensor] | None = None
     """When a list, each layer's active stack appends its expert utilisation here."""
+    active_enabled: bool = True
+    """False switches every layer's active (trainable) stack off, whatever the mode: the RL phases'
+    reference policy is the same model without it (``BrainstacksModel.active_off()``)."""
     noise_generator: "torch.Generator | None" = None
     """Source of the active stack's gating noise (seeded per epoch so resumed runs replay it)."""
     stack_selection_cache: dict = field(default_factory=dict, repr=False)

@@ -156,7 +156,7 @@ class StackedLinear(nn.Module):
         frozen = self._frozen_delta(x.detach() if self.config.detach_frozen_input else x)
         if frozen is not None:
             result = result + frozen.to(result.dtype)
-        if self.active is not None and context.selects(self.active_domain):
+        if self.active is not None and context.active_enabled and context.selects(self.active_domain):
             basis = self.null_basis if self.null_space_mode == "delta" else None
             out = self.active(x, basis, context.noise_generator)
             delta = out.delta
