@@ -475,6 +475,9 @@ def _pretrain(out_dir: Path, config: DemoBaseConfig, progress: bool) -> Path:
         module.model.save_pretrained(tmp)
         _save_tokenizer(tokenizer, tmp)
         (tmp / "brainstacks_demo.json").write_text(json.dumps(report, indent=2) + "\n")
+        for path in tmp.iterdir():  # mkdtemp and safetensors create owner-only files; installs must be readable
+            path.chmod(0o644)
+        tmp.chmod(0o755)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
