@@ -16,17 +16,18 @@ from typing import Any
 import lightning as L
 from jsonargparse import set_parsing_settings
 from lightning import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
+from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
 from brainstacks_pl.phase import PhaseContext
 
 __all__ = ["BrainstacksCLI", "cli_main", "main", "CurriculumProgressBar"]
 
-FORCED_CALLBACKS = ("best_stack", "boosting")
+FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 
 
 class CurriculumProgressBar(TQDMProgressBar):
@@ -58,6 +59,7 @@ class BrainstacksCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(BestStackCallback, "best_stack")
         parser.add_lightning_class_args(ResidualBoosting, "boosting")
+        parser.add_lightning_class_args(NullSpaceProjection, "null_space")
         parser.set_defaults({"trainer.default_root_dir": "runs/brainstacks", "trainer.enable_checkpointing": False})
 
     def before_fit(self) -> None:
@@ -101,6 +103,7 @@ class BrainstacksCLI(LightningCLI):
                     *forced.values(),
                     ModelCheckpoint(dirpath=Path(work_dir) / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
                     *([CurriculumProgressBar()] if show_progress else []),
+                    *([LearningRateMonitor(logging_interval="step")] if logger is not None else []),
                 ],
             )
             return Trainer(**config)
@@ -122,5 +125,11 @@ def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
 
 
 def main() -> None:
-    """Console-script entry point of ``brainstacks``."""
+    """Console-script entry point of ``brainstacks`` (``generate`` / ``chat`` go to ``inference_cli``)."""
+    import sys
+
+    if sys.argv[1:2] in (["generate"], ["chat"]):
+        from brainstacks_pl import inference_cli
+
+        sys.exit(inference_cli.main(sys.argv[1:]))
     cli_main()

@@ -15,6 +15,7 @@ from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.modules.sft import StackSFTModule
 from brainstacks_pl.storage import Manifest, StackRecord
 from conftest import make_tiny_llama
 from brainstacks_pl.tokenization import byte_tokenizer
@@ -251,3 +252,22 @@ def test_missing_domain_files_name_the_domain(tiny_model_dir, tmp_path):
     missing = '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, {name: law, path: "/nonexistent/law.jsonl"}]'
     with pytest.raises(Exception, match="law"):
         cli_main(fit_args(tiny_model_dir, tmp_path / "run", missing))
+
+
+def test_a_non_finite_loss_never_reaches_the_weights(tiny_model_dir, monkeypatch, caplog):
+    import lightning as L
+
+    import brainstacks_pl.modules.sft as sft
+    from brainstacks_pl.data import CurriculumDataModule, DomainConfig
+
+    data = CurriculumDataModule([DomainConfig("chat", "demo:chat", max_examples=24)], tokenizer=str(tiny_model_dir), max_seq_len=64, batch_size=4, max_val_examples=4)
+    module = StackSFTModule(str(tiny_model_dir), domains=["chat"], log_expert_utilisation_every=0)
+    module.build().add_stack("chat")
+    before = module.stacks.active_state_dict()
+    monkeypatch.setattr(sft, "causal_lm_loss", lambda logits, labels: torch.tensor(float("nan")))
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    after = module.stacks.active_state_dict()
+    assert module.nonfinite_steps == 2
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "non-finite training loss" in caplog.text

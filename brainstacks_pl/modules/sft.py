@@ -10,7 +10,6 @@ frozen stacks from their files.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -21,6 +20,7 @@ from torch import Tensor
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.losses import causal_lm_loss, per_sample_lm_loss
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.optim import stack_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +137,10 @@ class StackSFTModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.stacks.parameters() if p.requires_grad]
-        if not params:
-            raise RuntimeError("no trainable parameters: add a stack before fitting")
-        optimizer = self.optimizer_factory(params)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, floor, cosine = self.warmup_steps, self.min_lr_ratio, self.scheduler_name == "cosine"
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if not cosine:
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return stack_optimizers(
+            self.stacks.parameters(), self.optimizer_factory, self.trainer.estimated_stepping_batches,
+            self.warmup_steps, self.scheduler_name, self.min_lr_ratio,
+        )
 
     # ------------------------------------------------------------------ the phase
     def run_phase(self, context: "PhaseContext") -> None:
@@ -161,7 +148,10 @@ class StackSFTModule(L.LightningModule):
         from brainstacks_pl.driver import CurriculumDriver
         from brainstacks_pl.report import print_forgetting_report
 
-        driver = CurriculumDriver(self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger)
+        hooks = [context.callbacks["null_space"]] if "null_space" in context.callbacks else []
+        driver = CurriculumDriver(
+            self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks
+        )
         driver.run_all()
         if driver.run.is_writer:
             print_forgetting_report(driver.forgetting, driver.run.root, context.logger)
