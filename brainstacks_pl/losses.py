@@ -133,3 +133,30 @@ def grpo_loss(
     per_seq = (per_token * mask).sum(1)[valid] / counts[valid]  # [N_valid]
     clip_fraction = (((ratio - clipped).abs() > 0).to(mask.dtype) * mask).sum() / total_tokens
     return GRPOLoss(per_seq.mean(), ((kl * mask).sum() / total_tokens).detach(), clip_fraction.detach())
+
+
+# --------------------------------------------------------------------------- meta-router
+
+
+def router_margin_penalty(p: Tensor, margin: float = 0.3) -> Tensor:
+    """``mean(relu(margin - |p - 0.5|))``: pushes each sigmoid output away from the undecided 0.5.
+
+    With ``margin=0.3`` an output inside (0.2, 0.8) is penalised linearly; outside it costs nothing.
+    """
+    return torch.relu(margin - (p - 0.5).abs()).mean()
+
+
+def router_loss(logits_or_probs: Tensor, targets: Tensor, margin_coeff: float = 0.05, margin: float = 0.3, are_probs: bool = False) -> Tensor:
+    """Meta-router loss: per-domain BCE against soft targets + ``margin_coeff`` x margin penalty.
+
+    ``logits_or_probs`` [B, D] are logits (BCE-with-logits, numerically stable) unless
+    ``are_probs``; ``targets`` [B, D] in [0, 1]. Sigmoid per domain, never softmax: several
+    domains can be on at once.
+    """
+    if are_probs:
+        probs = logits_or_probs
+        bce = F.binary_cross_entropy(probs.float(), targets.float())
+    else:
+        probs = torch.sigmoid(logits_or_probs.float())
+        bce = F.binary_cross_entropy_with_logits(logits_or_probs.float(), targets.float())
+    return bce + margin_coeff * router_margin_penalty(probs, margin)

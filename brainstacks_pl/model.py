@@ -147,6 +147,18 @@ class BrainstacksModel(nn.Module):
             layer.append_frozen({"in_proj": tensors[f"{name}.in_proj"], "B": tensors[f"{name}.B"]}, domain)
         self.frozen_stacks.append(FrozenStackInfo(domain, round))
 
+    def set_frozen_stacks(self, stacks: list[tuple[dict[str, Tensor], str, int]]) -> None:
+        """Replace all frozen stacks by ``[(tensors, domain, round), ...]`` (cleared, then appended).
+
+        Routed inference keeps only the selected domains' stacks in the layers' buffers, so
+        device memory follows the request, not the number of stack files on disk.
+        """
+        for layer in self.layers.values():
+            layer.clear_frozen()
+        self.frozen_stacks = []
+        for tensors, domain, round in stacks:
+            self.load_frozen_stack(tensors, domain, round)
+
     def active_stacks(self) -> dict[str, MoELoRA]:
         return {name: layer.active for name, layer in self.layers.items() if layer.active is not None}
 

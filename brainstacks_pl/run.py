@@ -52,6 +52,10 @@ class RunDirectory:
     def stack_path(self, domain: str, round: int) -> Path:
         return self.root / "stacks" / f"{domain}-r{round}.safetensors"
 
+    def null_space_path(self, domain: str) -> Path:
+        """The null-space bases a domain's stacks were projected against (measurements beside it as .json)."""
+        return self.root / "null_space" / f"{domain}.safetensors"
+
     def round_dir(self, domain: str, round: int) -> Path:
         return self.root / "rounds" / f"{domain}-r{round}"
 

@@ -32,9 +32,12 @@ def make_tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
-    """Tiny tensors run fastest on one thread; two OpenMP pools on 2 cores thrash each other."""
+    """Tiny tensors run fastest on one thread; two OpenMP pools on 2 cores thrash each other.
+
+    Session-scoped so that module- and session-scoped fixtures (tiny training runs) get it too.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -3,5 +3,6 @@
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
+from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
 
-__all__ = ["BestStackCallback", "ForgettingMatrix", "ResidualBoosting"]
+__all__ = ["BestStackCallback", "ForgettingMatrix", "NullSpaceProjection", "ResidualBoosting"]

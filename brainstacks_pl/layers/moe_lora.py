@@ -107,10 +107,13 @@ class MoELoRA(nn.Module):
         aux_loss, frac = load_balance_loss(logits, gates)
         coef = (gates * self.config.scale).unsqueeze(-1)  # [..., E, 1]
         mid = (mid.unflatten(-1, (experts, rank)) * coef).flatten(-2)  # [..., E*r]
-        delta = F.linear(mid, self.B)  # [..., d_out]
+        B = self.B  # [d_out, E*r]
         if null_basis is not None and null_basis.numel():
-            basis = null_basis.to(delta.dtype)
-            delta = delta - (delta @ basis) @ basis.T  # [..., d_out], orthogonal to span(V)
+            # Projecting the delta, delta - (delta V) V^T, equals projecting B first: (I - V V^T) B.
+            # Same values and gradients, at a cost that does not grow with the token count.
+            basis = null_basis.to(B.dtype)
+            B = B - basis @ (basis.T @ B)
+        delta = F.linear(mid, B)  # [..., d_out]
         return MoEOutput(delta, aux_loss, frac)
 
     @torch.no_grad()

@@ -139,6 +139,14 @@ class StackedLinear(nn.Module):
         self.frozen_domains.append(domain)
         self.context.stack_selection_cache.clear()
 
+    def clear_frozen(self) -> None:
+        """Drop every frozen stack (inference swaps in the routed domains' stacks on demand)."""
+        self.frozen_in = self.frozen_in[:0].clone()
+        self.frozen_Bt = self.frozen_Bt[:0].clone()
+        self.frozen_domain_index = self.frozen_domain_index[:0].clone()
+        self.frozen_domains = []
+        self.context.stack_selection_cache.clear()
+
     def set_null_basis(self, basis: Tensor | None) -> None:
         """Set V ([d_out, K], orthonormal columns) that the active stack must not write into."""
         if basis is None:
@@ -187,6 +195,14 @@ class StackedLinear(nn.Module):
             raise ValueError(f"routed mode: weights of shape {tuple(weights.shape)} do not match a batch of shape {tuple(x.shape)}")
         picked = weights.to(device=x.device, dtype=x.dtype).index_select(1, domain_index)  # [B, S]
         return picked[:, None, :, None]
+
+    def frozen_delta(self, x: Tensor) -> Tensor | None:
+        """The summed output of the frozen stacks the current routing selects ([..., d_out]), or None.
+
+        Public so that measurements (the null-space collection) can read a layer's frozen
+        contribution from its input without recomputing the base projection.
+        """
+        return self._frozen_delta(x)
 
     def _frozen_delta(self, x: Tensor) -> Tensor | None:
         selection = self._selected()

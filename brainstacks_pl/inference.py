@@ -1,0 +1,285 @@
+"""Superposition inference: base + router resident, stacks loaded from disk only when routed to.
+
+    p = sigmoid(router(base-only features of the prompt))         once per prompt, [D]
+    w_d = p_d if p_d >= gate (0.12) else 0                           below the gate: not loaded
+    w_chat = max(w_chat, chat_floor) if any w_d > 0                  chat floor 0.20
+    y = base(x) + sum_{stacks s of selected domains} w_{d(s)} * stack_s(x)
+
+``StackCache`` keeps stack tensors in host memory under an LRU byte budget (loads verified by
+checksum; a hit costs no I/O). Only the stacks of the domains a batch needs are placed into
+the model's frozen buffers (``BrainstacksModel.set_frozen_stacks``), so device memory follows
+the request, not the number of stack files on disk. A batch whose prompts route to different
+domains is generated together: the union of their domains is loaded and each row gets its
+own weight row (``stacks.routed(weights)``). When no domain reaches the gate the answer comes
+from the base alone and ``RouteDecision.capability_gap`` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.layers.router import MetaRouter, base_features
+from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.routing.artifact import load_router
+from brainstacks_pl.routing.features import pad_right, prompt_ids
+from brainstacks_pl.storage import Manifest, StackRecord, load_tensors
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InferenceError", "StackCache", "RouteDecision", "Generation", "RoutedGenerator", "Mode"]
+
+Mode = Literal["routed", "ungated", "base"]
+MODES = ("routed", "ungated", "base")
+
+
+class InferenceError(ValueError):
+    """A request that cannot be served (empty prompt, prompt longer than the context, no router...)."""
+
+
+class StackCache:
+    """Stack files -> tensors, LRU under ``budget_bytes`` of host memory (None: unbounded).
+
+    The budget counts the bytes of the cached tensors (storage precision, as in the file).
+    A stack larger than the whole budget is returned but not kept.
+    """
+
+    def __init__(self, run_root: str | Path, manifest: Manifest, budget_bytes: int | None = None):
+        self.root, self.manifest, self.budget_bytes = Path(run_root), manifest, budget_bytes
+        self._entries: OrderedDict[str, tuple[dict[str, Tensor], int]] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
+        self.loads: dict[str, int] = {}
+        self._shapes = manifest.stack_shapes()
+
+    @property
+    def bytes_used(self) -> int:
+        return sum(size for _, size in self._entries.values())
+
+    @property
+    def cached_files(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, record: StackRecord) -> dict[str, Tensor]:
+        if record.file in self._entries:
+            self._entries.move_to_end(record.file)
+            self.hits += 1
+            return self._entries[record.file][0]
+        self.misses += 1
+        tensors, _ = load_tensors(self.root / record.file, expected_sha256=record.sha256, expected_shapes=self._shapes)
+        self.loads[record.file] = self.loads.get(record.file, 0) + 1
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.budget_bytes is not None and size > self.budget_bytes:
+            log.warning("stack %s (%d bytes) exceeds the cache budget (%d bytes); not cached", record.file, size, self.budget_bytes)
+            return tensors
+        while self.budget_bytes is not None and self._entries and self.bytes_used + size > self.budget_bytes:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+        self._entries[record.file] = (tensors, size)
+        return tensors
+
+    def domain_stacks(self, domain: str) -> list[tuple[dict[str, Tensor], str, int]]:
+        """Every stack of ``domain`` (all its boosting rounds) as ``(tensors, domain, round)``."""
+        records = [r for r in self.manifest.stacks if r.domain == domain]
+        if not records:
+            raise InferenceError(f"{self.root}: the run has no stacks for domain {domain!r}")
+        return [(self.get(r), r.domain, r.round) for r in records]
+
+
+@dataclass
+class RouteDecision:
+    """The router's verdict for one prompt."""
+
+    probs: dict[str, float]
+    """Router probability per router domain (independent sigmoids)."""
+    weights: dict[str, float]
+    """Weights served per domain after the gate and the chat floor (0: not loaded)."""
+    selected: list[str]
+    """Domains whose stacks run for this prompt."""
+    capability_gap: bool
+    """No domain reached the gate: the base answers alone; the stacks lack this capability."""
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    mode: str
+    route: RouteDecision | None = None
+    tokens: list[int] = field(default_factory=list)
+
+
+class RoutedGenerator:
+    """Generates with the stacks the router selects, per prompt, in one batch.
+
+    Build it with ``RoutedGenerator.from_run(RUN)``; ``route(prompts)`` shows the decisions
+    without generating, ``generate(prompts, mode=...)`` answers.
+    """
+
+    def __init__(
+        self,
+        stacks: BrainstacksModel,
+        tokenizer,
+        manifest: Manifest,
+        run_root: str | Path,
+        router: MetaRouter | None = None,
+        router_info: dict | None = None,
+        cache: StackCache | None = None,
+        gate_threshold: float | None = None,
+        chat_floor: float | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.stacks, self.tokenizer, self.manifest, self.device = stacks.eval(), tokenizer, manifest, torch.device(device)
+        self.router = router.to(self.device).eval() if router is not None else None
+        self.info = router_info or {}
+        discovery = self.info.get("discovery", {})
+        self.router_domains: list[str] = list(self.info.get("domains", []))
+        self.gate_threshold = gate_threshold if gate_threshold is not None else self.info.get("gate_threshold", 0.12)
+        self.chat_floor = chat_floor if chat_floor is not None else discovery.get("chat_floor", 0.2)
+        self.chat_domain = discovery.get("chat_domain", "chat")
+        self.template = self.info.get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+        self.cache = cache or StackCache(run_root, manifest)
+        self.context_length = int(getattr(stacks.model.config, "max_position_embeddings", 0) or 0) or None
+        self.loaded: tuple[str, ...] = tuple(dict.fromkeys(info.domain for info in stacks.frozen_stacks))
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        device: torch.device | str = "cpu",
+        model_name_or_path: str | None = None,
+        dtype: str = "float32",
+        quantization: str | None = None,
+        cache_bytes: int | None = None,
+        require_router: bool = False,
+    ) -> "RoutedGenerator":
+        """Base + router of a run directory; no stack is loaded until a request needs it."""
+        from transformers import AutoTokenizer
+
+        from brainstacks_pl.demo_base import resolve_model_name
+
+        root = Path(run_dir)
+        manifest = Manifest.load(root)
+        base = model_name_or_path or manifest.base_model_id
+        config = StackConfig.from_dict(manifest.stack_config)
+        stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=quantization, dtype=dtype).to(device)
+        manifest.check_compatible(stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json"))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
+        router, info = (None, None)
+        if require_router or manifest.extra.get("router"):
+            router, info = load_router(root, manifest)
+        return cls(stacks, tokenizer, manifest, root, router, info, StackCache(root, manifest, cache_bytes), device=device)
+
+    # ------------------------------------------------------------------ prompts
+    def encode(self, prompt: str) -> list[int]:
+        if not prompt or not prompt.strip():
+            raise InferenceError("empty prompt: give the model something to answer")
+        ids = prompt_ids(self.tokenizer, prompt, self.template)
+        if self.context_length is not None and len(ids) >= self.context_length:
+            raise InferenceError(f"prompt is {len(ids)} tokens with the template, the model's context is {self.context_length}: shorten it")
+        return ids
+
+    # ------------------------------------------------------------------ routing
+    @torch.no_grad()
+    def route(self, prompts: Sequence[str]) -> list[RouteDecision]:
+        """Run the router once per prompt (one batch) and apply the gate and the chat floor."""
+        if self.router is None:
+            raise InferenceError("this run has no trained router: use --mode ungated or base, or train one (configs/router_demo.yaml)")
+        seq_len = self.info.get("router_seq_len", 256)
+        encoded = [self.encode(p)[:seq_len] for p in prompts]
+        ids, mask = pad_right(encoded, self._pad_id)
+        feats = base_features(self.stacks, ids.to(self.device), mask.to(self.device), self.info.get("mid_weight", 0.45))
+        probs = self.router.probabilities(feats, mask.to(self.device)).cpu()  # [B, D]
+        return [self.decide(dict(zip(self.router_domains, row.tolist()))) for row in probs]
+
+    def decide(self, probs: dict[str, float]) -> RouteDecision:
+        """Gate + chat floor on one prompt's router probabilities."""
+        weights = {d: (p if p >= self.gate_threshold else 0.0) for d, p in probs.items()}
+        if any(w > 0 for w in weights.values()) and self.chat_domain in weights:
+            weights[self.chat_domain] = max(weights[self.chat_domain], self.chat_floor)
+        selected = [d for d in self.router_domains if weights[d] > 0]
+        return RouteDecision(probs, weights, selected, capability_gap=not selected)
+
+    def load_domains(self, domains: Sequence[str]) -> None:
+        """Make exactly these domains' stacks resident in the model (no-op if they already are)."""
+        wanted = tuple(d for d in self.stacks.domains if d in set(domains))
+        if wanted == self.loaded:
+            return
+        self.stacks.set_frozen_stacks([stack for d in wanted for stack in self.cache.domain_stacks(d)])
+        self.loaded = wanted
+
+    def weight_matrix(self, decisions: Sequence[RouteDecision]) -> Tensor:
+        """[B, n_model_domains] routing weights (zeros for domains the router does not know)."""
+        rows = [[decision.weights.get(d, 0.0) for d in self.stacks.domains] for decision in decisions]
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: Sequence[str] | str, mode: Mode = "routed", max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> list[Generation]:
+        """Answer a batch of prompts; ``temperature`` 0 is greedy, > 0 samples from softmax(logits / T)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if mode not in MODES:
+            raise InferenceError(f"mode must be one of {MODES}, got {mode!r}")
+        if not prompts:
+            raise InferenceError("no prompts given")
+        if max_new_tokens < 1 or temperature < 0:
+            raise InferenceError(f"need max_new_tokens >= 1 and temperature >= 0, got {max_new_tokens}, {temperature}")
+        encoded = [self.encode(p) for p in prompts]
+        decisions: list[RouteDecision | None] = [None] * len(prompts)
+        if mode == "routed":
+            decisions = self.route(prompts)
+            self.load_domains({d for decision in decisions for d in decision.selected})
+            scope = self.stacks.routed(self.weight_matrix(decisions))
+        elif mode == "ungated":
+            self.load_domains({r.domain for r in self.manifest.stacks})
+            scope = self.stacks.ungated()
+        else:
+            scope = self.stacks.base_only()
+        with scope:
+            tokens = self._decode_loop(encoded, max_new_tokens, temperature, seed)
+        return [
+            Generation(p, self.tokenizer.decode(t, skip_special_tokens=True), mode, d, t)
+            for p, t, d in zip(prompts, tokens, decisions)
+        ]
+
+    @property
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    @torch.no_grad()
+    def _decode_loop(self, encoded: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+        """A plain loop without KV cache on a right-padded buffer (causal: padding after a row never matters)."""
+        batch, eos = len(encoded), self.tokenizer.eos_token_id
+        limit = self.context_length or 10**9
+        ids, _ = pad_right([seq + [self._pad_id] * max_new_tokens for seq in encoded], self._pad_id)
+        ids = ids.to(self.device)  # [B, L + N]
+        lengths = torch.tensor([len(seq) for seq in encoded], device=self.device)  # [B]
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        rows = torch.arange(batch, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
+        out: list[list[int]] = [[] for _ in range(batch)]
+        for _ in range(max_new_tokens):
+            width = int(lengths.max())
+            mask = (torch.arange(width, device=self.device)[None] < lengths[:, None]).long()  # [B, W]
+            logits = self.stacks(ids[:, :width], mask).logits[rows, lengths - 1].float()  # [B, V]
+            if temperature > 0:
+                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
+            else:
+                nxt = logits.argmax(-1)
+            for row in (~done).nonzero().flatten().tolist():  # host loop over a handful of rows
+                token = int(nxt[row])
+                ids[row, lengths[row]] = token
+                lengths[row] += 1
+                if token != eos:
+                    out[row].append(token)
+                done[row] = token == eos or int(lengths[row]) >= limit
+            if bool(done.all()):
+                break
+        return out

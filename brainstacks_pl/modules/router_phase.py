@@ -1,0 +1,155 @@
+"""The steps of the router phase, in order (driven by ``RouterModule.run_phase``).
+
+1. open RUN: base + every frozen stack (checksums verified), lock the directory;
+2. outcome discovery per router domain, train and val split, cached on disk (resumable);
+3. split by unique prompt, base-only features once per prompt;
+4. one ``Trainer.fit`` of the router alone (forced SFT callbacks and the round checkpoint
+   are not used by this phase and are left out of its trainer);
+5. save the best epoch, record it in the manifest, write and print the routing report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.data.curriculum import encode_examples
+from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
+from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
+from brainstacks_pl.routing.features import collate_features, compute_features
+from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
+from brainstacks_pl.run import RunDirectory
+from brainstacks_pl.storage import Manifest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RouterPhase"]
+
+
+class RouterPhase:
+    def __init__(self, module, context):
+        self.module, self.context = module, context
+        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0)
+        self.datamodule = context.datamodule
+
+    # ------------------------------------------------------------------ setup
+    def _load(self) -> tuple[Manifest, BrainstacksModel]:
+        root = self.run_dir.root
+        if not Manifest.exists(root):
+            raise FileNotFoundError(f"{root}: no manifest.json; train the stacks first: brainstacks fit --config configs/demo.yaml --trainer.default_root_dir {root}")
+        manifest = Manifest.load(root)
+        module = self.module
+        if not module.domain_names:
+            module.domain_names = list(self.datamodule.domain_names)
+        with_stacks = {s.domain for s in manifest.stacks}
+        missing = [d for d in module.domain_names if d not in with_stacks]
+        if missing:
+            raise ValueError(f"{root}: no stacks for router domains {missing}; the run has stacks for {sorted(with_stacks)}")
+        base = module.model_name_or_path or manifest.base_model_id
+        config = StackConfig.from_dict(manifest.stack_config)
+        stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name)
+        stacks.base_model_id = manifest.base_model_id
+        if getattr(self.datamodule, "tokenizer_name", "set") is None:
+            self.datamodule.tokenizer_name = base
+        return manifest, stacks
+
+    def _fingerprint(self, manifest: Manifest) -> str:
+        data = self.datamodule
+        spec = {
+            "stacks": [s.sha256 for s in manifest.stacks], "base": manifest.base_model_id, "domains": self.module.domain_names,
+            "settings": asdict(self.module.discovery_settings), "max_seq_len": data.max_seq_len, "template": data.prompt_template,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ steps
+    def discover(self, stacks: BrainstacksModel, manifest: Manifest, device) -> dict[str, list]:
+        """Per split, the ``RouterRow`` of every example of every router domain."""
+        from brainstacks_pl.modules.router import RouterRow
+
+        module, data, settings = self.module, self.datamodule, self.module.discovery_settings
+        oracle = RouteLossOracle(stacks, data.pad_id, settings.chat_domain, settings.chat_floor, module.discovery_rows, device)
+        fingerprint = self._fingerprint(manifest)
+        rows: dict[str, list] = {"train": [], "val": []}
+        for domain in module.domain_names:
+            cache = DiscoveryCache(self.run_dir.root / ROUTER_DIR / "discovery" / f"{domain}.jsonl", fingerprint, write=self.run_dir.is_writer)
+            for split, limit in (("train", module.max_train_examples), ("val", module.max_val_examples)):
+                examples = data.examples(domain, split)[:limit]
+                if not examples:
+                    continue
+                encoded = encode_examples(data.tokenizer, examples, data.max_seq_len, data.prompt_template)
+                items = [encoded.item(i) for i in range(len(encoded))]
+                keys = [example_key(e.prompt, e.response) for e in examples]
+                records = discover_examples(oracle, items, keys, domain, split, cache, settings, module.domain_names, module.discovery_chunk)
+                rows[split].extend(RouterRow(e.prompt, domain, r.target, r.route) for e, r in zip(examples, records))
+        log.info("discovery: %d train + %d val examples, %d batched forwards", len(rows["train"]), len(rows["val"]), oracle.forwards)
+        return rows
+
+    @torch.no_grad()
+    def predict(self, prompts: list[str], features: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+        router = self.module.router.eval()
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            feats, mask = collate_features([features[p] for p in prompts[start : start + batch_size]])
+            out.append(router.probabilities(feats.to(self.module.device), mask.to(self.module.device)).cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ the phase
+    def run(self) -> None:
+        from brainstacks_pl.modules.router import split_by_prompt
+
+        module, run = self.module, self.run_dir
+        manifest, stacks = self._load()
+        self.datamodule.setup("fit")
+        run.acquire_lock()
+        work_dir = run.root / ROUTER_DIR / "work"
+        try:
+            run.open(stacks)
+            run.load_stacks(stacks)
+            trainer = self.context.trainer_factory(work_dir)
+            unused = list(self.context.callbacks.values())
+            trainer.callbacks[:] = [cb for cb in trainer.callbacks if not any(cb is u for u in unused) and not isinstance(cb, ModelCheckpoint)]
+            device = trainer.strategy.root_device
+            stacks.to(device).eval()
+            rows = self.discover(stacks, run.manifest, device)
+            train, val = split_by_prompt(rows["train"], rows["val"])
+            if not train or not val:
+                raise ValueError(f"the router needs training and validation examples, got {len(train)} and {len(val)} (check data.val_fraction)")
+            prompts = list(dict.fromkeys(r.prompt for r in [*train, *val]))
+            feats = compute_features(stacks, self.datamodule.tokenizer, prompts, self.datamodule.prompt_template, module.router_seq_len, module.feature_batch_size, device, mid_weight=module.mid_weight)
+            features = dict(zip(prompts, feats))
+            d_model = feats[0].shape[-1]
+            del stacks  # the base is not needed while the router trains on cached features
+            module._build_router(d_model)
+            train_loader, val_loader = module.dataloaders(train, val, features)
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            if module.best:
+                module.router.load_state_dict(module.best["state"])
+            self._finish(train, val, features)
+        finally:
+            run.release_lock()
+            if run.is_writer:
+                shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _finish(self, train, val, features) -> None:
+        module, run = self.module, self.run_dir
+        best = {k: v for k, v in module.best.items() if k != "state"}
+        info = {**module.router_info(), "prompt_template": self.datamodule.prompt_template, "best": best, "train_examples": len(train), "val_examples": len(val)}
+        save_router(run.root, run.manifest, module.router, info, write=run.is_writer)
+        run.save_manifest()
+        probs = self.predict([r.prompt for r in val], features)
+        chosen = [[d for d, p in zip(module.domain_names, row.tolist()) if p >= module.decision_threshold] for row in probs]
+        report = build_routing_report(module.domain_names, [r.source for r in val], [r.route for r in val], chosen)
+        report["best"] = best
+        if run.is_writer:
+            write_routing_report(run.root / ROUTER_DIR / "routing_report.json", report)
+            log_routing_report(self.context.logger, report)
+            print_routing_report(report)

@@ -1,0 +1,40 @@
+"""Meta-router support: outcome discovery (targets), features, the router file, the routing report."""
+
+from brainstacks_pl.routing.artifact import RouterFileError, layer_shapes_hash, load_router, save_router
+from brainstacks_pl.routing.discovery import (
+    DiscoveryCache,
+    DiscoveryRecord,
+    DiscoverySettings,
+    RouteLossOracle,
+    discover_examples,
+    example_key,
+    greedy_discovery,
+    make_target,
+    route_weights,
+)
+from brainstacks_pl.routing.features import collate_features, compute_features, pad_right, prompt_ids
+from brainstacks_pl.routing.report import build_routing_report, print_routing_report, route_name, write_routing_report
+
+__all__ = [
+    "DiscoveryCache",
+    "DiscoveryRecord",
+    "DiscoverySettings",
+    "RouteLossOracle",
+    "RouterFileError",
+    "build_routing_report",
+    "collate_features",
+    "compute_features",
+    "discover_examples",
+    "example_key",
+    "greedy_discovery",
+    "layer_shapes_hash",
+    "load_router",
+    "make_target",
+    "pad_right",
+    "print_routing_report",
+    "prompt_ids",
+    "route_name",
+    "route_weights",
+    "save_router",
+    "write_routing_report",
+]

@@ -1,0 +1,258 @@
+"""Outcome discovery: which set of domain stacks actually lowers the loss of an answer.
+
+The router is not trained on "this prompt came from the medical set" but on what helps:
+per (prompt, answer)
+
+1. the mean answer loss with the base only and with each single domain on;
+2. starting from the best single domain, greedily add the domain that lowers the loss most,
+   while it lowers it by more than ``greedy_threshold`` (0.01); if the final set does not beat
+   the base by more than the threshold, the route is empty (no stack helps: base only);
+3. the reasoning domain gets a soft 0.5 target when adding it to the route lowers the loss at
+   all (it rarely helps by itself, but it rarely hurts);
+4. target = ``(1 - prior_weight) * discovered + prior_weight * one_hot(source domain)``.
+
+Chat floor (docs/router.md): whenever any domain is on, the chat stack runs with weight at
+least ``chat_floor`` (0.20), in discovery exactly as at inference, so a route is scored with
+the weights it will be served with.
+
+Many routes are scored in ONE forward: every (example, route) pair is a row of the batch with
+its own routing-weight row (``stacks.routed(weights)``, exact per sample). Results are cached
+per domain in ``RUN/router/discovery/<domain>.jsonl`` (rewritten atomically after every
+chunk; already-done examples are skipped on a rerun; a change of stacks or settings changes
+the fingerprint and invalidates the lines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from brainstacks_pl.losses import IGNORE_INDEX, per_sample_lm_loss
+from brainstacks_pl.storage import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DiscoverySettings",
+    "DiscoveryRecord",
+    "DiscoveryCache",
+    "RouteLossOracle",
+    "route_weights",
+    "greedy_discovery",
+    "make_target",
+    "example_key",
+    "discover_examples",
+]
+
+Route = frozenset
+Pair = tuple[int, frozenset]
+
+
+@dataclass
+class DiscoverySettings:
+    """How routing targets are discovered (Brainstacks defaults)."""
+
+    chat_domain: str | None = "chat"
+    """Domain whose stack always runs with at least ``chat_floor`` when any domain is on (None: no floor)."""
+    chat_floor: float = 0.20
+    """Minimum chat weight whenever any domain is on."""
+    greedy_threshold: float = 0.01
+    """A domain joins the route only if it lowers the mean answer loss by more than this."""
+    reasoning_domain: str | None = "reasoning"
+    """Domain that gets ``soft_target`` when adding it lowers the loss at all (None: no such domain)."""
+    soft_target: float = 0.5
+    """Discovered target of the reasoning domain when it helps but did not join the route."""
+    prior_weight: float = 0.2
+    """Weight of the label prior (one-hot of the source domain) in the final target."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.chat_floor <= 1.0 or not 0.0 <= self.prior_weight <= 1.0:
+            raise ValueError(f"chat_floor and prior_weight must be in [0, 1], got {self.chat_floor}, {self.prior_weight}")
+
+
+@dataclass
+class DiscoveryRecord:
+    """One example's discovered outcome (a line of the cache)."""
+
+    key: str
+    domain: str
+    split: str
+    base_loss: float
+    best_loss: float
+    route: list[str]
+    soft: list[str] = field(default_factory=list)
+    target: list[float] = field(default_factory=list)
+    evaluated: int = 0
+    """Number of routes scored for this example."""
+
+
+def example_key(prompt: str, response: str) -> str:
+    return hashlib.sha1(f"{prompt}\x00{response}".encode()).hexdigest()[:20]
+
+
+def route_weights(route: frozenset | set | Sequence[str], domains: Sequence[str], chat_domain: str | None = "chat", chat_floor: float = 0.2) -> Tensor:
+    """Weights [D]: 1 for the route's domains, chat at least ``chat_floor`` when any is on."""
+    weights = torch.tensor([1.0 if d in route else 0.0 for d in domains])
+    if len(route) and chat_domain in domains:
+        index = list(domains).index(chat_domain)
+        weights[index] = max(float(weights[index]), chat_floor)
+    return weights
+
+
+def greedy_discovery(
+    n: int, evaluate: Callable[[list[Pair]], list[float]], domains: Sequence[str], threshold: float = 0.01, reasoning_domain: str | None = "reasoning"
+) -> list[dict]:
+    """Greedy route search for ``n`` examples in lockstep.
+
+    ``evaluate(pairs)`` scores a list of ``(example_index, route)`` pairs (one batched call per
+    greedy step for all examples). Returns per example ``{base_loss, best_loss, route, soft,
+    evaluated}`` with ``route`` in ``domains`` order. Ties go to the earlier domain.
+    """
+    memo: list[dict[frozenset, float]] = [{} for _ in range(n)]
+
+    def score(requests: list[Pair]) -> None:
+        todo = list(dict.fromkeys((i, r) for i, r in requests if r not in memo[i]))
+        if todo:
+            for (i, route), loss in zip(todo, evaluate(todo), strict=True):
+                memo[i][route] = float(loss)
+
+    empty = frozenset()
+    score([(i, empty) for i in range(n)] + [(i, frozenset([d])) for i in range(n) for d in domains])
+    current = [min((frozenset([d]) for d in domains), key=lambda r, i=i: memo[i][r]) for i in range(n)]
+    active = list(range(n))
+    while active:
+        candidates = {i: [current[i] | {d} for d in domains if d not in current[i]] for i in active}
+        score([(i, route) for i in active for route in candidates[i]])
+        still = []
+        for i in active:
+            if not candidates[i]:
+                continue
+            best = min(candidates[i], key=lambda r, i=i: memo[i][r])
+            if memo[i][current[i]] - memo[i][best] > threshold:
+                current[i] = best
+                still.append(i)
+        active = still
+    routes = [cur if memo[i][empty] - memo[i][cur] > threshold else empty for i, cur in enumerate(current)]
+    if reasoning_domain in domains:
+        score([(i, route | {reasoning_domain}) for i, route in enumerate(routes) if reasoning_domain not in route])
+    results = []
+    for i, route in enumerate(routes):
+        soft = []
+        if reasoning_domain in domains and reasoning_domain not in route and memo[i][route | {reasoning_domain}] < memo[i][route]:
+            soft = [reasoning_domain]
+        results.append({
+            "base_loss": memo[i][empty], "best_loss": memo[i][route], "route": [d for d in domains if d in route],
+            "soft": soft, "evaluated": len(memo[i]),
+        })
+    return results
+
+
+def make_target(route: Sequence[str], soft: Sequence[str], source: str, domains: Sequence[str], soft_target: float = 0.5, prior_weight: float = 0.2) -> list[float]:
+    """``(1 - prior_weight) * discovered + prior_weight * one_hot(source)`` in ``domains`` order."""
+    discovered = [1.0 if d in route else soft_target if d in soft else 0.0 for d in domains]
+    return [(1 - prior_weight) * v + prior_weight * (1.0 if d == source else 0.0) for v, d in zip(discovered, domains)]
+
+
+class RouteLossOracle:
+    """Scores (example, route) pairs: mean answer loss with the route's stacks, many routes per forward.
+
+    Each pair becomes one row of a right-padded batch with its own routing-weight row;
+    batches hold at most ``max_rows`` rows.
+    """
+
+    def __init__(self, stacks, pad_id: int, chat_domain: str | None = "chat", chat_floor: float = 0.2, max_rows: int = 64, device: torch.device | str = "cpu"):
+        self.stacks, self.pad_id, self.max_rows, self.device = stacks, pad_id, max_rows, device
+        self.chat_domain, self.chat_floor = chat_domain, chat_floor
+        self.forwards = 0
+
+    def weights(self, route) -> Tensor:
+        return route_weights(route, self.stacks.domains, self.chat_domain, self.chat_floor)
+
+    @torch.no_grad()
+    def losses(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[float]:
+        """``items[i] = (ids [L_i], labels [L_i])``; returns one mean answer loss per pair."""
+        # Rows sorted by length (stable) so each forward pads as little as possible.
+        order = sorted(range(len(pairs)), key=lambda k: len(items[pairs[k][0]][0]))
+        out = [0.0] * len(pairs)
+        for start in range(0, len(order), self.max_rows):
+            rows_at = order[start : start + self.max_rows]
+            chunk = [pairs[k] for k in rows_at]
+            length = max(len(items[i][0]) for i, _ in chunk)
+            ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)  # [R, L]
+            labels = torch.full((len(chunk), length), IGNORE_INDEX, dtype=torch.long)  # [R, L]
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)  # [R, L]
+            for row, (i, _) in enumerate(chunk):
+                seq_ids, seq_labels = items[i]
+                ids[row, : len(seq_ids)], labels[row, : len(seq_ids)], mask[row, : len(seq_ids)] = seq_ids, seq_labels, 1
+            weights = torch.stack([self.weights(route) for _, route in chunk]).to(self.device)  # [R, D]
+            with self.stacks.routed(weights):
+                logits = self.stacks(ids.to(self.device), mask.to(self.device)).logits
+            sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
+            for k, loss in zip(rows_at, (sums / counts.clamp_min(1)).tolist()):
+                out[k] = loss
+            self.forwards += 1
+        return out
+
+
+class DiscoveryCache:
+    """One domain's discovery results on disk (JSON lines), valid for one ``fingerprint``."""
+
+    def __init__(self, path: str | Path, fingerprint: str, write: bool = True):
+        self.path, self.fingerprint, self.write = Path(path), fingerprint, write
+        self.records: dict[str, DiscoveryRecord] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn line cannot happen with atomic writes, but never trust a file
+                if raw.pop("fingerprint", None) == fingerprint:
+                    self.records[raw["key"]] = DiscoveryRecord(**raw)
+
+    def add(self, records: Sequence[DiscoveryRecord]) -> None:
+        for record in records:
+            self.records[record.key] = record
+        if self.write:
+            lines = [json.dumps({"fingerprint": self.fingerprint, **asdict(r)}) for r in self.records.values()]
+            atomic_write_bytes(self.path, ("\n".join(lines) + "\n").encode())
+
+
+def discover_examples(
+    oracle: RouteLossOracle,
+    items: Sequence[tuple[Tensor, Tensor]],
+    keys: Sequence[str],
+    source: str,
+    split: str,
+    cache: DiscoveryCache,
+    settings: DiscoverySettings,
+    domains: Sequence[str] | None = None,
+    chunk_size: int = 32,
+) -> list[DiscoveryRecord]:
+    """Discover (or read from ``cache``) every example of one domain split, in input order.
+
+    ``domains`` are the router's domains (default: the model's); routes are sets of them.
+    """
+    domains = list(domains or oracle.stacks.domains)
+    todo = [i for i, key in enumerate(keys) if key not in cache.records]
+    if len(todo) < len(keys):
+        log.info("discovery %s/%s: %d of %d examples cached", source, split, len(keys) - len(todo), len(keys))
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        sub = [items[i] for i in chunk]
+        found = greedy_discovery(len(chunk), lambda pairs: oracle.losses(sub, pairs), domains, settings.greedy_threshold, settings.reasoning_domain)
+        records = [
+            DiscoveryRecord(
+                key=keys[i], domain=source, split=split, target=make_target(r["route"], r["soft"], source, domains, settings.soft_target, settings.prior_weight),
+                **r,
+            )
+            for i, r in zip(chunk, found)
+        ]
+        cache.add(records)
+    return [cache.records[key] for key in keys]

@@ -1,0 +1,220 @@
+"""Routed inference: the stack cache, gating, per-sample batched generation, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainstacks_pl import inference_cli
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.inference import InferenceError, RoutedGenerator, StackCache
+from brainstacks_pl.layers.router import MetaRouter
+from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.routing.artifact import RouterFileError, save_router
+from brainstacks_pl.routing.discovery import DiscoverySettings
+from brainstacks_pl.run import RunDirectory
+from brainstacks_pl.storage import Manifest, StackFileError, StackRecord
+from brainstacks_pl.tokenization import byte_tokenizer
+from conftest import make_tiny_llama
+
+DOMAINS = ["chat", "code", "math"]
+CONFIG = StackConfig(experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_proj", "down_proj"], frozen_dtype="float32")
+
+
+def write_run(root: Path) -> Path:
+    """A run directory with one random (non-zero) stack per domain and an untrained router."""
+    model_dir, run_dir = root / "tiny", root / "run"
+    make_tiny_llama().save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    stacks = BrainstacksModel(make_tiny_llama(), CONFIG, DOMAINS, base_model_id=str(model_dir)).eval()
+    run = RunDirectory(run_dir)
+    run.open(stacks)
+    for index, domain in enumerate(DOMAINS):
+        for stack in stacks.add_stack(domain, seed=index):
+            torch.nn.init.normal_(stack.B, std=0.5, generator=torch.Generator().manual_seed(index))
+        run.write_stack(stacks.freeze_stack(), StackRecord(file="", sha256="", domain=domain, round=0))
+    torch.manual_seed(0)
+    router = MetaRouter(32, len(DOMAINS), hidden=16)
+    info = {"domains": DOMAINS, "dropout": 0.1, "router_seq_len": 64, "mid_weight": 0.45, "gate_threshold": 0.12, "discovery": DiscoverySettings().__dict__}
+    save_router(run_dir, run.manifest, router, info)
+    run.save_manifest()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return write_run(tmp_path_factory.mktemp("inference"))
+
+
+@pytest.fixture
+def generator(run_dir) -> RoutedGenerator:
+    return RoutedGenerator.from_run(run_dir)
+
+
+def set_bias(generator: RoutedGenerator, biases: list[float]) -> None:
+    """Force the router's decision: a large |bias| saturates its sigmoid whatever the prompt."""
+    with torch.no_grad():
+        generator.router.domain_bias.copy_(torch.tensor(biases) * generator.router.temperature)
+        generator.router.fusion[-1].weight.zero_()
+
+
+def stack_bytes(run_dir: Path) -> int:
+    record = Manifest.load(run_dir).stacks[0]
+    return (run_dir / record.file).stat().st_size
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_lru_cache_loads_each_stack_once_and_evicts_under_the_budget(run_dir):
+    manifest = Manifest.load(run_dir)
+    chat, code, math = manifest.stacks
+    size = sum(t.numel() * t.element_size() for t in StackCache(run_dir, manifest).get(chat).values())
+    cache = StackCache(run_dir, manifest, budget_bytes=2 * size)
+    first = cache.get(chat)
+    assert cache.get(chat) is first and cache.loads == {chat.file: 1} and cache.hits == 1
+    cache.get(code)
+    cache.get(math)  # over budget: the least recently used (chat) goes
+    assert cache.cached_files == [code.file, math.file] and cache.evictions == 1 and cache.bytes_used <= 2 * size
+    cache.get(chat)
+    assert cache.loads[chat.file] == 2 and cache.bytes_used <= 2 * size
+
+
+def test_cache_refuses_a_corrupt_or_missing_stack(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    manifest = Manifest.load(copy)
+    path = copy / manifest.stacks[1].file
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(StackFileError, match="sha256"):
+        StackCache(copy, manifest).get(manifest.stacks[1])
+    path.unlink()
+    with pytest.raises(StackFileError, match="missing"):
+        StackCache(copy, manifest).get(manifest.stacks[1])
+
+
+# --------------------------------------------------------------------------- routing decisions
+
+
+def test_gate_threshold_and_chat_floor(generator):
+    decision = generator.decide({"chat": 0.05, "code": 0.5, "math": 0.1})
+    assert decision.weights == pytest.approx({"chat": 0.2, "code": 0.5, "math": 0.0})
+    assert decision.selected == ["chat", "code"] and not decision.capability_gap
+    gap = generator.decide({"chat": 0.05, "code": 0.11, "math": 0.0})
+    assert gap.capability_gap and gap.selected == [] and all(w == 0 for w in gap.weights.values())
+
+
+def test_only_routed_domains_are_loaded_and_resident(generator):
+    set_bias(generator, [-30.0, 30.0, -30.0])
+    [gen] = generator.generate(["def add(a, b):"], max_new_tokens=2)
+    assert gen.route.selected == ["chat", "code"]
+    assert [s.domain for s in generator.stacks.frozen_stacks] == ["chat", "code"]
+    assert all(layer.frozen_in.shape[0] == 2 for layer in generator.stacks.layers.values())
+    assert "stacks/math-r0.safetensors" not in generator.cache.loads, "a domain below the gate is never read from disk"
+    generator.generate(["another code prompt"], max_new_tokens=2)
+    assert generator.cache.loads == {"stacks/chat-r0.safetensors": 1, "stacks/code-r0.safetensors": 1}
+
+
+def test_capability_gap_answers_with_the_base_and_says_so(generator):
+    set_bias(generator, [-30.0, -30.0, -30.0])
+    [gen] = generator.generate(["something no stack knows"], max_new_tokens=4)
+    [base] = generator.generate(["something no stack knows"], mode="base", max_new_tokens=4)
+    assert gen.route.capability_gap and gen.tokens == base.tokens
+    assert "capability gap" in inference_cli.format_route(gen.route, generator.gate_threshold)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def manual_greedy(stacks: BrainstacksModel, ids: list[int], weights: torch.Tensor, steps: int, eos: int) -> list[int]:
+    out, seq = [], list(ids)
+    with stacks.routed(weights), torch.no_grad():
+        for _ in range(steps):
+            token = int(stacks(torch.tensor([seq])).logits[0, -1].argmax())
+            if token == eos:
+                break
+            out.append(token)
+            seq.append(token)
+    return out
+
+
+def test_routed_generation_equals_manually_set_weights(generator, run_dir):
+    prompt = "Compute 12 times 7."
+    [gen] = generator.generate([prompt], max_new_tokens=6)
+    reference = BrainstacksModel(make_tiny_llama(), CONFIG, DOMAINS).eval()
+    run = RunDirectory(run_dir, is_writer=False)
+    run.open(reference)
+    run.load_stacks(reference)  # every stack resident; the weights decide
+    weights = generator.weight_matrix([gen.route])
+    assert weights.shape == (1, 3) and weights.sum() > 0
+    ids = generator.encode(prompt)
+    assert gen.tokens == manual_greedy(reference, ids, weights, 6, generator.tokenizer.eos_token_id)
+
+
+def test_a_batch_with_different_routes_equals_each_prompt_alone(generator):
+    generator.load_domains(DOMAINS)
+    prompts = [generator.encode("short"), generator.encode("a somewhat longer prompt here")]
+    weights = torch.tensor([[0.2, 1.0, 0.0], [1.0, 0.0, 0.7]])
+    with generator.stacks.routed(weights):
+        together = generator._decode_loop(prompts, 5, 0.0, 0)
+    for row in range(2):
+        with generator.stacks.routed(weights[row : row + 1]):
+            assert generator._decode_loop([prompts[row]], 5, 0.0, 0) == [together[row]]
+
+
+def test_sampling_is_seeded(generator):
+    first = generator.generate(["hello"], mode="ungated", max_new_tokens=5, temperature=1.0, seed=3)[0].tokens
+    assert generator.generate(["hello"], mode="ungated", max_new_tokens=5, temperature=1.0, seed=3)[0].tokens == first
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_clear_errors_for_bad_requests(generator):
+    with pytest.raises(InferenceError, match="empty prompt"):
+        generator.generate(["   "])
+    with pytest.raises(InferenceError, match="context is 256"):
+        generator.generate(["x" * 300])
+    with pytest.raises(InferenceError, match="mode"):
+        generator.generate(["hi"], mode="fast")
+
+
+def test_router_from_other_domains_or_base_is_refused(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "router" / "router.json"
+    info = json.loads(path.read_text())
+    path.write_text(json.dumps({**info, "domains": ["chat", "legal"]}))
+    with pytest.raises(RouterFileError, match="legal"):
+        RoutedGenerator.from_run(copy)
+    path.write_text(json.dumps({**info, "layer_shapes_hash": "0" * 16}))
+    with pytest.raises(RouterFileError, match="another base"):
+        RoutedGenerator.from_run(copy)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_generate_command_prints_the_route_and_exits_zero(run_dir, capsys):
+    out = io.StringIO()
+    assert inference_cli.main(["generate", "--run", str(run_dir), "--prompt", "What is 2+2?", "--max_new_tokens", "3"], stdout=out) == 0
+    assert out.getvalue().startswith("route: chat")
+    assert inference_cli.main(["generate", "--run", str(run_dir), "--prompt", ""]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+
+
+def test_chat_session_commands_and_errors_keep_the_session_going(run_dir):
+    lines = "\n".join(["/route what is 3+4", "/bogus", "/temp abc", "/tokens 2", "/mode base", "hello", "/stacks", "/mode nope", "/greedy", "/quit", "never read"]) + "\n"
+    out = io.StringIO()
+    assert inference_cli.main(["chat", "--run", str(run_dir)], stdin=io.StringIO(lines), stdout=out) == 0
+    text = out.getvalue()
+    assert "route: chat" in text and "error: unknown command /bogus" in text and "error: usage: /temp" in text
+    assert "max new tokens: 2" in text and "mode: base" in text and "resident stacks:" in text
+    assert "error: usage: /mode" in text and "greedy decoding" in text

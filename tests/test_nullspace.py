@@ -1,0 +1,241 @@
+"""Null-space projection: the solvers, the projections, the callback, and the curriculum through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
+from brainstacks_pl.cli import cli_main
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.data import CurriculumDataModule
+from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.modules.sft import evaluate_loss
+from brainstacks_pl.nullspace import (
+    collect_frozen_deltas,
+    cosine_similarity_of_subspaces,
+    energy_captured,
+    leak,
+    principal_directions,
+    project_out,
+)
+from brainstacks_pl.storage import Manifest, load_tensors
+from brainstacks_pl.tokenization import byte_tokenizer
+from conftest import make_tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 40}, {name: math, path: "demo:math", max_examples: 40}]'
+FP32 = StackConfig(frozen_dtype="float32")
+
+
+def planted(n: int = 120, d: int = 96, rank: int = 12, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64))[0]
+    W = torch.linalg.qr(torch.randn(d, rank, generator=g, dtype=torch.float64))[0]
+    s = torch.logspace(1, -1, rank, dtype=torch.float64)
+    return ((U * s) @ W.T + noise * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+@pytest.mark.parametrize("solver", ["gram", "randomized"])
+def test_solvers_agree_with_full_svd_on_planted_low_rank_data(solver):
+    D = planted(noise=1e-4)
+    _, S, Vh = torch.linalg.svd(D.double(), full_matrices=False)
+    principal = principal_directions(D, 12, solver)
+    assert principal.V.shape == (96, 12)
+    assert torch.allclose(principal.V.T @ principal.V, torch.eye(12), atol=1e-6)
+    assert cosine_similarity_of_subspaces(principal.V, Vh[:12].T.float()) > 1 - 1e-8
+    assert torch.allclose(principal.singular_values, S[:12], rtol=1e-5)
+    assert principal.energy >= 0.9999
+    assert abs(energy_captured(D, principal.V) - principal.energy) < 1e-6
+
+
+@pytest.mark.parametrize("solver", ["gram", "randomized"])
+def test_k_larger_than_the_rank_keeps_only_the_rank(solver):
+    principal = principal_directions(planted(rank=5), 32, solver)
+    assert principal.V.shape[1] == 5 and principal.energy > 1 - 1e-6
+    empty = principal_directions(torch.zeros(10, 8), 4, solver)
+    assert empty.V.shape == (8, 0) and empty.energy == 1.0
+
+
+def test_project_out_leak_and_subspace_similarity():
+    g = torch.Generator().manual_seed(0)
+    V = torch.linalg.qr(torch.randn(64, 8, generator=g))[0]
+    B = torch.randn(64, 16, generator=g)
+    assert leak(B, V) > 0.1
+    assert leak(project_out(B, V), V) < 1e-6
+    assert leak(torch.zeros(64, 16), V) == 0.0 and leak(B, torch.empty(64, 0)) == 0.0
+    assert abs(cosine_similarity_of_subspaces(V, V) - 1) < 1e-6
+    other = torch.linalg.qr(torch.randn(64, 8, generator=g) - V @ (V.T @ torch.randn(64, 8, generator=g)))[0]
+    other = project_out(other, V)
+    assert cosine_similarity_of_subspaces(V, torch.linalg.qr(other)[0]) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- on a tiny model
+def tiny_data(domains=("chat", "math"), examples: int = 24) -> CurriculumDataModule:
+    data = CurriculumDataModule([{"name": d, "path": f"demo:{d}", "max_examples": examples} for d in domains], max_seq_len=64, batch_size=4, val_fraction=0.25)
+    data.set_tokenizer(byte_tokenizer())
+    data.setup("fit")
+    return data
+
+
+def trained_stack(stacks: BrainstacksModel, data, domain: str, steps: int = 4, callback: NullSpaceProjection | None = None, lr: float = 0.05) -> None:
+    """A few AdamW steps on the active stack; ``callback`` (weight mode) projects after each step."""
+    from brainstacks_pl.losses import causal_lm_loss
+
+    data.set_domain(domain)
+    params = [p for p in stacks.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    stacks.train()
+    batches = iter(data.train_dataloader())
+    for _ in range(steps):
+        batch = next(batches)
+        out = stacks(batch["input_ids"], batch["attention_mask"])
+        causal_lm_loss(out.logits, batch["labels"]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if callback is not None:
+            callback.project_active(SimpleNamespace(stacks=stacks))
+    stacks.eval()
+
+
+@pytest.fixture(scope="module")
+def chat_stack():
+    """The tensors of a trained, frozen chat stack and the data module."""
+    data = tiny_data()
+    stacks = BrainstacksModel(make_tiny_llama(), FP32, ["chat", "math"])
+    stacks.add_stack("chat", seed=1)
+    trained_stack(stacks, data, "chat")
+    return stacks.freeze_stack(), data
+
+
+def with_chat_frozen(tensors) -> BrainstacksModel:
+    stacks = BrainstacksModel(make_tiny_llama(), FP32, ["chat", "math"])
+    stacks.load_frozen_stack(tensors, "chat")
+    return stacks
+
+
+def test_batched_collection_equals_one_text_at_a_time(chat_stack):
+    tensors, data = chat_stack
+    stacks = with_chat_frozen(tensors)
+    batched = collect_frozen_deltas(stacks, data.text_dataloader("chat", batch_size=4), max_samples=7)
+    single = collect_frozen_deltas(stacks, data.text_dataloader("chat", batch_size=1), max_samples=7)
+    assert set(batched) == set(stacks.layers)
+    for name in batched:
+        assert batched[name].shape == (7, stacks.layers[name].d_out)
+        assert batched[name].abs().max() > 0
+        assert torch.allclose(batched[name], single[name], rtol=1e-5, atol=1e-6), name
+
+
+@pytest.mark.parametrize("mode", ["weight", "delta"])
+def test_trained_stack_is_orthogonal_and_delta_fold_keeps_the_loss(chat_stack, mode):
+    tensors, data = chat_stack
+    stacks = with_chat_frozen(tensors)
+    callback = NullSpaceProjection(mode=mode, k=8)
+    bases, report = callback.compute(stacks, data, ["chat"], "cpu")
+    assert all(0 < V.shape[1] <= 8 for V in bases.values())
+    stacks.set_null_space(bases, mode)
+    loader = data.val_dataloader_for("chat")
+    chat_before = evaluate_loss(stacks, loader)
+    stacks.add_stack("math", seed=2)
+    trained_stack(stacks, data, "math", callback=callback)
+    math_loader = data.val_dataloader_for("math")
+    active_loss = evaluate_loss(stacks, math_loader)
+    trained = callback.stack_leaks(SimpleNamespace(stacks=stacks), fold=False)
+    stacks.freeze_stack()
+    frozen_loss = evaluate_loss(stacks, math_loader)
+    for name, layer in stacks.layers.items():
+        assert leak(layer.frozen_Bt[-1].T, bases[name]) < 1e-5, name
+    if mode == "weight":
+        assert max(trained.values()) < 1e-5
+    else:  # the forward-only projection leaves a real leak in B; the fold removes it without changing the function
+        assert max(trained.values()) > 1e-3
+    assert abs(frozen_loss - active_loss) < 1e-6
+    with stacks.isolated(["chat"]):
+        assert evaluate_loss(stacks, loader) == chat_before  # the earlier domain as it froze, bit for bit
+
+
+# ---------------------------------------------------------------------------------------------- through the CLI
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    make_tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config", str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path", str(model_dir),
+        "--model.stack.frozen_dtype", "float32",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", "2",
+        "--trainer.limit_train_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--data.max_seq_len", "64",
+        "--data.batch_size", "4",
+        "--data.max_val_examples", "6",
+        f"--data.domains={DOMAINS}",
+        "--boosting.max_rounds", "1",
+        "--null_space.k", "8",
+        *extra,
+    ]
+
+
+class KillAtStep(Callback):
+    def __init__(self, domain: str, step: int):
+        self.domain, self.step = domain, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.stacks.active_info.domain == self.domain and trainer.global_step == self.step:
+            raise RuntimeError("simulated kill")
+
+
+def check_run(run_dir: Path) -> None:
+    manifest = Manifest.load(run_dir)
+    assert list(manifest.null_space) == ["math"], "the first domain has nothing to protect"
+    record = manifest.null_space["math"]
+    assert record["file"] == "null_space/math.safetensors"
+    bases, metadata = load_tensors(run_dir / record["file"], expected_sha256=record["sha256"])
+    assert metadata["k"] == "8"
+    stack, _ = load_tensors(run_dir / manifest.stacks[-1].file)
+    for name, V in bases.items():
+        assert 0 < V.shape[1] <= 8
+        assert leak(stack[f"{name}.B"], V) < 1e-5, name
+    report = json.loads((run_dir / "null_space" / "math.json").read_text())
+    assert report["rows"]["chat"] > 0 and report["leak"]["r0"]["max"] < 1e-5
+    forgetting = json.loads((run_dir / "forgetting_matrix.json").read_text())
+    for row in forgetting["rows"]:
+        for domain, loss in row["as_frozen"].items():
+            assert loss == forgetting["at_freeze"][domain]
+
+
+@pytest.mark.parametrize("mode", ["weight", "delta"])
+def test_curriculum_writes_and_resumes_the_null_space(tiny_model_dir, tmp_path, mode, monkeypatch):
+    run_dir = tmp_path / mode
+    kill = '--trainer.callbacks=[{class_path: test_nullspace.KillAtStep, init_args: {domain: math, step: 2}}]'
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        cli_main(fit_args(tiny_model_dir, run_dir, "--null_space.mode", mode, kill))
+    saved = (run_dir / "null_space" / "math.safetensors").read_bytes()
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the saved null space must be re-read, not recomputed")
+
+    monkeypatch.setattr("brainstacks_pl.callbacks.nullspace.collect_frozen_deltas", no_recompute)
+    cli_main(fit_args(tiny_model_dir, run_dir, "--null_space.mode", mode))
+    assert (run_dir / "null_space" / "math.safetensors").read_bytes() == saved
+    assert Manifest.load(run_dir).completed_domains == ["chat", "math"]
+    check_run(run_dir)
+
+
+def test_mode_off_writes_no_basis(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "off"
+    cli_main(fit_args(tiny_model_dir, run_dir, "--null_space.mode", "off", "--trainer.max_epochs", "1"))
+    assert Manifest.load(run_dir).null_space == {} and not (run_dir / "null_space").exists()
