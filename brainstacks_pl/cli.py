@@ -125,11 +125,16 @@ def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
 
 
 def main() -> None:
-    """Console-script entry point of ``brainstacks`` (``generate`` / ``chat`` go to ``inference_cli``)."""
+    """Console-script entry point of ``brainstacks`` (``generate`` / ``chat`` go to ``inference_cli``,
+    ``evaluate`` to ``evaluation.run_eval``)."""
     import sys
 
     if sys.argv[1:2] in (["generate"], ["chat"]):
         from brainstacks_pl import inference_cli
 
         sys.exit(inference_cli.main(sys.argv[1:]))
+    if sys.argv[1:2] == ["evaluate"]:
+        from brainstacks_pl.evaluation import run_eval
+
+        sys.exit(run_eval.main(sys.argv[2:]))
     cli_main()

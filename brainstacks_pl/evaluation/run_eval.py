@@ -1,0 +1,217 @@
+"""``brainstacks evaluate``: score a run directory on evaluation tasks in three modes.
+
+    brainstacks evaluate --run runs/demo --tasks demo [--modes base,ungated,routed] [--limit N]
+
+Modes: ``base`` (every stack off), ``ungated`` (every stack at weight 1), ``routed`` (the
+run's router picks the stacks per prompt; skipped with a message when the run has none).
+Multiple-choice tasks rank the choices by mean per-token log-prob of the choice given the
+prompt; generation tasks decode greedily and compare the extracted answer. Results go to
+``RUN/eval/results.json``, a printed table, and TensorBoard scalars under
+``RUN/tensorboard/eval`` (tag ``eval/<mode>/<task>``, step = domains completed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackScorer
+from brainstacks_pl.evaluation.scoring import answers_match, encode_pair, encode_prompt, extract_answer, pick_choice
+from brainstacks_pl.evaluation.tasks import TaskSpec, build_context, load_examples, resolve_tasks
+from brainstacks_pl.inference import MODES, InferenceError, RoutedGenerator
+from brainstacks_pl.storage import StackFileError, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate_task", "evaluate_run", "write_tensorboard", "format_table", "main", "build_parser", "no_router_message"]
+
+N_SAMPLES = 3
+"""Generations kept per task in results.json, for a look at what the model wrote."""
+
+
+def no_router_message(run_dir: str | Path) -> str:
+    return f"routed: skipped, {run_dir} has no trained router (train one with configs/router_demo.yaml)"
+
+
+def evaluate_task(scorer: StackScorer, task: TaskSpec, limit: int | None = None) -> dict[str, Any]:
+    """One task in the scorer's mode: accuracy and its details."""
+    shots, examples = load_examples(task)
+    examples = examples[:limit] if limit else examples
+    tok, template = scorer.tokenizer, scorer.generator.template
+    contexts = [build_context(ex, shots, template) for ex in examples]
+    routes = [ex.prompt for ex in examples]
+    result: dict[str, Any] = {"domain": task.domain, "type": task.type, "n": len(examples)}
+    if task.type == "mc":
+        requests, spans = [], []
+        for ex, context, route in zip(examples, contexts, routes):
+            spans.append((len(requests), len(requests) + len(ex.choices)))
+            requests += [ScoreRequest(*encode_pair(tok, context, choice), route) for choice in ex.choices]
+        scores = scorer.loglikelihood(requests)
+        per_example = [scores[a:b] for a, b in spans]
+        result["acc"] = _mean([pick_choice(s, "mean") == ex.answer for s, ex in zip(per_example, examples)])
+        result["acc_sum"] = _mean([pick_choice(s, "sum") == ex.answer for s, ex in zip(per_example, examples)])
+        result["gold_mean_logprob"] = _mean([s[ex.answer].mean_logprob for s, ex in zip(per_example, examples)])
+    else:
+        prompts = [encode_prompt(tok, context) for context in contexts]
+        texts = scorer.generate(prompts, routes, task.max_new_tokens, task.stop)
+        predicted = [extract_answer(t, task.extract) for t in texts]
+        result["acc"] = _mean([answers_match(p, ex.answer, task.extract) for p, ex in zip(predicted, examples)])
+        result["extracted"] = _mean([p is not None for p in predicted])
+        result["samples"] = [
+            {"prompt": ex.prompt, "output": t, "extracted": p, "gold": ex.answer}
+            for ex, t, p in list(zip(examples, texts, predicted))[:N_SAMPLES]
+        ]
+    if scorer.mode == "routed":
+        decisions = scorer.decisions(routes)
+        domains = scorer.generator.router_domains
+        result["route_share"] = {d: _mean([d in dec.selected for dec in decisions]) for d in domains}
+        result["capability_gap"] = _mean([dec.capability_gap for dec in decisions])
+    return result
+
+
+def _mean(values: Sequence[float | bool]) -> float:
+    return float(sum(values)) / len(values) if values else float("nan")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    tasks: Sequence[TaskSpec],
+    modes: Sequence[str] = MODES[::-1],
+    limit: int | None = None,
+    batch_size: int = 16,
+    generator: RoutedGenerator | None = None,
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """Every task in every mode on one loaded model; a mode that cannot run is recorded as skipped."""
+    generator = generator or RoutedGenerator.from_run(run_dir, **load_kwargs)
+    manifest = generator.manifest
+    results: dict[str, Any] = {
+        "run": str(run_dir),
+        "base_model": manifest.base_model_id,
+        "stacks": [r.file for r in manifest.stacks],
+        "completed_domains": list(manifest.completed_domains),
+        "has_router": generator.router is not None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "limit": limit,
+        "tasks": {t.name: {k: v for k, v in t.to_dict().items() if k != "name"} for t in tasks},
+        "modes": {},
+    }
+    for mode in modes:
+        try:
+            scorer = StackScorer(generator, mode, batch_size)
+        except NoRouterError:
+            results["modes"][mode] = {"status": "skipped", "reason": no_router_message(run_dir)}
+            continue
+        start = time.perf_counter()
+        per_task = {task.name: evaluate_task(scorer, task, limit) for task in tasks}
+        results["modes"][mode] = {
+            "status": "ok",
+            "seconds": round(time.perf_counter() - start, 3),
+            "mean_acc": _mean([r["acc"] for r in per_task.values()]),
+            "tasks": per_task,
+        }
+        log.info("evaluated %s mode in %.1fs", mode, results["modes"][mode]["seconds"])
+    return results
+
+
+def write_tensorboard(results: dict[str, Any], log_dir: str | Path) -> None:
+    """``eval/<mode>/<task>`` accuracies and ``eval/<mode>/mean``, step = domains completed."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = len(results.get("completed_domains", []))
+    writer = SummaryWriter(log_dir=str(log_dir))
+    try:
+        for mode, entry in results["modes"].items():
+            if entry["status"] != "ok":
+                continue
+            for task, res in entry["tasks"].items():
+                writer.add_scalar(f"eval/{mode}/{task}", res["acc"], step)
+            writer.add_scalar(f"eval/{mode}/mean", entry["mean_acc"], step)
+    finally:
+        writer.close()
+
+
+def format_table(results: dict[str, Any]):
+    """A rich ``Table``: one row per task, one accuracy column per mode."""
+    from rich.table import Table
+
+    modes = list(results["modes"])
+    table = Table(title=f"accuracy: {results['run']}")
+    for column in ("task", "domain", "type", "n"):
+        table.add_column(column, no_wrap=True)
+    for mode in modes:
+        table.add_column(mode, justify="right", no_wrap=True)
+
+    def cell(mode: str, task: str | None) -> str:
+        entry = results["modes"][mode]
+        if entry["status"] != "ok":
+            return "skipped"
+        value = entry["mean_acc"] if task is None else entry["tasks"][task]["acc"]
+        return f"{value:.3f}"
+
+    ok = next((m for m in modes if results["modes"][m]["status"] == "ok"), None)
+    for name, spec in results["tasks"].items():
+        n = str(results["modes"][ok]["tasks"][name]["n"]) if ok else "-"
+        table.add_row(name, spec["domain"], spec["type"], n, *(cell(m, name) for m in modes))
+    table.add_row("mean", "", "", "", *(cell(m, None) for m in modes), style="bold")
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainstacks evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="run directory (manifest.json, stacks/, router/)")
+    parser.add_argument("--tasks", default="demo", help="comma list: demo (all bundled tasks), a bundled task name, a task YAML, or a folder of YAMLs")
+    parser.add_argument("--modes", default="base,ungated,routed", help="comma list of base, ungated, routed")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
+    parser.add_argument("--batch_size", type=int, default=16, help="sequences per forward")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="base compute dtype")
+    parser.add_argument("--quantization", default=None, choices=[None, "nf4"], help="load the base in 4 bit (nf4)")
+    parser.add_argument("--model_name_or_path", default=None, help="base model (default: the run's base_model_id)")
+    parser.add_argument("--output", default=None, help="results file (default: RUN/eval/results.json)")
+    parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``brainstacks evaluate``; returns the exit code (2 on a bad request)."""
+    from rich.console import Console
+
+    args = build_parser().parse_args(argv)
+    console = Console()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    try:
+        if bad or not modes:
+            raise InferenceError(f"--modes takes a comma list of {', '.join(MODES)}; got {args.modes!r}")
+        if args.limit is not None and args.limit < 1:
+            raise InferenceError(f"--limit must be >= 1, got {args.limit}")
+        tasks = resolve_tasks(args.tasks)
+        results = evaluate_run(
+            args.run, tasks, modes, args.limit, args.batch_size,
+            device=args.device, dtype=args.dtype, quantization=args.quantization, model_name_or_path=args.model_name_or_path,
+        )
+    except (InferenceError, StackFileError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for entry in results["modes"].values():
+        if entry["status"] != "ok":
+            print(entry["reason"])
+    output = Path(args.output) if args.output else Path(args.run) / "eval" / "results.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output, results)
+    if not args.no_tensorboard:
+        write_tensorboard(results, Path(args.run) / "tensorboard" / "eval")
+    console.print(format_table(results))
+    console.print(f"results: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

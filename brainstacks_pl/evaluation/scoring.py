@@ -1,0 +1,265 @@
+"""Pure scoring helpers: continuation log-likelihoods, choice selection, greedy decoding, answers.
+
+Log-likelihood of a continuation ``c_1..c_m`` given a context ``x``::
+
+    log p(c | x) = sum_j log softmax(logits(x + c_<j))[c_j]         (``logprob``)
+    mean per-token log-prob = log p(c | x) / m                        (what choices are ranked by)
+
+Ranking choices by the mean rather than the sum keeps a long answer from losing just for
+being long (lm-eval's ``acc_norm`` does the same with bytes). Everything here takes a
+``logits_fn(input_ids [B, L], attention_mask [B, L], rows) -> logits [B, L, V]``, where
+``rows`` lists which requests (indices into the caller's list) the batch rows are, so a
+caller can route each row with its own weights; a hand-built ``nn.Module`` tests it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LogitsFn",
+    "ContinuationScore",
+    "encode_pair",
+    "encode_prompt",
+    "score_continuations",
+    "pick_choice",
+    "greedy_generate",
+    "extract_answer",
+    "extract_after_hash",
+    "extract_last_number",
+    "extract_choice_letter",
+    "answers_match",
+    "EXTRACTORS",
+]
+
+LogitsFn = Callable[[Tensor, Tensor, list[int]], Tensor]
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-likelihood of one continuation given its context."""
+
+    logprob: float
+    """Sum of the continuation tokens' log-probabilities."""
+    n_tokens: int
+    """Number of continuation tokens scored."""
+    is_greedy: bool
+    """Every continuation token is the argmax of its position (lm-eval's ``is_greedy``)."""
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / max(self.n_tokens, 1)
+
+
+def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of ``(context, continuation)`` split the way they are tokenized together.
+
+    The pair is tokenized as one string and the continuation is what follows the context's own
+    tokens (lm-eval's convention); trailing spaces of the context move to the continuation so a
+    BPE that glues spaces to the next word sees the same words. ``bos`` prepends the BOS token
+    (the SFT data starts every example with it; EOS stands in when there is none).
+    """
+    spaces = len(context) - len(context.rstrip(" "))
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return _head(tokenizer, bos) + whole[: len(ctx)], whole[len(ctx):]
+
+
+def encode_prompt(tokenizer, text: str, bos: bool = True) -> list[int]:
+    """``[bos] + tokens(text)``: a generation prompt, exactly as written (spaces kept)."""
+    return _head(tokenizer, bos) + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _head(tokenizer, bos: bool) -> list[int]:
+    """BOS (EOS when the tokenizer has no BOS, as lm-eval does for an empty context)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [token] if bos and token is not None else []
+
+
+@torch.no_grad()
+def score_continuations(
+    logits_fn: LogitsFn,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    max_length: int | None = None,
+    device: torch.device | str = "cpu",
+) -> list[ContinuationScore]:
+    """Score ``(context_ids, continuation_ids)`` pairs in right-padded batches, longest first.
+
+    The model sees ``(context + continuation)[:-1]`` (cut from the left to ``max_length``) and
+    the continuation tokens are read off the last ``m`` positions. A context must hold at least
+    one token (give a BOS for an empty one). Results come back in the input order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seqs: list[tuple[list[int], int]] = []
+    for ctx, cont in requests:
+        if len(ctx) == 0 or len(cont) == 0:
+            raise ValueError("every request needs >= 1 context token (e.g. BOS) and >= 1 continuation token")
+        full = (list(ctx) + list(cont))[:-1]
+        if max_length is not None:
+            if len(cont) > max_length:
+                raise ValueError(f"a continuation of {len(cont)} tokens does not fit the context of {max_length}")
+            full = full[-max_length:]
+        seqs.append((full, len(cont)))
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out: list[ContinuationScore | None] = [None] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = len(seqs[chunk[0]][0])
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, : len(seqs[i][0])] = torch.as_tensor(seqs[i][0])
+            mask[row, : len(seqs[i][0])] = 1
+        logits = logits_fn(ids.to(device), mask.to(device), chunk)  # [b, W, V]
+        for row, i in enumerate(chunk):
+            length, m = len(seqs[i][0]), seqs[i][1]
+            target = torch.as_tensor(list(requests[i][1]), device=logits.device)  # [m]
+            logp = torch.log_softmax(logits[row, length - m : length].float(), dim=-1)  # [m, V]
+            picked = logp.gather(1, target[:, None]).squeeze(1)  # [m]
+            greedy = bool((logp.argmax(-1) == target).all())
+            out[i] = ContinuationScore(float(picked.sum()), m, greedy)
+    return out  # type: ignore[return-value]
+
+
+def pick_choice(scores: Sequence[ContinuationScore], normalize: str = "mean") -> int:
+    """Index of the best choice by mean per-token log-prob (``normalize="mean"``) or by sum."""
+    if normalize not in ("mean", "sum"):
+        raise ValueError(f"normalize must be 'mean' or 'sum', got {normalize!r}")
+    values = [s.mean_logprob if normalize == "mean" else s.logprob for s in scores]
+    return max(range(len(values)), key=values.__getitem__)
+
+
+@torch.no_grad()
+def greedy_generate(
+    logits_fn: LogitsFn,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    decode: Callable[[list[int]], str],
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    stop: Sequence[str] = (),
+    context_length: int | None = None,
+    device: torch.device | str = "cpu",
+) -> list[str]:
+    """Greedy continuation of each prompt, cut at the first ``stop`` string or at EOS.
+
+    A plain loop without KV cache on a right-padded buffer, like ``RoutedGenerator``: causal
+    attention makes the padding after a row irrelevant. Prompts longer than ``context_length``
+    keep their last tokens. The caller sets the routing scope around the call.
+    """
+    keep = None if context_length is None else max(context_length - max_new_tokens, 1)
+    encoded = [list(p)[-keep:] if keep else list(p) for p in prompts]
+    batch = len(encoded)
+    width = max(len(p) for p in encoded) + max_new_tokens
+    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+    for row, seq in enumerate(encoded):
+        ids[row, : len(seq)] = torch.as_tensor(seq, device=device)
+    lengths = torch.tensor([len(seq) for seq in encoded], device=device)  # [B]
+    rows = torch.arange(batch, device=device)
+    order = list(range(batch))
+    done = [False] * batch
+    out: list[list[int]] = [[] for _ in range(batch)]
+    for _ in range(max_new_tokens):
+        w = int(lengths.max())
+        mask = (torch.arange(w, device=device)[None] < lengths[:, None]).long()  # [B, w]
+        nxt = logits_fn(ids[:, :w], mask, order)[rows, lengths - 1].argmax(-1).tolist()  # [B]
+        for row in range(batch):
+            if done[row]:
+                continue
+            token = nxt[row]
+            if token == eos_id:
+                done[row] = True
+                continue
+            ids[row, lengths[row]] = token
+            lengths[row] += 1
+            out[row].append(token)
+            done[row] = any(s and s in decode(out[row]) for s in stop)
+        if all(done):
+            break
+    return [_cut_at_stop(decode(tokens), stop) for tokens in out]
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((text.index(s) for s in stop if s and s in text), default=len(text))
+    return text[:cut]
+
+
+# --------------------------------------------------------------------------- answers
+
+_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
+_HASH_RE = re.compile(r"####\s*(" + _NUMBER + ")")
+_NUMBER_RE = re.compile(_NUMBER)
+_LETTER_RES = [
+    re.compile(r"\b(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])"),  # "The answer is (B)"
+    re.compile(r"^\s*\(?([A-Z])(?:[.):]|\s*$)"),  # "B." / "B)" / "(B)" / a lone "B" at the start
+    re.compile(r"\(([A-Z])\)"),  # "(B)" anywhere
+]
+
+
+def _clean_number(text: str) -> str:
+    text = text.replace(",", "").replace("$", "")
+    value = float(text)
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def extract_after_hash(text: str) -> str | None:
+    """The number after the first ``####`` (GSM8K style), normalised ("1,000" -> "1000"); None if absent."""
+    match = _HASH_RE.search(text)
+    return _clean_number(match.group(1)) if match else None
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number in the text, normalised (trailing sentence dots are not decimals); None if none."""
+    found = _NUMBER_RE.findall(text)
+    return _clean_number(found[-1]) if found else None
+
+
+def extract_choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
+    """The chosen option letter: "Answer: B", "the answer is (C)", a leading "D." / "D)" / "D",
+    or "(E)" anywhere, tried in that order; letters must be capitals in ``letters``; None if none."""
+    for pattern in _LETTER_RES:
+        for match in pattern.finditer(text):
+            if match.group(1) in letters:
+                return match.group(1)
+    return None
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "hash": extract_after_hash,
+    "last_number": extract_last_number,
+    "letter": extract_choice_letter,
+    "exact": lambda text: text.strip() or None,
+}
+
+
+def extract_answer(text: str, method: str) -> str | None:
+    """Apply one of ``EXTRACTORS`` (hash | last_number | letter | exact)."""
+    if method not in EXTRACTORS:
+        raise ValueError(f"unknown answer extraction {method!r}; choose one of {sorted(EXTRACTORS)}")
+    return EXTRACTORS[method](text)
+
+
+def answers_match(predicted: str | None, gold: str, method: str) -> bool:
+    """Compare an extracted answer with the gold one (numbers numerically, letters case-blind)."""
+    if predicted is None:
+        return False
+    if method in ("hash", "last_number"):
+        try:
+            gold_value = float(gold.replace(",", "").replace("$", ""))
+            return math.isclose(float(predicted), gold_value, rel_tol=0, abs_tol=1e-6)
+        except ValueError:
+            return False
+    if method == "letter":
+        return predicted.upper() == gold.strip().upper()
+    return predicted.strip() == gold.strip()
