@@ -15,8 +15,11 @@ writing into the same run directory at the same time.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -25,11 +28,61 @@ from torch import Tensor
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.storage import Manifest, StackRecord, load_tensors, save_tensors, serialize_tensors, sha256_bytes
 
+log = logging.getLogger(__name__)
+
 __all__ = ["RunDirectory", "RunLockedError"]
 
 
 class RunLockedError(RuntimeError):
     """Another live process holds this run directory."""
+
+
+def _lock_owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def _create_exclusive(path: Path, content: str) -> bool:
+    """Atomically create ``path`` holding ``content``; False if it already exists.
+
+    A complete temp file is hard-linked into place: ``link`` fails if the target exists (also
+    on NFS, unlike ``O_EXCL`` on old clients), and a reader never sees a half-written lock.
+    """
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(content)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The lock's owner; an old-style lock (a bare pid) counts as this host's."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        owner = json.loads(text)
+    except json.JSONDecodeError:
+        owner = None
+    if isinstance(owner, int):
+        owner = {"pid": owner}
+    if not isinstance(owner, dict):
+        owner = {"pid": 0}  # unreadable: nobody can be holding it
+    owner.setdefault("host", socket.gethostname())
+    return owner
+
+
+def _stale(owner: dict, me: dict) -> bool:
+    if me["slurm_job_id"] and owner.get("slurm_job_id") == me["slurm_job_id"]:
+        return True  # this job, requeued (or restarted by srun): the earlier holder is gone
+    if owner.get("host") != me["host"]:
+        return False
+    pid = owner.get("pid")
+    return not (isinstance(pid, int) and pid > 0 and _pid_alive(pid))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -73,24 +126,48 @@ class RunDirectory:
         return str(path)
 
     # ------------------------------------------------------------------ lock
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
     def acquire_lock(self) -> None:
-        """Claim the run directory for this process tree (rank 0); a stale lock is taken over."""
+        """Claim the run directory for this process tree (rank 0); a stale lock is taken over.
+
+        The lock file is created atomically (``os.link`` of a complete temp file: two runs
+        started at the same moment cannot both win) and records pid, host and SLURM job id.
+        A lock is stale when its process is dead on this host, or when it belongs to this same
+        SLURM job (a requeued job resumes on whatever node it gets). A lock from another host
+        cannot be checked, so it is respected.
+        """
         if not self.is_writer:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = self.root / ".lock"
-        if lock.exists():
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (ValueError, OSError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise RunLockedError(f"{self.root} is in use by process {pid}; wait for it or use another --trainer.default_root_dir")
-        lock.write_text(str(os.getpid()))
+        me = _lock_owner()
+        for _ in range(3):
+            if _create_exclusive(self.lock_path, json.dumps(me)):
+                return
+            owner = _read_lock(self.lock_path)
+            if owner is None:  # removed between our attempt and the read: try again
+                continue
+            if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
+                return  # ours already (re-entrant)
+            if not _stale(owner, me):
+                where = f"process {owner.get('pid')} on {owner.get('host')}" + (f" (SLURM job {owner['slurm_job_id']})" if owner.get("slurm_job_id") else "")
+                raise RunLockedError(
+                    f"{self.root} is in use by {where}; wait for it or use another --trainer.default_root_dir"
+                    f" (if that process is gone, delete {self.lock_path})"
+                )
+            log.warning("%s: taking over the stale lock of %s", self.root, owner)
+            self.lock_path.unlink(missing_ok=True)
+        raise RunLockedError(f"{self.root}: could not take the lock {self.lock_path} (another run keeps claiming it)")
 
     def release_lock(self) -> None:
-        if self.is_writer:
-            (self.root / ".lock").unlink(missing_ok=True)
+        """Remove the lock if this process holds it (never another run's lock)."""
+        if not self.is_writer:
+            return
+        owner = _read_lock(self.lock_path)
+        if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            self.lock_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ manifest and stacks
     def open(self, stacks: BrainstacksModel) -> Manifest:
@@ -103,7 +180,20 @@ class RunDirectory:
         else:
             self.manifest = Manifest(base_model_id=stacks.base_model_id, layer_shapes=shapes, stack_config=config, domains=list(stacks.domains))
         self.save_manifest()
+        if self.is_writer:
+            self._remove_orphan_temp_files()
         return self.manifest
+
+    def _remove_orphan_temp_files(self) -> None:
+        """Temp files of atomic writes cut short by a kill (never renamed into place).
+
+        Safe because the writer holds the lock; another run's lock temp file (``.lock.*``) is
+        left alone, it may be mid-acquisition.
+        """
+        for tmp in self.root.rglob(".*.tmp"):
+            if not tmp.name.startswith(".lock."):
+                log.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink(missing_ok=True)
 
     def save_manifest(self) -> None:
         if self.is_writer:

@@ -74,6 +74,10 @@ class ResidualBoosting(Callback):
         stacks = pl_module.stacks
         info = stacks.active_info
         best = next((cb for cb in trainer.callbacks if isinstance(cb, BestStackCallback)), None)
+        if best is not None:
+            # Normally done by BestStackCallback.on_train_end, but a round resumed from the checkpoint
+            # of its last epoch skips the fit loop (no on_train_end): restore here so the best is frozen.
+            best.restore(pl_module)
         tensors = stacks.freeze_stack()
         loss_at_freeze = evaluate_loss(stacks, trainer.datamodule.val_dataloader(), pl_module.device)
         record = StackRecord(

@@ -198,7 +198,11 @@ class NullSpaceProjection(Callback):
         info = getattr(stacks, "active_info", None)
         self._round = (info.domain, info.round) if info is not None else None
         self._projected_at_step = trainer.global_step
-        self.project_active(pl_module)  # idempotent; covers a round resumed from a checkpoint
+        # A round resumed from a checkpoint is not projected again: its B was projected after its
+        # last step, and projecting twice is not bit-exact (V^T B is ~1e-8, not 0), so a resumed run
+        # would drift from an uninterrupted one. A fresh round's B is zero (a no-op, kept for clarity).
+        if trainer.global_step == 0:
+            self.project_active(pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step != self._projected_at_step:  # an optimizer step happened
