@@ -126,6 +126,12 @@ class StackSFTModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._common_step(batch, "val")
 
+    def on_train_start(self) -> None:
+        # Lightning 2.x keeps submodules in whatever mode they are in (it only restores modes
+        # around validation); the base is loaded in eval mode, so switch to training here or
+        # the gating noise would depend on how the process got to this round.
+        self.stacks.train()
+
     def on_train_epoch_start(self) -> None:
         # Gating noise is a function of (seed, stack, epoch) drawn from its own generator, so a
         # resumed round replays it exactly whatever else consumed the global RNG.

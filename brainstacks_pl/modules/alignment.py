@@ -1,0 +1,218 @@
+"""AlignmentModule: what DPO and GRPO share — continue an SFT run directory with one more stack.
+
+A phase ``brainstacks fit --config configs/dpo_demo.yaml --trainer.default_root_dir RUN``:
+
+1. reads ``RUN/manifest.json`` and builds the ``BrainstacksModel`` from its base model id,
+   ``StackConfig`` and domain list (so the stacks on disk fit by construction), loads every
+   frozen stack (checksums verified);
+2. adds a new active stack for ``domain`` at the domain's next free round (``<domain>-r<k>``);
+3. runs one ``Trainer.fit`` (``BestStackCallback`` keeps the best-validation snapshot; the SFT
+   curriculum's ``ResidualBoosting`` is left out: it freezes SFT rounds, not this one);
+4. measures the held-out metrics before and after, refuses non-finite weights, freezes the
+   stack and writes it through ``RunDirectory.write_stack`` with ``StackRecord(phase=...)``;
+   ``manifest.extra["alignment"]`` gets the before/after numbers.
+
+The reference policy of DPO and GRPO is this same model with its active stack switched off
+(``BrainstacksModel.active_off()``): the base and the frozen stacks, no second copy in memory.
+A rerun after the phase has finished ``max_phase_stacks`` stacks for the domain does nothing;
+a rerun after a kill resumes the round from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, ClassVar, Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from brainstacks_pl.config import StackConfig
+from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.storage import Manifest, StackRecord
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AlignmentModule", "stack_seed"]
+
+
+def stack_seed(seed: int, domain_index: int, round: int) -> int:
+    """Initialisation seed of a stack (the curriculum driver's formula)."""
+    return seed * 1_000_003 + domain_index * 1_009 + round
+
+
+class AlignmentModule(L.LightningModule):
+    """Base of the alignment phases (see the module docstring); subclasses set ``phase``.
+
+    Args:
+        domain: The domain whose next stack this phase trains (must be in the run's manifest).
+        model_name_or_path: Base model; None: the run manifest's ``base_model_id`` (the same
+            model at another path is fine: layer shapes are checked).
+        quantization: ``nf4`` loads the base in 4-bit NF4 (QLoRA); ``None`` keeps it dense.
+        dtype: Base weights / compute dtype (``float32``, ``bfloat16``, ``float16``).
+        optimizer: Optimizer for the active stack; receives only its parameters.
+        warmup_steps: Linear warmup steps of the learning rate.
+        scheduler: ``constant`` after warmup, or ``cosine`` decay to ``min_lr_ratio`` x lr.
+        min_lr_ratio: Final learning rate as a fraction of the peak (cosine only).
+        seed: Seed of the stack initialisation (and of GRPO's sampling).
+        max_phase_stacks: Stacks of this phase the domain ends up with: a rerun once they exist
+            does nothing; raise it to train one more on top.
+    """
+
+    phase: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        domain: str,
+        model_name_or_path: Optional[str] = None,
+        quantization: Optional[Literal["nf4"]] = None,
+        dtype: str = "float32",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: int = 0,
+        scheduler: Literal["constant", "cosine"] = "constant",
+        min_lr_ratio: float = 0.1,
+        seed: int = 0,
+        max_phase_stacks: int = 1,
+    ):
+        super().__init__()
+        if max_phase_stacks < 1:
+            raise ValueError(f"max_phase_stacks must be >= 1, got {max_phase_stacks}")
+        self.domain = domain
+        self.model_name_or_path = model_name_or_path
+        self.quantization = quantization
+        self.dtype_name = dtype
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.scheduler_name = scheduler
+        self.min_lr_ratio = min_lr_ratio
+        self.seed = seed
+        self.max_phase_stacks = max_phase_stacks
+        self.stacks: BrainstacksModel | None = None
+        self.stack_config: StackConfig | None = None
+        self.tokenizer = None
+        self.strict_loading = False  # checkpoints hold only the active stack
+        self.nonfinite_steps = 0
+        self._phase_logger = None
+
+    # ------------------------------------------------------------------ model
+    def build(self, manifest: Manifest) -> BrainstacksModel:
+        """The base and stack layers exactly as the run directory describes them (idempotent)."""
+        if self.stacks is None:
+            name = self.model_name_or_path or manifest.base_model_id
+            if not name:
+                raise ValueError("the run manifest names no base model: set model.model_name_or_path")
+            self.model_name_or_path = name
+            self.stack_config = StackConfig.from_dict(manifest.stack_config)
+            self.stacks = BrainstacksModel.from_pretrained(name, self.stack_config, list(manifest.domains), quantization=self.quantization, dtype=self.dtype_name)
+        return self.stacks
+
+    def aux_term(self, aux_loss: Tensor) -> Tensor:
+        return self.stack_config.aux_coeff * aux_loss
+
+    # ------------------------------------------------------------------ the phase
+    def run_phase(self, context: Any) -> None:
+        from brainstacks_pl.run import RunDirectory
+
+        run = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0)
+        if not Manifest.exists(run.root):
+            raise FileNotFoundError(f"{run.root}: no manifest.json; run the SFT phase (configs/demo.yaml) into this --trainer.default_root_dir first")
+        stacks = self.build(Manifest.load(run.root))
+        datamodule = context.datamodule
+        if datamodule is None:
+            raise ValueError(f"the {self.phase} phase needs a data module (data: in the config)")
+        if getattr(datamodule, "tokenizer_name", None) is None and getattr(datamodule, "_tokenizer", None) is None:
+            datamodule.tokenizer_name = self.model_name_or_path
+        self.tokenizer = datamodule.tokenizer
+        self._phase_logger = context.logger
+        run.acquire_lock()
+        try:
+            run.open(stacks)
+            run.load_stacks(stacks)
+            if self.domain not in stacks.domains:
+                raise ValueError(f"domain {self.domain!r} is not in this run; its domains are {stacks.domains}")
+            done = [r for r in run.records(self.domain) if r.phase == self.phase]
+            if len(done) >= self.max_phase_stacks:
+                log.info("%s: %d %s stack(s) of %s exist (max_phase_stacks=%d); nothing to do", run.root, len(done), self.phase, self.domain, self.max_phase_stacks)
+                return
+            self._train_one_stack(run, context, datamodule)
+        finally:
+            run.release_lock()
+
+    def _train_one_stack(self, run, context, datamodule) -> StackRecord:
+        stacks = self.stacks
+        round = len(run.records(self.domain))
+        stacks.add_stack(self.domain, round, seed=stack_seed(self.seed, stacks.domains.index(self.domain), round))
+        datamodule.setup("fit")
+        before = self.evaluate(datamodule.val_dataloader())
+        self._log_summary("before", before, round)
+        started = time.monotonic()
+        trainer = context.trainer_factory(run.round_dir(self.domain, round))
+        # ResidualBoosting freezes SFT rounds and measures LM loss; this phase freezes its own stack.
+        boosting = context.callbacks.get("boosting")
+        trainer.callbacks[:] = [cb for cb in trainer.callbacks if cb is not boosting]
+        ckpt = run.resume_checkpoint(self.domain, round)
+        if ckpt:
+            log.info("resuming %s %s round %d from %s", self.phase, self.domain, round, ckpt)
+        trainer.fit(self, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        if trainer.interrupted:
+            raise RuntimeError(f"{self.phase} training of {self.domain} round {round} was interrupted; run the same command again to resume it")
+        bad = [k for k, v in stacks.active_state_dict().items() if not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(f"the {self.phase} stack has non-finite weights in {bad[:3]}; nothing was written")
+        after = self.evaluate(datamodule.val_dataloader())
+        self._log_summary("after", after, round)
+        best = context.callbacks.get("best_stack")
+        tensors = stacks.freeze_stack()
+        record = StackRecord(
+            file="", sha256="", domain=self.domain, round=round, phase=self.phase,
+            start_val_loss=before["val_loss"],
+            best_val_loss=best.best if best is not None and math.isfinite(best.best) else None,
+            loss_at_freeze=after["val_loss"],
+            val_losses=list(best.history) if best is not None else [],
+            train_seconds=round_seconds(time.monotonic() - started), steps=trainer.global_step,
+        )
+        run.manifest.extra.setdefault("alignment", []).append(
+            {"phase": self.phase, "domain": self.domain, "round": round, "before": before, "after": after, "nonfinite_steps": self.nonfinite_steps}
+        )
+        return run.write_stack(tensors, record)
+
+    def _log_summary(self, when: str, metrics: dict[str, float], round: int) -> None:
+        log.info("%s %s round %d, held-out %s: %s", self.phase, self.domain, round, when, {k: round_seconds(v) for k, v in metrics.items()})
+        logger = self._phase_logger
+        if logger is not None:
+            logger.log_metrics({f"{self.phase}/{when}/{k}": v for k, v in metrics.items()}, step=round)
+
+    def evaluate(self, dataloader) -> dict[str, float]:
+        """Held-out metrics of the current policy (subclasses); must include ``val_loss``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.stacks.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable parameters: the phase adds a stack before fitting")
+        optimizer = self.optimizer_factory(params)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, floor, cosine = self.warmup_steps, self.min_lr_ratio, self.scheduler_name == "cosine"
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if not cosine:
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}
+
+
+def round_seconds(value: float) -> float:
+    return float(f"{value:.6g}")
