@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.optim import stack_optimizers
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.storage import Manifest, StackRecord
 
@@ -192,23 +193,10 @@ class AlignmentModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.stacks.parameters() if p.requires_grad]
-        if not params:
-            raise RuntimeError("no trainable parameters: the phase adds a stack before fitting")
-        optimizer = self.optimizer_factory(params)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, floor, cosine = self.warmup_steps, self.min_lr_ratio, self.scheduler_name == "cosine"
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if not cosine:
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return stack_optimizers(
+            self.stacks.parameters(), self.optimizer_factory, self.trainer.estimated_stepping_batches,
+            self.warmup_steps, self.scheduler_name, self.min_lr_ratio,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}

@@ -21,6 +21,7 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.losses import causal_lm_loss, per_sample_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.optim import stack_optimizers
+from brainstacks_pl.phase import PhaseContext
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class StackSFTModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ the phase
-    def run_phase(self, context: "PhaseContext") -> None:
+    def run_phase(self, context: PhaseContext) -> None:
         """The whole curriculum: every domain, every boosting round (see ``driver.py``)."""
         from brainstacks_pl.driver import CurriculumDriver
         from brainstacks_pl.report import print_forgetting_report
