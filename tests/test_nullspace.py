@@ -49,7 +49,8 @@ def test_solvers_agree_with_full_svd_on_planted_low_rank_data(solver):
     principal = principal_directions(D, 12, solver)
     assert principal.V.shape == (96, 12)
     assert torch.allclose(principal.V.T @ principal.V, torch.eye(12), atol=1e-6)
-    assert cosine_similarity_of_subspaces(principal.V, Vh[:12].T.float()) > 1 - 1e-8
+    tolerance = 1e-8 if solver == "gram" else 1e-6  # randomized runs in fp32 from a random sketch
+    assert cosine_similarity_of_subspaces(principal.V, Vh[:12].T.float()) > 1 - tolerance
     assert torch.allclose(principal.singular_values, S[:12], rtol=1e-5)
     assert principal.energy >= 0.9999
     assert abs(energy_captured(D, principal.V) - principal.energy) < 1e-6
