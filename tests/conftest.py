@@ -32,6 +32,13 @@ def make_tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
+def save_tiny_model(path):
+    """Write the tiny model and the byte tokenizer with ``save_pretrained``: an offline hub directory."""
+    make_tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Tiny tensors run fastest on one thread; two OpenMP pools on 2 cores thrash each other.
@@ -57,7 +64,4 @@ def tiny_llama():
 @pytest.fixture
 def tiny_llama_dir(tmp_path):
     """A tiny model + tokenizer written with ``save_pretrained``: the hub-loading path, offline."""
-    path = tmp_path / "tiny-llama"
-    make_tiny_llama().save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path / "tiny-llama")

@@ -25,13 +25,9 @@ TINY_DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math,
 
 def make_model_dir(path: Path) -> Path:
     """The conftest tiny Llama + byte tokenizer, written with ``save_pretrained``."""
-    from conftest import make_tiny_llama
+    from conftest import save_tiny_model
 
-    from brainstacks_pl.tokenization import byte_tokenizer
-
-    make_tiny_llama().save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny_model(path)
 
 
 def fit_args(model_dir: Path, run_dir: Path, *extra: str, batch_size: int = 4) -> list[str]:

@@ -9,16 +9,14 @@ import sys
 from pathlib import Path
 
 from brainstacks_pl.storage import Manifest
-from conftest import make_tiny_llama
-from brainstacks_pl.tokenization import byte_tokenizer
+from conftest import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_rank_ddp_curriculum_keeps_ranks_identical(tmp_path):
     model_dir = tmp_path / "tiny"
-    make_tiny_llama().save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     run_dir, digests = tmp_path / "run", tmp_path / "digests"
     args = [
         sys.executable, "-m", "brainstacks_pl", "fit",

@@ -19,7 +19,7 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.dpo import DPOModule
 from brainstacks_pl.storage import Manifest
 from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
@@ -122,8 +122,7 @@ def test_empty_and_identical_pairs_are_dropped_and_counted(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
-    make_tiny_llama().save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
+    save_tiny_model(path)
     return path
 
 

@@ -34,8 +34,7 @@ from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.routing.artifact import save_router
 from brainstacks_pl.storage import Manifest
-from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama
+from conftest import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 24}, {name: math, path: "demo:math", max_examples: 24}]'
@@ -194,8 +193,7 @@ def test_bundled_demo_tasks_load_and_are_held_out_from_the_training_data():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("model") / "tiny"
-    make_tiny_llama().save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     run_dir = tmp_path_factory.mktemp("runs") / "eval"
     cli_main([
         "fit",

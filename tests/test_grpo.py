@@ -16,7 +16,7 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.grpo import GRPOModule, RewardError, RewardSpec
 from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
@@ -136,8 +136,7 @@ def test_reward_errors_are_named_or_skipped():
 def sft_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("grpo")
     model_dir = root / "tiny"
-    make_tiny_llama().save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     run_dir = root / "sft"
     cli_main([
         "fit", "--config", str(REPO / "configs" / "demo.yaml"),

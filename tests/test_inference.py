@@ -19,8 +19,7 @@ from brainstacks_pl.routing.artifact import RouterFileError, save_router
 from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackFileError, StackRecord
-from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, save_tiny_model
 
 DOMAINS = ["chat", "code", "math"]
 CONFIG = StackConfig(experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_proj", "down_proj"], frozen_dtype="float32")
@@ -29,8 +28,7 @@ CONFIG = StackConfig(experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_pr
 def write_run(root: Path) -> Path:
     """A run directory with one random (non-zero) stack per domain and an untrained router."""
     model_dir, run_dir = root / "tiny", root / "run"
-    make_tiny_llama().save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     stacks = BrainstacksModel(make_tiny_llama(), CONFIG, DOMAINS, base_model_id=str(model_dir)).eval()
     run = RunDirectory(run_dir)
     run.open(stacks)

@@ -26,7 +26,7 @@ from brainstacks_pl.nullspace import (
 )
 from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 40}, {name: math, path: "demo:math", max_examples: 40}]'
@@ -165,8 +165,7 @@ def test_trained_stack_is_orthogonal_and_delta_fold_keeps_the_loss(chat_stack, m
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
-    make_tiny_llama().save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
+    save_tiny_model(path)
     return path
 
 

@@ -25,8 +25,7 @@ from brainstacks_pl.routing.discovery import (
     route_weights,
 )
 from brainstacks_pl.storage import Manifest, load_tensors
-from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
@@ -200,8 +199,7 @@ def test_selection_scores():
 def sft_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("router_e2e")
     model_dir = root / "tiny"
-    make_tiny_llama().save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     run_dir = root / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread pin

@@ -17,8 +17,7 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.sft import StackSFTModule
 from brainstacks_pl.storage import Manifest, StackRecord
-from conftest import make_tiny_llama
-from brainstacks_pl.tokenization import byte_tokenizer
+from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 48}, {name: math, path: "demo:math", max_examples: 48}]'
@@ -27,8 +26,7 @@ DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 48}, {name: math, path
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
-    make_tiny_llama().save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
+    save_tiny_model(path)
     return path
 
 
