@@ -28,6 +28,9 @@ from brainstacks_pl.phase import PhaseContext
 __all__ = ["BrainstacksCLI", "cli_main", "main", "CurriculumProgressBar"]
 
 FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
+# Trainer arguments that may be objects a Trainer takes ownership of (Lightning sets their
+# accelerator, devices and precision): every per-round Trainer needs its own unused copy.
+STATEFUL_TRAINER_ARGS = ("strategy", "accelerator", "plugins")
 
 
 class CurriculumProgressBar(TQDMProgressBar):
@@ -62,6 +65,17 @@ class BrainstacksCLI(LightningCLI):
         parser.add_lightning_class_args(NullSpaceProjection, "null_space")
         parser.set_defaults({"trainer.default_root_dir": "runs/brainstacks", "trainer.enable_checkpointing": False})
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        # A phase builds one Trainer per round from this config. A strategy given as an object
+        # (FSDPStrategy in configs/fsdp_demo.yaml) is bound to the first Trainer that uses it and
+        # refused by the next ("accelerator set through both strategy class and accelerator
+        # flag"), so keep pristine copies before the CLI's own Trainer binds the originals.
+        self._pristine_trainer_args = {
+            key: copy.deepcopy(config[key]) for key in STATEFUL_TRAINER_ARGS
+            if config.get(key) is not None and not isinstance(config[key], (str, int))
+        }
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_fit(self) -> None:
         # Programmatic links (they differ per phase): the data's tokenizer is the model's, and
         # the model's domain list is the curriculum's.
@@ -94,6 +108,7 @@ class BrainstacksCLI(LightningCLI):
 
         def trainer_factory(work_dir: Path) -> Trainer:
             config = copy.copy(trainer_config)
+            config.update({key: copy.deepcopy(value) for key, value in self._pristine_trainer_args.items()})
             config.update(
                 default_root_dir=str(work_dir),
                 logger=logger if logger is not None else False,

@@ -124,6 +124,15 @@ def test_resume_after_a_kill_gives_bit_identical_stacks(tiny_model_dir, finished
     assert json.loads((run_dir / "forgetting_matrix.json").read_text()) == json.loads((finished_run / "forgetting_matrix.json").read_text())
 
 
+def test_a_strategy_object_from_the_config_serves_every_round(tiny_model_dir, finished_run, tmp_path):
+    # configs/fsdp_demo.yaml passes its strategy as a class_path: each round's Trainer must get
+    # its own copy (a strategy is bound to the first Trainer that uses it).
+    run_dir = tmp_path / "object_strategy"
+    strategy = "--trainer.strategy={class_path: lightning.pytorch.strategies.SingleDeviceStrategy, init_args: {device: cpu}}"
+    cli_main(fit_args(tiny_model_dir, run_dir, strategy))
+    assert stack_bytes(run_dir) == stack_bytes(finished_run)
+
+
 def test_finished_run_is_reused_not_retrained(tiny_model_dir, finished_run, tmp_path):
     import shutil
 
