@@ -21,6 +21,7 @@ _LAZY = {
     "ResidualBoosting": "brainstacks_pl.callbacks.boosting",
     "NullSpaceProjection": "brainstacks_pl.callbacks.nullspace",
     "ForgettingMatrix": "brainstacks_pl.callbacks.forgetting",
+    "ThroughputRecorder": "brainstacks_pl.callbacks.throughput",
     "CurriculumDataModule": "brainstacks_pl.data.curriculum",
     "DomainConfig": "brainstacks_pl.data.curriculum",
     "MetaRouter": "brainstacks_pl.layers.router",

@@ -12,7 +12,7 @@ import brainstacks_pl
 PUBLIC = [
     "MoELoRA", "StackedLinear", "StackConfig", "BrainstacksModel",
     "StackSFTModule", "RouterModule", "DPOModule", "GRPOModule",
-    "BestStackCallback", "ResidualBoosting", "NullSpaceProjection", "ForgettingMatrix",
+    "BestStackCallback", "ResidualBoosting", "NullSpaceProjection", "ForgettingMatrix", "ThroughputRecorder",
     "CurriculumDataModule", "MetaRouter", "RoutedGenerator", "cli_main",
 ]
 
