@@ -23,11 +23,10 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
-from brainstacks_pl.phase import PhaseContext
+from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, phase_callbacks
 
 __all__ = ["BrainstacksCLI", "cli_main", "main", "CurriculumProgressBar"]
 
-FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 # Trainer arguments that may be objects a Trainer takes ownership of (Lightning sets their
 # accelerator, devices and precision): every per-round Trainer needs its own unused copy.
 STATEFUL_TRAINER_ARGS = ("strategy", "accelerator", "plugins")
@@ -86,7 +85,7 @@ class BrainstacksCLI(LightningCLI):
             model.domain_names = list(data.domain_names)
 
     def fit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None, **_: Any) -> None:
-        context = self.phase_context(datamodule)
+        context = self.phase_context(model, datamodule)
         if hasattr(model, "run_phase"):
             if ckpt_path is not None:
                 raise ValueError("--ckpt_path is not used by this phase: rerun the same command with the same default_root_dir to resume")
@@ -94,15 +93,16 @@ class BrainstacksCLI(LightningCLI):
         else:
             context.trainer_factory(context.run_dir).fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    def phase_context(self, datamodule) -> PhaseContext:
+    def phase_context(self, model: L.LightningModule, datamodule) -> PhaseContext:
         run_dir = Path(self.trainer.default_root_dir)
         trainer_config = dict(vars(self._get(self.config_init, "trainer")))
         logger = self._shared_logger(trainer_config.get("logger"), run_dir)
-        forced = {key: self._get(self.config_init, key) for key in FORCED_CALLBACKS}
-        # LightningCLI appends the forced callbacks and SaveConfigCallback to this list in place.
+        parsed = [self._get(self.config_init, key) for key in FORCED_CALLBACKS]
+        forced = {key: self._get(self.config_init, key) for key in phase_callbacks(model)}
+        # LightningCLI appends every forced callback and SaveConfigCallback to this list in place.
         user_callbacks = [
             cb for cb in trainer_config.get("callbacks") or []
-            if not any(cb is f for f in forced.values()) and not isinstance(cb, SaveConfigCallback)
+            if not any(cb is f for f in parsed) and not isinstance(cb, SaveConfigCallback)
         ]
         show_progress = trainer_config.get("enable_progress_bar", True) is not False
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import load_router
@@ -255,31 +256,14 @@ class RoutedGenerator:
 
     @torch.no_grad()
     def _decode_loop(self, encoded: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
-        """A plain loop without KV cache on a right-padded buffer (causal: padding after a row never matters)."""
-        batch, eos = len(encoded), self.tokenizer.eos_token_id
-        limit = self.context_length or 10**9
-        ids, _ = pad_right([seq + [self._pad_id] * max_new_tokens for seq in encoded], self._pad_id)
-        ids = ids.to(self.device)  # [B, L + N]
-        lengths = torch.tensor([len(seq) for seq in encoded], device=self.device)  # [B]
-        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        rows = torch.arange(batch, device=self.device)
+        """Left-padded batch through ``generation.generate`` (KV cache); each row's tokens up to,
+        not including, its eos, and never past the model's context."""
+        ids, mask = pad_left(encoded, self._pad_id)
         generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
-        out: list[list[int]] = [[] for _ in range(batch)]
-        for _ in range(max_new_tokens):
-            width = int(lengths.max())
-            mask = (torch.arange(width, device=self.device)[None] < lengths[:, None]).long()  # [B, W]
-            logits = self.stacks(ids[:, :width], mask).logits[rows, lengths - 1].float()  # [B, V]
-            if temperature > 0:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
-            else:
-                nxt = logits.argmax(-1)
-            for row in (~done).nonzero().flatten().tolist():  # host loop over a handful of rows
-                token = int(nxt[row])
-                ids[row, lengths[row]] = token
-                lengths[row] += 1
-                if token != eos:
-                    out[row].append(token)
-                done[row] = token == eos or int(lengths[row]) >= limit
-            if bool(done.all()):
-                break
-        return out
+        out = generate(
+            self.stacks.model, ids.to(self.device), mask.to(self.device), max_new_tokens, temperature if temperature > 0 else None,
+            generator, self.tokenizer.eos_token_id, self._pad_id, max_length=self.context_length,
+        )
+        completions = out.sequences[:, ids.shape[1]:].tolist()
+        eos = self.tokenizer.eos_token_id
+        return [[t for t, m in zip(row, keep) if m and t != eos] for row, keep in zip(completions, out.completion_mask.tolist())]

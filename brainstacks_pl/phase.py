@@ -5,6 +5,14 @@
 boosting round; the router phase first discovers its targets); any other LightningModule
 gets one plain ``Trainer.fit``. Keeping this contract small is what lets each phase live in
 its own module without the CLI knowing about it.
+
+The CLI always parses its forced callbacks (``FORCED_CALLBACKS``: ``--best_stack.*``,
+``--boosting.*``, ``--null_space.*``), so every shipped config parses with one parser. Which
+of them a phase's trainers actually carry is the phase's call: a LightningModule declares
+``phase_callbacks`` (a class attribute, a tuple of those config keys); without it, it gets all
+of them (the SFT curriculum). A phase that does not use a callback must not carry it, rather
+than remove it from a built trainer by hand: ``ResidualBoosting`` freezes SFT rounds and
+measures LM loss on an LM data module, which an alignment phase has neither of.
 """
 
 from __future__ import annotations
@@ -16,7 +24,21 @@ from typing import Callable
 import lightning as L
 from lightning.pytorch.loggers import Logger
 
-__all__ = ["PhaseContext"]
+__all__ = ["FORCED_CALLBACKS", "PhaseContext", "phase_callbacks"]
+
+FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
+"""Config keys of the callbacks the CLI parses for every phase."""
+
+
+def phase_callbacks(module: L.LightningModule) -> tuple[str, ...]:
+    """The forced callbacks ``module``'s trainers carry: its ``phase_callbacks``, else all of them."""
+    declared = getattr(module, "phase_callbacks", None)
+    if declared is None:
+        return FORCED_CALLBACKS
+    unknown = sorted(set(declared) - set(FORCED_CALLBACKS))
+    if unknown:
+        raise ValueError(f"{type(module).__name__}.phase_callbacks names {unknown}; the CLI's forced callbacks are {list(FORCED_CALLBACKS)}")
+    return tuple(declared)
 
 
 @dataclass
@@ -24,9 +46,10 @@ class PhaseContext:
     run_dir: Path
     """The run directory (``--trainer.default_root_dir``): manifest, stacks, logs."""
     trainer_factory: Callable[[Path], L.Trainer]
-    """A fresh Trainer whose own files (checkpoints) go under the given directory."""
+    """A fresh Trainer whose own files (checkpoints) go under the given directory; it carries
+    the user's callbacks and exactly the forced callbacks in ``callbacks``."""
     datamodule: L.LightningDataModule | None
     logger: Logger | None
     """The one logger shared by every fit of the phase (one TensorBoard directory)."""
     callbacks: dict[str, L.Callback]
-    """The CLI's forced callbacks by config key (``best_stack``, ``boosting``)."""
+    """The forced callbacks this phase uses (``phase_callbacks``), by config key."""

@@ -97,6 +97,18 @@ def test_dpo_step_allocates_no_second_model(tmp_path):
     assert out["dpo_loss"].item() == pytest.approx(math.log(2), abs=1e-6), "B = 0: policy == reference at step 0"
 
 
+def test_phases_declare_their_forced_callbacks():
+    from brainstacks_pl.modules.sft import StackSFTModule
+    from brainstacks_pl.phase import FORCED_CALLBACKS, phase_callbacks
+
+    assert phase_callbacks(DPOModule("chat")) == ("best_stack",)
+    assert phase_callbacks(StackSFTModule.__new__(StackSFTModule)) == FORCED_CALLBACKS, "undeclared: all of them"
+    odd = DPOModule("chat")
+    odd.phase_callbacks = ("best_stack", "early_stopping")
+    with pytest.raises(ValueError, match="early_stopping"):
+        phase_callbacks(odd)
+
+
 # ---------------------------------------------------------------------- bad input
 def test_empty_and_identical_pairs_are_dropped_and_counted(tmp_path):
     rows = [
@@ -199,7 +211,11 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
 
 
 class PlantSpike(Callback):
-    """Test helper: ruins the active stack right before the second validation."""
+    """Test helper: ruins the active stack right before the second validation (and records
+    which callbacks the phase's trainer carries)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.callback_types = {type(cb).__name__ for cb in trainer.callbacks}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.current_epoch == 1 and batch_idx == trainer.num_training_batches - 1:
@@ -210,7 +226,10 @@ class PlantSpike(Callback):
 
 def test_planted_spike_is_caught_and_best_weights_are_written(sft_run, tmp_path):
     run_dir = _copy(sft_run, tmp_path / "run")
-    cli_main(dpo_args(run_dir, "--trainer.max_epochs", "3", "--trainer.callbacks=[{class_path: test_dpo.PlantSpike}]"))
+    cli = cli_main(dpo_args(run_dir, "--trainer.max_epochs", "3", "--trainer.callbacks=[{class_path: test_dpo.PlantSpike}]"))
+    [spike] = [cb for cb in cli.trainer.callbacks if isinstance(cb, PlantSpike)]
+    assert "BestStackCallback" in spike.callback_types, "the phase declares the callbacks it uses"
+    assert not {"ResidualBoosting", "NullSpaceProjection"} & spike.callback_types
     record = Manifest.load(run_dir).stacks[-1]
     assert record.phase == "dpo" and len(record.val_losses) == 2, "the spike ended the round"
     assert not math.isfinite(record.val_losses[1]) or record.val_losses[1] > record.val_losses[0] + 0.5

@@ -11,6 +11,7 @@ import torch
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.generation import generate
 from brainstacks_pl.losses import group_advantages, grpo_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.grpo import GRPOModule, RewardError, RewardSpec
@@ -101,6 +102,32 @@ def test_sampling_is_seeded_and_stops_at_eos():
         ends = (row == 1).nonzero()
         if len(ends):  # nothing after the first eos counts
             assert m[ends[0, 0] + 1 :].sum() == 0 and m[: ends[0, 0] + 1].all()
+
+
+def test_cached_and_uncached_sampling_give_identical_tokens():
+    """The KV cache is valid with stacks (they act per token inside the Linear layers): same seed,
+    same tokens, with a frozen stack and an active one on, left padding and greedy or sampled."""
+    module = tiny_module()
+    stacks = module.stacks
+    with torch.no_grad():
+        for stack in stacks.active_stacks().values():
+            stack.B.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    stacks.freeze_stack()
+    stacks.add_stack("math", 1, seed=2)
+    with torch.no_grad():
+        for stack in stacks.active_stacks().values():
+            stack.B.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    stacks.eval()
+    ids = torch.tensor([[2, 2, 0, 40, 41], [0, 42, 43, 44, 45], [2, 2, 2, 0, 50]])
+    mask = (ids != 2).long()
+    for temperature in (None, 1.0):
+        cached, uncached = (
+            generate(stacks.model, ids, mask, 24, temperature, torch.Generator().manual_seed(3), eos_token_id=1, pad_token_id=2, use_cache=use)
+            for use in (True, False)
+        )
+        assert torch.equal(cached.sequences, uncached.sequences) and torch.equal(cached.completion_mask, uncached.completion_mask)
+    short = generate(stacks.model, ids, mask, 24, None, pad_token_id=2, max_length=7)  # context of 7 tokens
+    assert short.completion_mask.sum(1).tolist() == [4, 2, 5], "a row stops when its real length reaches the context"
 
 
 # ---------------------------------------------------------------------- bad rewards

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from brainstacks_pl.data.curriculum import DEMO_DIR, EpochShuffleSampler
 from brainstacks_pl.data.decontaminate import split_hash
 from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, format_prompt, strip_chat_tokens
+from brainstacks_pl.generation import pad_left
 
 __all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs", "split_by_prompt"]
 
@@ -303,12 +304,7 @@ class _PromptCollator:
         self.pad_id = pad_id
 
     def __call__(self, items: list[tuple[list[int], dict[str, Any]]]) -> dict[str, Any]:
-        length = max(len(ids) for ids, _ in items)
-        input_ids = torch.full((len(items), length), self.pad_id, dtype=torch.long)  # [N, P]
-        attention_mask = torch.zeros((len(items), length), dtype=torch.long)  # [N, P]
-        for row, (ids, _) in enumerate(items):
-            input_ids[row, length - len(ids):] = torch.tensor(ids)
-            attention_mask[row, length - len(ids):] = 1
+        input_ids, attention_mask = pad_left([ids for ids, _ in items], self.pad_id)  # [N, P]
         keys = [k for k in items[0][1] if k != "prompt"]
         columns = {k: [row[k] for _, row in items] for k in keys}
         prompts = [row["prompt"] for _, row in items]

@@ -6,8 +6,8 @@ A phase ``brainstacks fit --config configs/dpo_demo.yaml --trainer.default_root_
    ``StackConfig`` and domain list (so the stacks on disk fit by construction), loads every
    frozen stack (checksums verified);
 2. adds a new active stack for ``domain`` at the domain's next free round (``<domain>-r<k>``);
-3. runs one ``Trainer.fit`` (``BestStackCallback`` keeps the best-validation snapshot; the SFT
-   curriculum's ``ResidualBoosting`` is left out: it freezes SFT rounds, not this one);
+3. runs one ``Trainer.fit`` (``BestStackCallback`` keeps the best-validation snapshot; the
+   phase declares it is the only forced callback it uses, ``phase_callbacks``);
 4. measures the held-out metrics before and after, refuses non-finite weights, freezes the
    stack and writes it through ``RunDirectory.write_stack`` with ``StackRecord(phase=...)``;
    ``manifest.extra["alignment"]`` gets the before/after numbers.
@@ -65,6 +65,11 @@ class AlignmentModule(L.LightningModule):
     """
 
     phase: ClassVar[str] = ""
+    phase_callbacks: ClassVar[tuple[str, ...]] = ("best_stack",)
+    """The CLI's forced callbacks this phase's trainer carries (``brainstacks_pl.phase``):
+    ``BestStackCallback`` guards the stack; ``ResidualBoosting`` (freezes SFT rounds, measures LM
+    loss) and ``NullSpaceProjection`` (its basis is computed by the curriculum driver's domain
+    hook, which this phase does not run) have nothing to do here."""
 
     def __init__(
         self,
@@ -152,9 +157,6 @@ class AlignmentModule(L.LightningModule):
         self._log_summary("before", before, round)
         started = time.monotonic()
         trainer = context.trainer_factory(run.round_dir(self.domain, round))
-        # ResidualBoosting freezes SFT rounds and measures LM loss; this phase freezes its own stack.
-        boosting = context.callbacks.get("boosting")
-        trainer.callbacks[:] = [cb for cb in trainer.callbacks if cb is not boosting]
         ckpt = run.resume_checkpoint(self.domain, round)
         if ckpt:
             log.info("resuming %s %s round %d from %s", self.phase, self.domain, round, ckpt)

@@ -3,7 +3,7 @@
 Per training batch of N prompts:
 
 1. sample G completions per prompt with the current policy (active stack on, temperature
-   sampling, a plain loop without KV cache: fine for small models and short answers);
+   sampling with the KV cache, ``generation.generate``);
 2. score them with the configured reward callables (``rewards.py``), weighted sum per sample;
 3. standardise rewards within each prompt's group (``group_advantages``);
 4. take the per-token log-probabilities of the sampled tokens under the sampling policy
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from brainstacks_pl.generation import generate
 from brainstacks_pl.losses import group_advantages, grpo_loss
 from brainstacks_pl.modules.alignment import AlignmentModule
 
@@ -133,28 +134,12 @@ class GRPOModule(AlignmentModule):
     # ------------------------------------------------------------------ sampling and scoring
     @torch.no_grad()
     def sample(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, temperature: float | None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Append up to ``max_new_tokens`` tokens to left-padded prompts ([B, P]); greedy when
-        ``temperature`` is None. Returns ``(sequences [B, P+C], completion_mask [B, C])``; the
-        mask covers each completion up to and including its eos."""
+        """Append up to ``max_new_tokens`` tokens to left-padded prompts ([B, P]) with the KV
+        cache (``generation.generate``); greedy when ``temperature`` is None. Returns
+        ``(sequences [B, P+C], completion_mask [B, C])``; the mask covers each completion up to
+        and including its eos."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        pad = pad if pad is not None else eos
-        ids, mask = input_ids, attention_mask
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, T]: left padding keeps positions
-            logits = self.stacks(ids, mask, position_ids=position_ids).logits[:, -1].float()  # [B, V]
-            if temperature is None:
-                token = logits.argmax(-1)
-            else:
-                token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
-            token = torch.where(done, torch.full_like(token, pad), token)
-            ids = torch.cat([ids, token[:, None]], 1)
-            mask = torch.cat([mask, (~done).long()[:, None]], 1)
-            if eos is not None:
-                done = done | (token == eos)
-            if bool(done.all()):
-                break
-        return ids, mask[:, input_ids.shape[1]:]
+        return generate(self.stacks.model, input_ids, attention_mask, max_new_tokens, temperature, generator, eos, pad if pad is not None else (eos or 0))
 
     def token_logps(self, sequences: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[Tensor, Tensor]:
         """Per-token log-probabilities of the completion tokens [B, C] and the aux loss."""
