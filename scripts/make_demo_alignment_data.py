@@ -2,8 +2,9 @@
 
     chat_preferences.jsonl  {prompt, chosen, rejected}: the chat domain's conversations; chosen is
                             the helpful answer, rejected a dismissive or off-topic one
-    math_rl.jsonl           {prompt, answer}: word problems in the math domain's style (answer = the
-                            final number); prompts that appear in math.csv are left out
+    math_rl.jsonl           {prompt, answer, level}: word problems in the math domain's style (answer =
+                            the final number; level 1-3 = operations needed, ``MATH_LEVELS``), weighted
+                            towards level 1 (``MATH_RL_MIX``); prompts that appear in math.csv are left out
     code_rl.jsonl           {prompt, tests}: small function tasks in the code domain's style with
                             assert-based tests for ``rewards.code_tests_reward``
 
@@ -16,6 +17,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -54,14 +56,35 @@ def chat_preferences(r: random.Random, n: int) -> list[dict]:
     raise RuntimeError(f"only {len(rows)} distinct chat prompts, wanted {n}")
 
 
-def math_rl(r: random.Random, n: int, exclude: set[str]) -> list[dict]:
-    rows, seen = [], set(exclude)
-    while len(rows) < n:
+# The math generator's ten problem templates, by how many operations the answer takes: a single
+# addition, subtraction or division (1), a single product or percentage (2), two steps (3).
+MATH_LEVELS = (
+    (1, re.compile(r"buys \d+ more\.|gave away|shared equally")),
+    (2, re.compile(r"boxes with|% of|rectangle|train travels")),
+    (3, re.compile(r"pays with|average|pages a day")),
+)
+MATH_RL_MIX = {1: 210, 2: 120, 3: 70}
+"""Rows per level in ``math_rl.jsonl``: GRPO learns from groups where some samples are right, and
+the 1M-parameter demo policy is right mostly on single additions and subtractions."""
+
+
+def math_level(question: str) -> int:
+    for level, pattern in MATH_LEVELS:
+        if pattern.search(question):
+            return level
+    raise ValueError(f"unknown math template: {question!r}")
+
+
+def math_rl(r: random.Random, mix: dict[int, int], exclude: set[str]) -> list[dict]:
+    rows, seen, wanted = [], set(exclude), dict(mix)
+    while any(wanted.values()):
         question, solution = make_math(r)
-        if question in seen:
+        level = math_level(question)
+        if question in seen or not wanted[level]:
             continue
         seen.add(question)
-        rows.append({"prompt": question, "answer": solution.rsplit("####", 1)[1].strip()})
+        wanted[level] -= 1
+        rows.append({"prompt": question, "answer": solution.rsplit("####", 1)[1].strip(), "level": level})
     return rows
 
 
@@ -94,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out / "math.csv", encoding="utf-8", newline="") as f:
         sft_questions = {row["question"] for row in csv.DictReader(f)}
     _write_jsonl(args.out / "chat_preferences.jsonl", chat_preferences(random.Random(args.seed), 240))
-    _write_jsonl(args.out / "math_rl.jsonl", math_rl(random.Random(args.seed + 1), 300, sft_questions))
+    _write_jsonl(args.out / "math_rl.jsonl", math_rl(random.Random(args.seed + 1), MATH_RL_MIX, sft_questions))
     _write_jsonl(args.out / "code_rl.jsonl", code_rl(random.Random(args.seed + 2), 80))
     for name in ("chat_preferences.jsonl", "math_rl.jsonl", "code_rl.jsonl"):
         print(f"{name}: {(args.out / name).stat().st_size / 1024:.1f} KiB")

@@ -91,8 +91,9 @@ class DPOModule(AlignmentModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         out = self._forward_pairs(batch)
         loss = out["dpo_loss"] + self.aux_term(out["aux_loss"])
-        if not torch.isfinite(loss):
-            # Returning None skips backward and the optimizer step; BestStackCallback restores.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            # Returning None skips backward and the optimizer step, on every rank alike (one rank
+            # skipping alone would hang the others' all-reduce); BestStackCallback restores.
             self.nonfinite_steps += 1
             log.warning("non-finite DPO loss at step %d; step skipped", self.global_step)
             return None

@@ -195,7 +195,8 @@ class GRPOModule(AlignmentModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         group, prompt_ids = self.group_size, batch["input_ids"]
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
+        # Seeded by (seed, update, rank): reruns replay the same groups; ranks draw independently.
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank)
         self.stacks.eval()  # no gating noise: the ratio must be 1 at the sampling weights
         try:
             with torch.no_grad():
@@ -205,7 +206,7 @@ class GRPOModule(AlignmentModule):
                 completions = self.decode(sequences, completion_mask, prompt_len)
                 prompts = [p for p in batch["prompts"] for _ in range(group)]
                 columns = {k: [v for v in values for _ in range(group)] for k, values in batch["columns"].items()}
-                rewards = self.score(prompts, completions, columns, "train")
+                rewards = self._score_on_every_rank(prompts, completions, columns)
                 if rewards is None:
                     return None
                 rewards = rewards.view(-1, group)  # [N, G]
@@ -234,11 +235,29 @@ class GRPOModule(AlignmentModule):
         finally:
             self.stacks.train()
 
+    def _score_on_every_rank(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> Tensor | None:
+        """``score`` with the outcome agreed across ranks (each scores its own shard): a reward
+        error or a skipped batch on one rank is one on all, so no rank is left waiting in the
+        next all-reduce."""
+        error = None
+        try:
+            rewards = self.score(prompts, completions, columns, "train")
+        except RewardError as err:
+            rewards, error = None, err
+        strategy = self.trainer.strategy
+        if strategy.reduce_boolean_decision(error is not None, all=False):
+            raise error or RewardError("a reward function raised on another rank; see its log")
+        if strategy.reduce_boolean_decision(rewards is None, all=False):
+            return None
+        return rewards
+
     def _update(self, optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask) -> Tensor | None:
         logps, aux = self.token_logps(sequences, attention, prompt_len)
         out = grpo_loss(logps, old_logps, ref_logps, advantages, completion_mask, self.clip_eps, self.kl_coeff)
         loss = out.loss + self.aux_term(aux)
-        if not torch.isfinite(loss):
+        # Under DDP every rank must take the same branch: a rank that skipped backward would
+        # leave the others waiting in the gradient all-reduce.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             self.nonfinite_steps += 1
             log.warning("non-finite GRPO loss at step %d; update skipped", self.global_step)
             return None
