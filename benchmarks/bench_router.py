@@ -4,14 +4,13 @@
   routing weights) vs one forward per (example, route) pair.           target >= 3x faster
   (also reported: one forward per route with the examples batched)
 * router overhead per prompt (base-only features + router) vs generating 64 tokens.   reported
-* with ``--run RUN`` (a run with a trained router): validation loss per domain, routed vs
-  ungated vs base only.                                                              reported
+
+Routed vs ungated vs base-only loss on a trained run is ``benchmarks/reproduce/routing.py``.
 
 Variants run interleaved for ``--repeats`` rounds and the median is reported, so a noisy
 neighbour on a shared machine slows every variant alike.
 
     python benchmarks/bench_router.py                        # demo base, CPU, 1 thread (~1-2 min)
-    python benchmarks/bench_router.py --run runs/demo        # + routed/ungated/base losses
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import per_sample_lm_loss
 from brainstacks_pl.routing.discovery import RouteLossOracle, route_weights
 from brainstacks_pl.routing.features import pad_right
-from brainstacks_pl.storage import Manifest
 
 DOMAINS = ["chat", "code", "math", "medical", "reasoning"]
 TARGET_SPEEDUP = 3.0
@@ -111,34 +109,11 @@ def bench_overhead(stacks: BrainstacksModel, tokenizer, repeats: int, tokens: in
     return {"route_seconds": route_s, f"generate_{tokens}_seconds": gen_s, "overhead_fraction": route_s / gen_s}
 
 
-def bench_run_losses(run_dir: str, limit: int) -> dict:
-    """Per domain, mean validation answer loss routed vs ungated vs base only."""
-    generator = RoutedGenerator.from_run(run_dir, require_router=True)
-    stacks, domains = generator.stacks, generator.router_domains
-    data = CurriculumDataModule(demo_domains(domains), tokenizer=Manifest.load(run_dir).base_model_id, max_seq_len=192)
-    generator.load_domains(stacks.domains)
-    out = {}
-    for domain in domains:
-        examples = data.examples(domain, "val")[:limit]
-        encoded = encode_examples(generator.tokenizer, examples, 192, generator.template)
-        ids, mask = pad_right([encoded.item(i)[0].tolist() for i in range(len(encoded))], generator._pad_id)
-        labels, _ = pad_right([encoded.item(i)[1].tolist() for i in range(len(encoded))], -100)
-        weights = generator.weight_matrix(generator.route([e.prompt for e in examples]))
-        row = {}
-        for mode, scope in (("routed", stacks.routed(weights)), ("ungated", stacks.ungated()), ("base", stacks.base_only())):
-            with torch.no_grad(), scope:
-                sums, counts = per_sample_lm_loss(stacks(ids, mask).logits, labels)
-            row[mode] = float(sums.sum() / counts.sum())
-        out[domain] = row
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=10, help="examples scored in the discovery benchmark")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--run", default=None, help="a run directory with a trained router: routed vs ungated vs base losses")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "router.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -154,8 +129,6 @@ def main() -> None:
         "discovery": bench_discovery(stacks, tokenizer, args.examples, args.repeats),
         "router_overhead": bench_overhead(stacks, tokenizer, args.repeats),
     }
-    if args.run:
-        result["run_losses"] = bench_run_losses(args.run, limit=32)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     d, o = result["discovery"], result["router_overhead"]
@@ -168,8 +141,6 @@ def main() -> None:
     print(f"{'router per prompt (features + router), ms':<52} {1000 * o['route_seconds']:>12.1f}")
     print(f"{'generate 64 tokens (no KV cache), ms':<52} {1000 * o['generate_64_seconds']:>12.1f}")
     print(f"{'router overhead / generation':<52} {o['overhead_fraction']:>12.3%}")
-    for domain, row in result.get("run_losses", {}).items():
-        print(f"{'val loss ' + domain + ' routed / ungated / base':<52} {row['routed']:.4f} / {row['ungated']:.4f} / {row['base']:.4f}")
     print(f"-> {args.out}")
 
 

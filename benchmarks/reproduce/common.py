@@ -90,6 +90,7 @@ class Bench:
 
     def __post_init__(self) -> None:
         torch.set_num_threads(self.args.threads)
+        self.code = _code_version()
 
     @property
     def dry(self) -> bool:
@@ -129,7 +130,7 @@ class Bench:
         result = {
             "name": self.name, "command": command, "config": _relative(str(self.args.config)),
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-            "seconds": self.seconds, "fit_commands": self.commands, **result,
+            "code": self.code, "seconds": self.seconds, "fit_commands": self.commands, **result,
         }
         self.args.out.mkdir(parents=True, exist_ok=True)
         (self.args.out / f"{self.name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -143,6 +144,17 @@ def _cli(argv: list[str]) -> None:
     """``cli_main`` without this script's own flags in ``sys.argv`` (LightningCLI warns about both)."""
     with mock.patch.object(sys, "argv", sys.argv[:1]):
         cli_main(argv)
+
+
+def _code_version() -> str:
+    """The commit the runs used, and whether the library had uncommitted edits (other work in the same tree)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "brainstacks_pl")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted library edits" if dirty else "")
 
 
 def _relative(arg: str) -> str:

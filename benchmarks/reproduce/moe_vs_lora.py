@@ -23,16 +23,22 @@ ARMS = {
     "moe": ("MoE-LoRA 4 x r16 top-2", []),
     "lora": ("LoRA r64 (1 expert)", ["--model.init_args.stack.experts", "1", "--model.init_args.stack.rank", "64", "--model.init_args.stack.top_k", "1", "--model.init_args.stack.noise", "false"]),
 }
+# Why does one arm win? Each ablation changes one thing of an arm, at that arm's best lr, seed 0.
+ABLATIONS = {
+    "moe_nonoise": ("moe", "MoE-LoRA without gating noise", ["--model.init_args.stack.noise", "false"]),
+    "lora_alpha_over_r": ("lora", "LoRA r64 scaled alpha/r = 0.25 (plain LoRA) instead of rsLoRA alpha/sqrt(r) = 2", ["--model.init_args.stack.rslora", "false"]),
+}
 
 
-def train_arm(bench: Bench, arm: str, lr: float, seed: int) -> list[tuple[int, float]]:
+def train_arm(bench: Bench, arm: str, lr: float, seed: int, ablation: str | None = None) -> list[tuple[int, float]]:
     a = bench.args
+    extra = ABLATIONS[ablation][2] if ablation else []
     overrides = [
-        *domains_flag(a.config, a.domains), *ARMS[arm][1], LR_FLAG, str(lr),
+        *domains_flag(a.config, a.domains), *ARMS[arm][1], *extra, LR_FLAG, str(lr),
         "--seed_everything", str(seed), "--model.init_args.seed", str(seed),
         *training_overrides(a), "--boosting.max_rounds", "1", "--best_stack.patience", "100000", "--best_stack.spike_threshold", "1e9",
     ]
-    run = bench.fit(f"{arm}-lr{lr:g}-s{seed}", overrides)
+    run = bench.fit(f"{ablation or arm}-lr{lr:g}-s{seed}", overrides)
     return [] if bench.dry else curve(read_manifest(run)["stacks"][0])
 
 
@@ -44,6 +50,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3, 8e-3], help="learning rates swept per arm (seed 0)")
     p.add_argument("--seeds", type=int, default=3, help="seeds at each arm's best lr (seed 0 is the sweep's run)")
+    p.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS), help="one-change variants at the arm's best lr")
     add_training_flags(p, epochs=15, batches=8, rounds=None)
     bench = Bench("moe_vs_lora", p.parse_args())
     a = bench.args
@@ -52,6 +59,7 @@ def main() -> None:
         return
     best_lr = {arm: min(curves, key=lambda lr: curves[lr][-1][1]) for arm, curves in sweep.items()}
     seeds = {arm: [sweep[arm][best_lr[arm]]] + [train_arm(bench, arm, best_lr[arm], s) for s in range(1, a.seeds)] for arm in ARMS}
+    ablations = {name: train_arm(bench, ABLATIONS[name][0], best_lr[ABLATIONS[name][0]], 0, name) for name in a.ablations}
     total = a.epochs * a.batches
     per_seed = []
     for moe, lora in zip(seeds["moe"], seeds["lora"]):
@@ -67,10 +75,13 @@ def main() -> None:
         "sweep_final_loss": {arm: {str(lr): c[-1][1] for lr, c in curves.items()} for arm, curves in sweep.items()},
         "best_lr": best_lr, "curves_at_best_lr": seeds, "per_seed": per_seed,
         "final_mean": mean, "final_sd": sd, "moe_reaches_lora_final_fraction": fractions,
+        "ablations": {name: {"what": ABLATIONS[name][1], "lr": best_lr[ABLATIONS[name][0]], "curve": c, "final": c[-1][1]} for name, c in ablations.items()},
         "reproduced": len(fractions) == len(per_seed) and statistics.mean(fractions) <= 0.5,
     }
     rows = ["| lr | " + " | ".join(f"{ARMS[arm][0]} final val loss" for arm in ARMS) + " |", "|---|---|---|"]
     rows += [f"| {lr:g} | " + " | ".join(fmt(sweep[arm][lr][-1][1]) for arm in ARMS) + " |" for lr in a.lrs]
+    ablation_rows = ["| one change, at the arm's best lr, seed 0 | final val loss | vs the arm itself (seed 0) |", "|---|---|---|"]
+    ablation_rows += [f"| {ABLATIONS[n][1]} | {fmt(c[-1][1])} | {c[-1][1] - seeds[ABLATIONS[n][0]][0][-1][1]:+.4f} |" for n, c in ablations.items()]
     steps = [s for s, _ in seeds["moe"][0]]
     curve_rows = ["| step | MoE-LoRA (lr %g, seed 0) | LoRA r64 (lr %g, seed 0) |" % (best_lr["moe"], best_lr["lora"]), "|---|---|---|"]
     curve_rows += [f"| {s} | {fmt(m)} | {fmt(l)} |" for s, (_, m), (_, l) in zip(steps, seeds["moe"][0], seeds["lora"][0])]
@@ -89,6 +100,8 @@ LoRA r64 {mean['lora']:.4f} +- {sd['lora']:.4f}. Per seed (MoE final, LoRA final
 step LoRA reaches MoE's final): {[(round(s['moe_final'], 4), round(s['lora_final'], 4), s['moe_reaches_lora_final_at'], s['lora_reaches_moe_final_at']) for s in per_seed]}.
 
 {verdict}
+
+{chr(10).join(ablation_rows)}
 
 {chr(10).join(curve_rows)}
 """
