@@ -80,11 +80,28 @@ def main() -> None:
     }
     rows = ["| lr | " + " | ".join(f"{ARMS[arm][0]} final val loss" for arm in ARMS) + " |", "|---|---|---|"]
     rows += [f"| {lr:g} | " + " | ".join(fmt(sweep[arm][lr][-1][1]) for arm in ARMS) + " |" for lr in a.lrs]
-    ablation_rows = ["| one change, at the arm's best lr, seed 0 | final val loss | vs the arm itself (seed 0) |", "|---|---|---|"]
-    ablation_rows += [f"| {ABLATIONS[n][1]} | {fmt(c[-1][1])} | {c[-1][1] - seeds[ABLATIONS[n][0]][0][-1][1]:+.4f} |" for n, c in ablations.items()]
+    ablation_rows = ["| one change, at the arm's best lr, seed 0 | final val loss | vs the arm itself (seed 0) | MoE side reaches the LoRA side's final at |", "|---|---|---|---|"]
+    for n, c in ablations.items():
+        arm = ABLATIONS[n][0]
+        moe_side, lora_side = (c, seeds["lora"][0]) if arm == "moe" else (seeds["moe"][0], c)
+        reach = first_reaching(moe_side, lora_side[-1][1])
+        result["ablations"][n]["moe_side_reaches_lora_side_final_at"] = reach
+        where = "never" if reach is None else f"step {reach} ({reach / total:.2f} of the steps)"
+        ablation_rows.append(f"| {ABLATIONS[n][1]} | {fmt(c[-1][1])} | {c[-1][1] - seeds[arm][0][-1][1]:+.4f} | {where} |")
     steps = [s for s, _ in seeds["moe"][0]]
     curve_rows = ["| step | MoE-LoRA (lr %g, seed 0) | LoRA r64 (lr %g, seed 0) |" % (best_lr["moe"], best_lr["lora"]), "|---|---|---|"]
     curve_rows += [f"| {s} | {fmt(m)} | {fmt(l)} |" for s, (_, m), (_, l) in zip(steps, seeds["moe"][0], seeds["lora"][0])]
+    explain = []
+    if "moe_nonoise" in ablations:
+        gap, quiet = seeds["moe"][0][-1][1] - seeds["lora"][0][-1][1], ablations["moe_nonoise"][-1][1] - seeds["lora"][0][-1][1]
+        explain.append(f"Switching the gating noise off moves MoE-LoRA from {gap:+.4f} to {quiet:+.4f} against the LoRA (seed 0): the noise "
+                       f"(softplus(W_n x) * eps, W_n = 0 at init: std ~0.69, larger than the spread of router logits that start near 0, "
+                       f"W_r ~ N(0, 0.02)) makes the top-2 choice close to random per token early on, so each expert's gradient is noisy; with 120 steps on one small domain there is no time to recover it.")
+    if "lora_alpha_over_r" in ablations:
+        reach = result["ablations"]["lora_alpha_over_r"]["moe_side_reaches_lora_side_final_at"]
+        explain.append(f"Against a LoRA with plain alpha/r scaling (8x smaller output scale at the same lr, as a LoRA baseline without rsLoRA "
+                       f"would have), MoE-LoRA reaches the LoRA's final loss at {'never' if reach is None else f'{reach / total:.2f}'} of the steps: "
+                       f"the paper's ~0.4 may depend on how its LoRA baseline was scaled (we have not verified how the paper scaled it).")
     verdict = (
         f"MoE-LoRA reaches the LoRA's final loss at {statistics.mean(fractions):.2f} of the steps (mean over {len(fractions)} seed(s) where it does)."
         if fractions else "MoE-LoRA never reaches the LoRA's final loss within the steps: **not reproduced**."
@@ -102,6 +119,8 @@ step LoRA reaches MoE's final): {[(round(s['moe_final'], 4), round(s['lora_final
 {verdict}
 
 {chr(10).join(ablation_rows)}
+
+{chr(10).join(explain)}
 
 {chr(10).join(curve_rows)}
 """
