@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.sharding import assign_, full_tensor
 from brainstacks_pl.layers.context import RoutingMode, StackContext
 from brainstacks_pl.layers.moe_lora import MoELoRA
 from brainstacks_pl.layers.stacked_linear import StackedLinear
@@ -164,13 +165,13 @@ class BrainstacksModel(nn.Module):
 
     def active_state_dict(self) -> dict[str, Tensor]:
         """The trainable tensors of the active stack, keyed ``<layer>.in_proj|B`` (fp32, detached)."""
-        return {f"{name}.{key}": value.detach().clone() for name, stack in self.active_stacks().items() for key, value in (("in_proj", stack.in_proj), ("B", stack.B))}
+        return {f"{name}.{key}": full_tensor(value.detach()).clone() for name, stack in self.active_stacks().items() for key, value in (("in_proj", stack.in_proj), ("B", stack.B))}
 
     @torch.no_grad()
     def load_active_state_dict(self, tensors: dict[str, Tensor]) -> None:
         for name, stack in self.active_stacks().items():
-            stack.in_proj.copy_(tensors[f"{name}.in_proj"])
-            stack.B.copy_(tensors[f"{name}.B"])
+            assign_(stack.in_proj, tensors[f"{name}.in_proj"])
+            assign_(stack.B, tensors[f"{name}.B"])
 
     def layer_shapes(self) -> dict[str, list[int]]:
         return {name: [layer.d_in, layer.d_out] for name, layer in self.layers.items()}

@@ -34,9 +34,15 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}       # compute nodes often have no i
 export NCCL_ASYNC_ERROR_HANDLING=1
 
 GPUS_PER_NODE=${SLURM_NTASKS_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}
+# FSDP2 configs (ModelParallelStrategy) shard over every device of every node.
+EXTRA=()
+if grep -q ModelParallelStrategy "$CONFIG"; then
+  EXTRA=(--trainer.strategy.data_parallel_size "$((SLURM_JOB_NUM_NODES * GPUS_PER_NODE))")
+fi
 
 srun --kill-on-bad-exit=1 brainstacks fit \
   --config "$CONFIG" \
   --trainer.default_root_dir "$RUN_DIR" \
   --trainer.num_nodes "$SLURM_JOB_NUM_NODES" \
-  --trainer.devices "$GPUS_PER_NODE"
+  --trainer.devices "$GPUS_PER_NODE" \
+  "${EXTRA[@]}"

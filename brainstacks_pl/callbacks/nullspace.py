@@ -37,6 +37,7 @@ from torch import Tensor
 
 from brainstacks_pl.callbacks.forgetting import heatmap_image
 from brainstacks_pl.nullspace import collect_frozen_deltas, cosine_similarity_of_subspaces, leak, principal_directions, project_out
+from brainstacks_pl.sharding import full_tensor
 from brainstacks_pl.storage import StackFileError, atomic_write_json, load_tensors, save_tensors, serialize_tensors, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ class NullSpaceProjection(Callback):
             if not V.numel():
                 continue
             if layer.active is not None:
-                B = layer.active.B.detach()
+                B = full_tensor(layer.active.B.detach())
                 B = project_out(B, V) if fold and self.mode == "delta" else B
             elif layer.num_frozen:
                 B = layer.frozen_Bt[-1].T  # [d_out, E*r], storage precision

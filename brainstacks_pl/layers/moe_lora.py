@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.sharding import assign_, full_tensor
 
 __all__ = ["MoELoRA", "MoEOutput", "top_k_gates", "load_balance_loss"]
 
@@ -120,5 +121,6 @@ class MoELoRA(nn.Module):
     def project_out_(self, null_basis: Tensor) -> None:
         """``B <- B - V (V^T B)``: the stack can no longer write into span(V), whatever its input."""
         if null_basis.numel():
-            basis = null_basis.to(self.B.dtype)
-            self.B.sub_(basis @ (basis.T @ self.B))
+            B = full_tensor(self.B)  # FSDP2 keeps B as a DTensor shard between steps
+            basis = null_basis.to(B.dtype)
+            assign_(self.B, B - basis @ (basis.T @ B))

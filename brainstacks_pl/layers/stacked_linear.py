@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.context import StackContext
 from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
+from brainstacks_pl.sharding import full_tensor
 
 __all__ = ["StackedLinear", "linear_shape", "UnsupportedLayerError"]
 
@@ -116,7 +117,7 @@ class StackedLinear(nn.Module):
         if self.null_space_mode == "delta":
             self.active.project_out_(self.null_basis)
         dtype = _storage_dtype(self.config)
-        tensors = {"in_proj": self.active.in_proj.detach().to(dtype).clone(), "B": self.active.B.detach().to(dtype).clone()}
+        tensors = {"in_proj": full_tensor(self.active.in_proj.detach()).to(dtype).clone(), "B": full_tensor(self.active.B.detach()).to(dtype).clone()}
         self.append_frozen(tensors, self.active_domain)
         self.active, self.active_domain = None, None
         return tensors

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
@@ -22,6 +23,7 @@ from brainstacks_pl.losses import causal_lm_loss, per_sample_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.optim import stack_optimizers
 from brainstacks_pl.phase import PhaseContext
+from brainstacks_pl.sharding import shard_stacks
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,18 @@ class StackSFTModule(L.LightningModule):
         return self.stacks
 
     def configure_model(self) -> None:
+        # Lightning calls this at the start of every round's fit. Under ModelParallelStrategy
+        # (FSDP2) the device mesh is set: shard the base once and each new stack as it comes.
         self.build()
+        if self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                "FSDPStrategy (FSDP1) wraps the model once, so the stack each later round adds would never be "
+                "sharded or synchronised; use lightning.pytorch.strategies.ModelParallelStrategy (FSDP2), "
+                "as configs/fsdp_demo.yaml and configs/qlora_fsdp.yaml do (docs/scaling.md)"
+            )
+        if self._device_mesh is not None:
+            mesh = self._device_mesh
+            shard_stacks(self.stacks, mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh)
 
     @property
     def stack_tag(self) -> str:

@@ -1,0 +1,92 @@
+"""FSDP2 sharding of a stacked model, applied by Lightning's ``ModelParallelStrategy``.
+
+Why FSDP2 (``torch.distributed.fsdp.fully_shard``) and not ``FSDPStrategy`` (FSDP1): a
+curriculum adds a new active stack to the *same* model before every round. FSDP1 wraps the
+module tree in place into flat parameters once; Lightning then refuses to re-wrap, so a stack
+added later would sit outside every flat parameter and never be synchronised. FSDP2 shards
+per module and lets us shard each new stack as its own unit when its round starts, while the
+decoder layers (frozen base weights only) stay sharded from the first round. It also runs on
+CPU processes (gloo), so the test suite exercises it.
+
+Outside forward/backward, FSDP2 parameters are ``DTensor`` shards. Code that reads or
+writes the active stack's weights directly (freezing, best-snapshot restore, the null-space
+weight projection) goes through :func:`full_tensor` and :func:`assign_`; both are no-ops
+for plain tensors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from brainstacks_pl.model import BrainstacksModel
+
+__all__ = ["assign_", "full_tensor", "shard_stacks"]
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def full_tensor(tensor: Tensor) -> Tensor:
+    """The whole tensor: gathers a DTensor shard from every rank (a collective), else itself."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(tensor, dtensor):
+        return tensor.full_tensor()
+    return tensor
+
+
+@torch.no_grad()
+def assign_(param: Tensor, value: Tensor) -> None:
+    """``param.copy_(value)`` where ``param`` may be a DTensor shard and ``value`` the full tensor."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(param, dtensor) and not isinstance(value, dtensor):
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(value)
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks, by Hugging Face's ``_no_split_modules`` (e.g. LlamaDecoderLayer).
+
+    Matched along the MRO: ``fully_shard`` swaps a module's class for an ``FSDP<Name>`` subclass.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [module for module in model.modules() if any(cls.__name__ in names for cls in type(module).__mro__)]
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} names no transformer block class in _no_split_modules; "
+            "FSDP sharding needs the decoder-layer class to shard the base layer by layer"
+        )
+    return blocks
+
+
+def shard_stacks(stacks: "BrainstacksModel", mesh: "DeviceMesh", reshard_after_forward: bool = True) -> int:
+    """Shard what is not sharded yet: each active stack, each decoder layer, then the base model.
+
+    Idempotent, so ``configure_model`` can call it at every round: the first call shards the
+    frozen base layer by layer; later calls only shard the new active stack (its own unit, so
+    no sharded group ever mixes trainable and frozen tensors). Frozen stacks are buffers and
+    stay replicated. Returns how many modules were sharded by this call.
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    def shard(module: nn.Module) -> int:
+        if isinstance(module, FSDPModule):
+            return 0
+        fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        return 1
+
+    count = sum(shard(stack) for stack in stacks.active_stacks().values())
+    count += sum(shard(block) for block in _blocks(stacks.model))
+    return count + shard(stacks.model)
