@@ -1,0 +1,103 @@
+"""The router phase beyond one plain process: DDP with 2 CPU ranks, and a SIGKILL during discovery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from brainstacks_pl.cli import cli_main
+from brainstacks_pl.storage import Manifest, load_tensors
+from fault_helpers import kill_group, launch, make_model_dir, run_to_completion, subprocess_env, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 40}, {name: math, path: "demo:math", max_examples: 40}]'
+
+
+class RouterDigest(Callback):
+    """Each rank records a digest of its router's weights when the fit ends."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_fit_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.router.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.txt").write_text(digest.hexdigest())
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("router_scaleout")
+    model_dir, run_dir = make_model_dir(root / "tiny"), root / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread pin
+    cli_main([
+        "fit", "--config", str(REPO / "configs" / "demo.yaml"), "--model.model_name_or_path", str(model_dir),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.enable_progress_bar", "false", "--data.max_seq_len", "96", "--data.batch_size", "4",
+        "--data.max_val_examples", "8", f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1",
+    ])
+    torch.set_num_threads(threads)
+    return run_dir
+
+
+def router_args(run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", str(REPO / "configs" / "router_demo.yaml"),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+        "--data.max_seq_len", "96", f"--data.domains={DOMAINS}", "--data.val_fraction", "0.25", "--model.hidden", "16",
+        "--model.max_train_examples", "12", "--model.max_val_examples", "6", *extra,
+    ]
+
+
+def test_router_phase_under_two_rank_ddp(sft_run, tmp_path):
+    run_dir, digests = tmp_path / "run", tmp_path / "digests"
+    shutil.copytree(sft_run, run_dir)
+    stacks_before = {p.name: p.read_bytes() for p in (run_dir / "stacks").iterdir()}
+    args = [
+        sys.executable, "-m", "brainstacks_pl", *router_args(run_dir, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
+        f"--trainer.callbacks=[{{class_path: test_router_scaleout.RouterDigest, init_args: {{out_dir: {digests}}}}}]",
+    ]
+    done = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text(), "DDP keeps the router identical on both ranks"
+    record = Manifest.load(run_dir).extra["router"]
+    tensors, _ = load_tensors(run_dir / record["file"], expected_sha256=record["sha256"])
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    report = json.loads((run_dir / "router" / "routing_report.json").read_text())
+    assert set(report["per_source"]) == {"chat", "math"}
+    assert {p.name: p.read_bytes() for p in (run_dir / "stacks").iterdir()} == stacks_before, "the router phase never touches stacks"
+    assert not (run_dir / ".lock").exists() and not (run_dir / "router" / "work").exists()
+
+
+def router_file(run_dir: Path) -> bytes:
+    return (run_dir / Manifest.load(run_dir).extra["router"]["file"]).read_bytes()
+
+
+def test_router_killed_during_discovery_resumes_to_the_same_router(sft_run, tmp_path):
+    # Discovery writes its cache after every chunk of 2 examples; the kill lands after the first.
+    small_chunks = ("--model.discovery_chunk", "2")
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    shutil.copytree(sft_run, reference)
+    shutil.copytree(sft_run, killed)
+    run_to_completion(router_args(reference, *small_chunks), tmp_path, tmp_path / "reference.log")
+
+    proc = launch(router_args(killed, *small_chunks), tmp_path, tmp_path / "killed.log")
+    cache = killed / "router" / "discovery" / "chat.jsonl"
+    assert wait_for(proc, cache.is_file), "discovery never wrote its cache"
+    kill_group(proc)
+    assert "router" not in Manifest.load(killed).extra, "the killed phase recorded no router"
+    run_to_completion(router_args(killed, *small_chunks), tmp_path, tmp_path / "killed.log")
+    assert router_file(killed) == router_file(reference)
