@@ -22,6 +22,14 @@ import math
 from common import Bench, add_training_flags, curve, domains_flag, fmt, parser, read_manifest
 
 
+def stall_note(single: list[tuple[int, float]], plateau: float) -> str:
+    """Where one long stack passes round 1's best validation loss (the same per-validation metric as the curve)."""
+    step = next((s for s, loss in single if loss <= plateau), None)
+    return (f"The single stack passes round 1's best validation loss ({plateau:.4f}) at step {step} and keeps improving through stalls of its own: "
+            "here the round-1 plateau is where early stopping reacted to a stall, not a capacity limit of one stack, and the "
+            "gain of boosting is real but smaller than that of training one stack longer. The paper reports no such control.")
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=3, help="boosting rounds (the paper reports 3)")
@@ -53,8 +61,12 @@ def main() -> None:
         "boosted_curve": boosted_curve, "single_curve": curve(single),
         "boosting_gain_over_plateau": losses[0] - losses[-1],
         "boosted_minus_single_same_steps": losses[-1] - single["loss_at_freeze"],
-        "reproduced": losses[-1] < losses[0] and losses[-1] <= single["loss_at_freeze"],
+        "reproduced": losses[-1] < losses[0],  # the paper's claim: below the single-stack plateau
+        "beats_single_same_steps": losses[-1] <= single["loss_at_freeze"],  # a control the paper does not report
     }
+    gain = losses[0] - losses[-1]
+    result["verdict"] = (f"{'reproduced' if result['reproduced'] else '**not reproduced**'}: {gain:+.4f} below the plateau (paper +0.0210); "
+                         f"one stack with the same steps is {'worse' if result['beats_single_same_steps'] else '**better**'}")
     rows = ["| stack | steps (cumulative) | validation loss at freeze | last 3 validations of the round |", "|---|---|---|---|"]
     rows += [f"| boosting round {r['round'] + 1} | {off + r['steps']} | {fmt(r['loss_at_freeze'])} | {', '.join(fmt(v) for v in r['val_losses'][-3:])} |" for r, off in zip(rounds, offsets)]
     rows.append(f"| one stack, same total steps, no early stop | {single['steps']} | {fmt(single['loss_at_freeze'])} | {', '.join(fmt(v) for v in single['val_losses'][-3:])} |")
@@ -70,6 +82,7 @@ plateau. Paper: {result['paper']}, a gain of 0.0210 (2.4%).
 Ours: {' -> '.join(fmt(v) for v in losses)} after {len(losses)} rounds: the boosted loss is **{beats_plateau}** than the
 single-stack plateau (gain {result['boosting_gain_over_plateau']:+.4f}), and {beats_single} one stack trained for the same
 {single['steps']} steps ({fmt(single['loss_at_freeze'])}; difference {result['boosted_minus_single_same_steps']:+.4f}).
+{stall_note(result["single_curve"], rounds[0]["best_val_loss"]) if not result["beats_single_same_steps"] else ""}
 Losses are measured with the frozen (storage-precision) stacks on the same held-out examples in every row; one seed.
 """
     bench.write(result, "Residual boosting beyond the single-stack plateau", body)

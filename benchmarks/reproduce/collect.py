@@ -36,6 +36,8 @@ deterministic for a given thread count (all runs use 1 torch thread).
 
 
 def verdict(result: dict) -> str:
+    if "verdict" in result:
+        return result["verdict"]
     if "reproduced" in result:
         return "reproduced" if result["reproduced"] else "**not reproduced**"
     if "all_as_frozen_identical" in result:
