@@ -10,18 +10,14 @@ validation set -> tokenize. Text of one example::
 Training rows are packed (examples concatenated and cut into rows of exactly ``max_seq_len``;
 attention crosses example boundaries inside a row). Validation is never packed: one example
 per row, right-padded, so a domain's loss does not depend on packing. The rules are written
-up in ``docs/data.md``.
+up in ``docs/data.md``. Loading lives in ``sources.py``, tokenizing and packing in
+``batches.py``; this module keeps the order of the steps and the per-domain state.
 """
 
 from __future__ import annotations
 
-import codecs
-import glob
 import logging
-import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -29,21 +25,31 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from brainstacks_pl.data.batches import (
+    Encoded,
+    EpochShuffleSampler,
+    ExampleRows,
+    PackedRows,
+    PadCollator,
+    encode_examples,
+    pack_encoded,
+)
 from brainstacks_pl.data.decontaminate import (
     DECONTAMINATE_MODES,
     drop_overlapping,
     remove_duplicates,
     split_train_val,
 )
-from brainstacks_pl.data.formats import (
-    DEFAULT_PROMPT_TEMPLATE,
-    FORMATS,
-    Example,
-    detect_format,
-    format_prompt,
-    mapped_column_names,
-    required_columns,
-    strip_chat_tokens,
+from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, Example, format_prompt
+from brainstacks_pl.data.sources import (
+    DEMO_DIR,
+    DEMO_DOMAINS,
+    DomainConfig,
+    UnknownDomainError,
+    demo_domains,
+    load_examples,
+    open_dataset,
+    resolve_files,
 )
 
 __all__ = [
@@ -56,346 +62,6 @@ log = logging.getLogger(__name__)
 _info = rank_zero_only(log.info)
 _warn = rank_zero_only(log.warning)
 
-DEMO_DIR = Path(__file__).parent / "demo"
-DEMO_DOMAINS = ("chat", "code", "math", "medical", "reasoning")
-_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-@dataclass
-class DomainConfig:
-    """One domain of the curriculum."""
-
-    name: str
-    """Domain name (unique; names the stacks, the router outputs and the logged metrics)."""
-    path: str
-    """Hub dataset name, local file, glob, or directory of json/jsonl/csv/parquet files (relative
-    paths resolve against the current directory); ``demo:<name>`` is the bundled demo domain."""
-    format: str = "auto"
-    """Row format: auto, alpaca, messages, prompt_completion or question_answer."""
-    columns: dict[str, str] = field(default_factory=dict)
-    """Column mapping, logical name -> dataset column, e.g. {prompt: query, response: reply}."""
-    split: str = "train"
-    """Dataset split to load (slicing such as ``train[:1000]`` works); local files are ``train``."""
-    max_examples: Optional[int] = None
-    """Use only the first N rows (None: all)."""
-    subset: Optional[str] = None
-    """Hub dataset configuration name (e.g. ``main`` for gsm8k); ignored for local files."""
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("DomainConfig.name must be a non-empty string")
-        if self.format != "auto" and self.format not in FORMATS:
-            raise ValueError(
-                f"domain {self.name!r}: unknown format {self.format!r}; "
-                f"choose one of: auto, {', '.join(FORMATS)}"
-            )
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(
-                f"domain {self.name!r}: max_examples must be >= 1 or None, got {self.max_examples}"
-            )
-
-
-def demo_domains(names: Sequence[str] = DEMO_DOMAINS) -> list[DomainConfig]:
-    """The bundled demo curriculum (chat -> code -> math -> medical -> reasoning)."""
-    return [DomainConfig(name=n, path=f"demo:{n}") for n in names]
-
-
-class UnknownDomainError(KeyError):
-    """A domain name that the curriculum does not have."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0]) if self.args else ""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _looks_local(path: str) -> bool:
-    return (
-        path.startswith(("/", ".", "~")) or any(c in path for c in "*?[") or path.count("/") > 1
-        or "\\" in path or Path(path).suffix.lower() in _BUILDERS or Path(path).expanduser().exists()
-    )
-
-
-def _resolve_files(cfg: DomainConfig) -> Optional[list[Path]]:
-    """Local data files of a domain, or None for a hub dataset name."""
-    if cfg.path.startswith("demo:"):
-        stem = cfg.path[len("demo:"):]
-        files = sorted(p for p in DEMO_DIR.glob(f"{stem}.*") if p.suffix in _BUILDERS)
-        if not files:
-            available = sorted({p.stem for p in DEMO_DIR.glob("*") if p.suffix in _BUILDERS})
-            raise FileNotFoundError(
-                f"domain {cfg.name!r}: no bundled demo data {cfg.path!r}; available: {available}"
-            )
-        return files
-    if not _looks_local(cfg.path):
-        return None
-    path = Path(cfg.path).expanduser()
-    path = path if path.is_absolute() else Path.cwd() / path
-    if any(c in cfg.path for c in "*?["):
-        files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(
-            f"domain {cfg.name!r}: data path {cfg.path!r} does not exist (resolved to {path})"
-        )
-    files = [p for p in files if p.suffix.lower() in _BUILDERS]
-    if not files:
-        raise FileNotFoundError(
-            f"domain {cfg.name!r}: no {'/'.join(_BUILDERS)} files at {cfg.path!r} (resolved to {path})"
-        )
-    return files
-
-
-def _check_text_file(domain: str, path: Path) -> bool:
-    """Raise a clear error on non-UTF-8 bytes; return whether the file has any non-blank text."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, has_text = 0, False
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            try:
-                has_text |= bool(decoder.decode(chunk).strip())
-            except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"domain {domain!r}: file {path} is not valid UTF-8 "
-                    f"(byte {offset + err.start}: {err.reason})"
-                ) from err
-            offset += len(chunk)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"domain {domain!r}: file {path} is not valid UTF-8 (truncated at the end)") from err
-    return has_text
-
-
-def _load_dataset(cfg: DomainConfig):
-    import datasets  # heavy import, only when data is actually loaded
-
-    files = _resolve_files(cfg)
-    if files is None:
-        try:
-            return datasets.load_dataset(cfg.path, cfg.subset, split=cfg.split), cfg.path
-        except Exception as err:
-            raise FileNotFoundError(
-                f"domain {cfg.name!r}: {cfg.path!r} is not a local path and loading it "
-                f"from the hub failed: {err}"
-            ) from err
-    builders = {_BUILDERS[p.suffix.lower()] for p in files}
-    if len(builders) > 1:
-        raise ValueError(
-            f"domain {cfg.name!r}: mixes file types {sorted(builders)} in {cfg.path!r}; use one type"
-        )
-    builder = builders.pop()
-    where = str(files[0]) if len(files) == 1 else f"{cfg.path} ({len(files)} files)"
-    if builder != "parquet" and not any([_check_text_file(cfg.name, p) for p in files]):
-        raise ValueError(f"domain {cfg.name!r}: no examples in {where} (empty file)")
-    try:
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split=cfg.split)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"domain {cfg.name!r}: {where} is not valid UTF-8: {err}") from err
-    except Exception as err:
-        raise ValueError(f"domain {cfg.name!r}: could not load {where} as {builder}: {err}") from err
-    return ds, where
-
-
-def load_examples(cfg: DomainConfig) -> tuple[list[Example], dict[str, int]]:
-    """Load, adapt and strip one domain. Returns the examples and ``{"loaded", "dropped_invalid"}``."""
-    ds, where = _load_dataset(cfg)
-    if cfg.max_examples is not None and len(ds) > cfg.max_examples:
-        ds = ds.select(range(cfg.max_examples))
-    if len(ds) == 0:
-        raise ValueError(f"domain {cfg.name!r}: no examples in {where}")
-    found = list(ds.column_names)
-    for key, col in cfg.columns.items():
-        if col not in found:
-            raise ValueError(
-                f"domain {cfg.name!r}: mapped column {key}->{col!r} not in {where}; columns found: {found}"
-            )
-    try:
-        fmt = cfg.format if cfg.format != "auto" else detect_format(mapped_column_names(found, cfg.columns))
-    except ValueError as err:
-        raise ValueError(f"domain {cfg.name!r} ({where}): {err}") from err
-    for col in required_columns(fmt, cfg.columns, found):
-        if col not in found:
-            raise ValueError(
-                f"domain {cfg.name!r}: column {col!r} required by format {fmt!r} is missing in {where}; "
-                f"columns found: {found}"
-            )
-    adapter, examples, invalid, first_error = FORMATS[fmt], [], 0, None
-    for row in ds:
-        try:
-            ex = adapter(row, cfg.columns, domain=cfg.name)
-        except ValueError as err:
-            invalid, first_error = invalid + 1, first_error or err
-            continue
-        ex.prompt, ex.response = strip_chat_tokens(ex.prompt), strip_chat_tokens(ex.response)
-        if ex.prompt and ex.response:
-            examples.append(ex)
-        else:
-            invalid += 1
-    if invalid:
-        _warn(
-            f"domain {cfg.name!r}: skipped {invalid} invalid or empty rows of {len(ds)} in {where} "
-            f"({first_error})"
-        )
-    if not examples:
-        raise ValueError(
-            f"domain {cfg.name!r}: no usable examples in {where} ({invalid} rows invalid or empty)"
-        )
-    return examples, {"loaded": len(ds), "dropped_invalid": invalid}
-
-
-# --------------------------------------------------------------------------- tokenizing and packing
-
-
-@dataclass
-class Encoded:
-    """Token ids of N examples stored flat: example i is ``ids[offsets[i]:offsets[i + 1]]``."""
-
-    ids: torch.Tensor  # [T] int64
-    labels: torch.Tensor  # [T] int64, -100 outside the response
-    offsets: torch.Tensor  # [N + 1] int64
-    truncated: int = 0
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.ids[lo:hi], self.labels[lo:hi]
-
-
-def _prompt_lengths(tokenizer, prompts: list[str], fulls: list[str]) -> tuple[list[list[int]], list[int]]:
-    """Tokenize prompt+response jointly; the boundary is the first token starting in the response."""
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(fulls, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        bounds = [sum(1 for start, _ in offs if start < len(p)) for p, offs in zip(prompts, offsets)]
-        return enc["input_ids"], bounds
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer([f[len(p):] for p, f in zip(prompts, fulls)], add_special_tokens=False)["input_ids"]
-    return [a + b for a, b in zip(p_ids, r_ids)], [len(a) for a in p_ids]
-
-
-def encode_examples(
-    tokenizer, examples: Sequence[Example], max_seq_len: int, template: str = DEFAULT_PROMPT_TEMPLATE,
-    chunk: int = 1024,
-) -> Encoded:
-    """``[bos] + format_prompt(prompt) + response + eos``; labels are -100 on bos and the prompt.
-
-    An example longer than ``max_seq_len`` keeps bos, the end of its prompt (at least half the
-    budget when the prompt is that long) and the start of its response; ``truncated`` counts them.
-    """
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    head = [bos] if bos is not None else []
-    tail = [eos] if eos is not None else []
-    budget = max_seq_len - len(head)
-    ids_out, labels_out, lengths, truncated = [], [], [], 0
-    for start in range(0, len(examples), chunk):
-        part = examples[start:start + chunk]
-        prompts = [format_prompt(ex.prompt, template) for ex in part]
-        ids, bounds = _prompt_lengths(tokenizer, prompts, [p + ex.response for p, ex in zip(prompts, part)])
-        for seq, b in zip(ids, bounds):
-            p, r = seq[:b], seq[b:] + tail
-            if len(p) + len(r) > budget:
-                truncated += 1
-                keep = max(budget - len(r), min(len(p), budget // 2))
-                p, r = p[len(p) - keep:], r[:budget - keep]
-            ids_out.extend(head + p + r)
-            labels_out.extend([-100] * (len(head) + len(p)) + r)
-            lengths.append(len(head) + len(p) + len(r))
-    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
-    ids = torch.tensor(ids_out, dtype=torch.long)
-    labels = torch.tensor(labels_out, dtype=torch.long)
-    return Encoded(ids, labels, offsets, truncated)
-
-
-def pack_encoded(encoded: Encoded, max_seq_len: int, pad_id: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Concatenate the examples (in a seeded order) and cut rows of exactly ``max_seq_len``.
-
-    Every row is full except the last, whose tail is padding (attention 0, labels -100).
-    Attention crosses example boundaries inside a row (no per-document mask).
-    """
-    order = list(range(len(encoded)))
-    random.Random(seed).shuffle(order)
-    ids = torch.cat([encoded.item(i)[0] for i in order])  # [T]
-    labels = torch.cat([encoded.item(i)[1] for i in order])  # [T]
-    rows = -(-len(ids) // max_seq_len)
-    pad = rows * max_seq_len - len(ids)
-    mask = torch.ones(rows * max_seq_len, dtype=torch.long)
-    if pad:
-        ids = torch.cat([ids, ids.new_full((pad,), pad_id)])
-        labels = torch.cat([labels, labels.new_full((pad,), -100)])
-        mask[-pad:] = 0
-    shape = (rows, max_seq_len)
-    return {"input_ids": ids.view(shape), "attention_mask": mask.view(shape), "labels": labels.view(shape)}
-
-
-class _PackedDataset(Dataset):
-    def __init__(self, rows: dict[str, torch.Tensor]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return self.rows["input_ids"].shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.rows.items()}
-
-
-class _ExampleDataset(Dataset):
-    def __init__(self, encoded: Encoded, limit: Optional[int] = None) -> None:
-        self.encoded, self.n = encoded, len(encoded) if limit is None else min(limit, len(encoded))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids, labels = self.encoded.item(i)
-        return {"input_ids": ids, "labels": labels}
-
-
-class PadCollator:
-    """Right-pad a list of ``{"input_ids", "labels"[, "attention_mask"]}`` to the longest row."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        if "attention_mask" in items[0]:  # packed rows: already equal length
-            return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-        length = max(len(it["input_ids"]) for it in items)
-        batch = {
-            "input_ids": torch.full((len(items), length), self.pad_id, dtype=torch.long),  # [B, L]
-            "attention_mask": torch.zeros((len(items), length), dtype=torch.long),  # [B, L]
-            "labels": torch.full((len(items), length), -100, dtype=torch.long),  # [B, L]
-        }
-        for row, it in enumerate(items):
-            n = len(it["input_ids"])
-            batch["input_ids"][row, :n] = it["input_ids"]
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = it["labels"]
-        return batch
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(length)`` drawn from ``torch.Generator().manual_seed(seed + epoch)``."""
-
-    def __init__(self, length: int, seed: int = 0) -> None:
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.length
 
 
 # --------------------------------------------------------------------------- the DataModule
@@ -540,8 +206,8 @@ class CurriculumDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download hub datasets once (rank 0); local files need nothing."""
         for cfg in self.domains:
-            if _resolve_files(cfg) is None:
-                _load_dataset(cfg)
+            if resolve_files(cfg) is None:
+                open_dataset(cfg)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Load, adapt, decontaminate, split and tokenize every domain (once; later calls are no-ops)."""
@@ -624,7 +290,7 @@ class CurriculumDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Training rows of the current domain (packed if ``pack``), reshuffled every epoch."""
         data = self._domain(self._current)
-        dataset = _PackedDataset(data.packed) if self.pack else _ExampleDataset(data.train_encoded)
+        dataset = PackedRows(data.packed) if self.pack else ExampleRows(data.train_encoded)
         return self._loader(dataset, self.batch_size, EpochShuffleSampler(len(dataset), self.seed))
 
     def val_dataloader(self) -> DataLoader:
@@ -634,7 +300,7 @@ class CurriculumDataModule(L.LightningDataModule):
     def val_dataloader_for(self, name: str) -> DataLoader:
         """One example per row, right-padded, deterministic order, at most ``max_val_examples``."""
         data = self._domain(name)
-        return self._loader(_ExampleDataset(data.val_encoded, self.max_val_examples), self.eval_batch_size)
+        return self._loader(ExampleRows(data.val_encoded, self.max_val_examples), self.eval_batch_size)
 
     def text_dataloader(
         self, name: str, split: str = "val", limit: Optional[int] = None, batch_size: Optional[int] = None
@@ -644,4 +310,4 @@ class CurriculumDataModule(L.LightningDataModule):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         encoded = data.train_encoded if split == "train" else data.val_encoded
-        return self._loader(_ExampleDataset(encoded, limit), batch_size or self.eval_batch_size)
+        return self._loader(ExampleRows(encoded, limit), batch_size or self.eval_batch_size)
