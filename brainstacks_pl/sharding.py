@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from brainstacks_pl.model import BrainstacksModel
 
-__all__ = ["assign_", "full_tensor", "shard_stacks"]
+__all__ = ["assign_", "data_parallel_mesh", "full_tensor", "shard_stacks"]
 
 
 def _dtensor_type():
@@ -69,6 +69,21 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
             "FSDP sharding needs the decoder-layer class to shard the base layer by layer"
         )
     return blocks
+
+
+def data_parallel_mesh(mesh: "DeviceMesh") -> "DeviceMesh":
+    """The mesh FSDP shards over: ModelParallelStrategy's ``data_parallel`` dimension.
+
+    Tensor parallelism is refused: stacks sit inside the projections that a tensor-parallel
+    plan would split, and nothing here splits them consistently.
+    """
+    names = tuple(mesh.mesh_dim_names or ())
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            f"tensor_parallel_size={mesh['tensor_parallel'].size()} is not supported for stacked models; "
+            "use ModelParallelStrategy(data_parallel_size=<devices x nodes>, tensor_parallel_size=1) (plain FSDP2)"
+        )
+    return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
 def shard_stacks(stacks: "BrainstacksModel", mesh: "DeviceMesh", reshard_after_forward: bool = True) -> int:

@@ -60,3 +60,24 @@ def test_fsdp1_is_refused_with_the_fix_named():
     module._trainer = type("FakeTrainer", (), {"strategy": FSDPStrategy()})()
     with pytest.raises(ValueError, match="ModelParallelStrategy"):
         module.configure_model()
+
+
+class FakeMesh:
+    """Just what ``data_parallel_mesh`` reads of a DeviceMesh."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.mesh_dim_names, self.sizes = tuple(sizes), sizes
+
+    def __getitem__(self, name: str):
+        return type("SubMesh", (), {"size": lambda _: self.sizes[name], "name": name})()
+
+    def size(self) -> int:
+        return 1
+
+
+def test_tensor_parallelism_is_refused_and_data_parallel_is_used():
+    from brainstacks_pl.sharding import data_parallel_mesh
+
+    assert data_parallel_mesh(FakeMesh({"data_parallel": 2, "tensor_parallel": 1})).name == "data_parallel"
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 is not supported"):
+        data_parallel_mesh(FakeMesh({"data_parallel": 1, "tensor_parallel": 2}))

@@ -23,7 +23,7 @@ from brainstacks_pl.losses import causal_lm_loss, per_sample_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.optim import stack_optimizers
 from brainstacks_pl.phase import PhaseContext
-from brainstacks_pl.sharding import shard_stacks
+from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class StackSFTModule(L.LightningModule):
                 "as configs/fsdp_demo.yaml and configs/qlora_fsdp.yaml do (docs/scaling.md)"
             )
         if self._device_mesh is not None:
-            mesh = self._device_mesh
-            shard_stacks(self.stacks, mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh)
+            shard_stacks(self.stacks, data_parallel_mesh(self._device_mesh))
 
     @property
     def stack_tag(self) -> str:
