@@ -50,7 +50,7 @@ def test_zero_forgetting_end_to_end(tmp_path, tiny_config):
 
 
 def test_moe_vs_lora_end_to_end(tmp_path, tiny_config):
-    run_script("moe_vs_lora", *tiny_args(tmp_path, tiny_config), "--epochs", "2", "--lrs", "0.004", "--seeds", "1")
+    run_script("moe_vs_lora", *tiny_args(tmp_path, tiny_config), "--epochs", "2", "--lrs", "0.004", "--seeds", "1", "--ablations")
     result = json.loads((tmp_path / "out" / "moe_vs_lora.json").read_text())
     for arm in ("moe", "lora"):
         (curve,) = result["curves_at_best_lr"][arm]
