@@ -8,6 +8,9 @@ module checks that and says which function broke the rule.
 - ``math_exact_match``: 1 when the completion's final number equals the reference answer's
   (the number after ``####``, else the last number in the text).
 - ``format_reward``: 1 when the completion ends its answer with a ``#### <number>`` line.
+- ``math_operands_reward``: the share of the prompt's numbers that the completion's working
+  uses (a dense, verifiable step reward: a policy that never gets the final number right can
+  still be ranked by whether it starts from the right quantities).
 - ``code_tests_reward``: 1 when the completion's code passes the row's ``tests`` (plain
   ``assert`` statements) in ``run_sandboxed``.
 
@@ -41,6 +44,7 @@ __all__ = [
     "extract_code",
     "format_reward",
     "math_exact_match",
+    "math_operands_reward",
     "run_sandboxed",
 ]
 
@@ -80,6 +84,24 @@ def math_exact_match(prompts: Sequence[str], completions: Sequence[str], answer:
     for completion, reference in zip(completions, answer):
         got, want = extract_answer(completion), extract_answer(reference)
         scores.append(float(got is not None and want is not None and abs(got - want) <= 1e-6 * max(1.0, abs(want))))
+    return scores
+
+
+def math_operands_reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:
+    """Share of the prompt's distinct numbers that appear in the completion's working (the text
+    before ``####``); 0 for a prompt without numbers.
+
+    Why: GRPO learns only from groups whose rewards differ. A small policy that is almost never
+    exactly right scores 0 on every sample of most groups; this step reward still separates the
+    samples that copied the right quantities from those that invented others, and copying them
+    is the first half of getting the answer right (``math_exact_match`` keeps the larger weight).
+    """
+    scores = []
+    for prompt, completion in zip(prompts, completions):
+        wanted = {_to_number(n) for n in _NUMBER_RE.findall(str(prompt))} - {None}
+        working = str(completion).split("####", 1)[0]
+        used = {_to_number(n) for n in _NUMBER_RE.findall(working)}
+        scores.append(len(wanted & used) / len(wanted) if wanted else 0.0)
     return scores
 
 

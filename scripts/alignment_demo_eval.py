@@ -72,12 +72,25 @@ def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: in
     }
 
 
+CURVES = ("train/reward", "train/reward/math_exact_match", "train/reward/math_operands_reward", "train/kl", "train/clip_fraction", "val/reward", "val/reward/math_exact_match")
+
+
+def curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """The phase's TensorBoard scalars in ``CURVES`` as ``[[step, value], ...]``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    return {tag: [[e.step, round(e.value, 4)] for e in events.Scalars(tag)] for tag in CURVES if tag in tags}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data", default="demo:math_rl")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--max-val-examples", type=int, default=64)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--max-val-examples", type=int, default=80)
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--group-size", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -94,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         policies["grpo"] = phases - {"dpo"}
     for name, include in policies.items():
         results[name] = measure(load_policy(args.run_dir, include), data, args.max_new_tokens, args.group_size, args.temperature, args.seed)
+    grpo = [r for r in manifest.stacks if r.phase == "grpo"]
+    if grpo:
+        record = grpo[-1]
+        results["grpo_phase"] = {
+            "summary": [a for a in manifest.extra.get("alignment", []) if a["phase"] == "grpo"][-1],
+            "steps": record.steps, "train_seconds": record.train_seconds, "val_losses": record.val_losses,
+            "curves": curves(args.run_dir),
+        }
     text = json.dumps(results, indent=2, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,10 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from brainstacks_pl.cli import cli_main
 from brainstacks_pl.storage import Manifest, load_tensors
-from conftest import save_tiny_model
+from test_grpo import make_sft_run
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 24}, {name: math, path: "demo:math", max_examples: 24}]'
 
 
 class ActiveStackDigest(Callback):
@@ -46,18 +44,7 @@ class ActiveStackDigest(Callback):
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp_alignment")
-    model_dir = save_tiny_model(root / "tiny")
-    run_dir = root / "sft"
-    cli_main([
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir), "--model.stack.rank", "4",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "64", "--data.batch_size", "4", "--data.max_val_examples", "2",
-        f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1",
-    ])
-    return run_dir
+    return make_sft_run(tmp_path_factory.mktemp("ddp_alignment"), "--trainer.limit_train_batches", "1", "--data.max_seq_len", "64")
 
 
 def run_ddp_phase(run_dir: Path, digests: Path, config: str, *extra: str) -> None:

@@ -159,11 +159,9 @@ def test_reward_errors_are_named_or_skipped():
 
 
 # ---------------------------------------------------------------------- the phase end to end
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("grpo")
-    model_dir = root / "tiny"
-    save_tiny_model(model_dir)
+def make_sft_run(root: Path, *extra: str) -> Path:
+    """A one-stack-per-domain (chat, math) SFT run on the tiny model: what the phases continue."""
+    model_dir = save_tiny_model(root / "tiny")
     run_dir = root / "sft"
     cli_main([
         "fit", "--config", str(REPO / "configs" / "demo.yaml"),
@@ -171,9 +169,14 @@ def sft_run(tmp_path_factory) -> Path:
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
         "--data.max_seq_len", "96", "--data.batch_size", "4", "--data.max_val_examples", "4",
-        f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1",
+        f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1", *extra,
     ])
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> Path:
+    return make_sft_run(tmp_path_factory.mktemp("grpo"))
 
 
 def grpo_args(run_dir: Path, *extra: str) -> list[str]:

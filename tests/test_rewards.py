@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from brainstacks_pl.rewards import code_tests_reward, extract_answer, format_reward, math_exact_match, run_sandboxed
+from brainstacks_pl.rewards import code_tests_reward, extract_answer, format_reward, math_exact_match, math_operands_reward, run_sandboxed
 
 
 def test_extract_answer_prefers_hashes_then_the_last_number():
@@ -21,6 +21,13 @@ def test_math_exact_match_and_format():
     completions = ["9 x 19 = 171.\n#### 171", "the area is 171", "#### 170", ""]
     assert math_exact_match([""] * 4, completions, answer=["171"] * 4) == [1.0, 1.0, 0.0, 0.0]
     assert format_reward([""] * 4, completions) == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_operands_reward_counts_the_prompt_numbers_used_before_the_answer():
+    prompt = "Sara has 47 eggs and buys 15 more. How many eggs does Sara have now?"
+    completions = ["Sara has 47 + 15 = 62 eggs.\n#### 62", "Sara has 44 + 15 = 59 eggs.\n#### 59", "#### 47 15", "no numbers"]
+    assert math_operands_reward([prompt] * 4, completions) == [1.0, 0.5, 0.0, 0.0]
+    assert math_operands_reward(["no numbers here"], ["1 + 1"]) == [0.0]
 
 
 def test_code_reward_passes_and_fails_on_tests():
