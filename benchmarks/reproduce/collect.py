@@ -27,7 +27,10 @@ Gemma-3-12B on real data; every script takes `--config configs/tinyllama_nf4.yam
 access) to rerun it at that scale, and `--dry-run` to print the planned commands first.
 
 Machine: {machine}, shared with other workloads: wall times are noisy and only indicative. Losses are
-deterministic for a given thread count (all runs use 1 torch thread).
+deterministic for a given thread count (all runs use 1 torch thread). A command with `--reuse` regenerated its
+table from the finished run directories of the same command without it (`runs/reproduce/`, not committed);
+rerunning without `--reuse` retrains and gives the same losses. Git commit when each table was written: {code}
+(the library in the working tree was being edited by other work at the same time, e.g. FSDP support in the layers).
 
 | claim | script | verdict |
 |---|---|---|
@@ -47,7 +50,7 @@ def verdict(result: dict) -> str:
 
 def collect(results: Path) -> str:
     names = list(ORDER) + sorted(p.stem for p in results.glob("*.md") if p.stem not in ORDER)
-    sections, summary, machine = [], [], None
+    sections, summary, machine, code = [], [], None, set()
     for name in names:
         md, js = results / f"{name}.md", results / f"{name}.json"
         if not md.is_file():
@@ -55,9 +58,10 @@ def collect(results: Path) -> str:
             continue
         result = json.loads(js.read_text()) if js.is_file() else {}
         machine = machine or result.get("machine")
+        code.add(result.get("git_at_write", "unknown"))
         summary.append(f"| {result.get('paper', name)} | `benchmarks/reproduce/{name}.py` | {verdict(result)} |")
         sections.append(md.read_text().strip())
-    head = HEADER.format(machine=machine or "unknown", summary="\n".join(summary))
+    head = HEADER.format(machine=machine or "unknown", summary="\n".join(summary), code=", ".join(sorted(code)) or "unknown")
     return head + "\n" + "\n\n".join(sections) + "\n"
 
 

@@ -99,11 +99,13 @@ class Bench:
     def run_dir(self, label: str) -> Path:
         return self.args.runs / self.name / label
 
-    def fit(self, label: str, overrides: list[str], config: Path | None = None, fresh: bool = True) -> Path:
+    def fit(self, label: str, overrides: list[str], config: Path | None = None, fresh: bool = True, done_if: str | None = None) -> Path:
         """``brainstacks fit --config C --trainer.default_root_dir RUN <overrides>``; returns RUN.
 
         ``fresh`` removes an earlier run directory first (unless ``--reuse``); ``fresh=False``
-        continues a run on purpose (a later phase, or more domains).
+        continues a run on purpose (a later phase, or more domains). ``done_if``: a file in RUN
+        that a finished phase leaves; with ``--reuse`` such a phase is not run again (a phase
+        that retrains on rerun, unlike the SFT curriculum which skips finished domains).
         """
         run_dir = self.run_dir(label)
         argv = ["fit", "--config", str(config or self.args.config), "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false", *overrides]
@@ -119,6 +121,8 @@ class Bench:
             return run_dir
         if fresh and run_dir.exists() and not self.args.reuse:
             shutil.rmtree(run_dir)
+        if self.args.reuse and done_if and (run_dir / done_if).is_file():
+            return run_dir
         _cli(argv)
         # The stacks' own training time (the manifest's), so a --reuse rerun reports the original run's.
         self.seconds[label] = round(sum(s.get("train_seconds") or 0 for s in read_manifest(run_dir)["stacks"]), 1)
@@ -130,7 +134,7 @@ class Bench:
         result = {
             "name": self.name, "command": command, "config": _relative(str(self.args.config)),
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-            "code": self.code, "seconds": self.seconds, "fit_commands": self.commands, **result,
+            "git_at_write": self.code, "seconds": self.seconds, "fit_commands": self.commands, **result,
         }
         self.args.out.mkdir(parents=True, exist_ok=True)
         (self.args.out / f"{self.name}.json").write_text(json.dumps(result, indent=2) + "\n")

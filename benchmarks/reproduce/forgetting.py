@@ -78,6 +78,11 @@ def main() -> None:
         result["weight_vs_delta"] = {"weight": w, "delta": d, "trains_better": "weight" if w < d else "delta"}
         verdict.append(f"Mean loss at freeze of the projected domains ({', '.join(domains[1:])}): weight {w:.4f}, delta {d:.4f}: "
                        f"**{result['weight_vs_delta']['trains_better']}** trains them better (one seed).")
+    if "off" in modes:
+        projected = {m: modes[m]["mean_forgetting"] for m in modes if m != "off"}
+        lower = all(v < modes["off"]["mean_forgetting"] for v in projected.values())
+        result["verdict"] = (f"{'direction reproduced' if lower else '**not reproduced**'}: mean ungated rise off {modes['off']['mean_forgetting']:+.3f}, "
+                             + ", ".join(f"{m} {v:+.3f}" for m, v in projected.items()) + "; as frozen: 0")
     body = f"""
 Setting: domains {domains} in order, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps each, one seed.
 Paper: {result['paper']}. Ungated validation loss: rows = after training domain X, columns = domain Y with every stack so far on.

@@ -102,6 +102,10 @@ def main() -> None:
         explain.append(f"Against a LoRA with plain alpha/r scaling (8x smaller output scale at the same lr, as a LoRA baseline without rsLoRA "
                        f"would have), MoE-LoRA reaches the LoRA's final loss at {'never' if reach is None else f'{reach / total:.2f}'} of the steps: "
                        f"the paper's ~0.4 may depend on how its LoRA baseline was scaled (we have not verified how the paper scaled it).")
+    result["verdict"] = (
+        f"{'reproduced' if result['reproduced'] else '**not reproduced**'}: final loss MoE-LoRA {mean['moe']:.4f} vs LoRA {mean['lora']:.4f} "
+        f"at each arm's best lr ({a.seeds} seeds)" + (f"; without gating noise MoE-LoRA {ablations['moe_nonoise'][-1][1]:.4f} vs LoRA {seeds['lora'][0][-1][1]:.4f} (seed 0)" if "moe_nonoise" in ablations else "")
+    )
     verdict = (
         f"MoE-LoRA reaches the LoRA's final loss at {statistics.mean(fractions):.2f} of the steps (mean over {len(fractions)} seed(s) where it does)."
         if fractions else "MoE-LoRA never reaches the LoRA's final loss within the steps: **not reproduced**."

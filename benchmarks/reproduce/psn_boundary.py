@@ -77,6 +77,7 @@ def main() -> None:
     rows = ["| domain | base | loss before its stacks | at freeze | final (ungated) |", "|---|---|---|---|---|"]
     rows += [f"| {d} | {label} | {fmt(b[d]['start'])} | {fmt(b[d]['at_freeze'])} | {fmt(b[d]['final_ungated'])} |" for d in domains for label, b in bases.items()]
     gaps = ", ".join(f"{d} {g:+.4f}" for d, g in result["gap_at_freeze"].items())
+    result["verdict"] = "boundary shown: loss at freeze on a random base " + ", ".join(f"{d} {g:+.2f}" for d, g in result["gap_at_freeze"].items()) + " vs the pretrained base"
     uniform = math.log(json.loads((base_dir / "config.json").read_text())["vocab_size"])
     result["uniform_loss"] = uniform
     above = [d for d in domains if bases["pretrained"][d]["start"] > uniform]
