@@ -95,8 +95,8 @@ As frozen (each domain with exactly the stacks it was trained with) the rise is 
 frozen stacks never change: see zero_forgetting. The ungated rise is the interference of later stacks switched on.
 
 Where ours differs: the paper's per-cell numbers (real data, 1B-12B bases) are not restated here; the claim checked
-is the direction. The projection lowers the ungated rise only a little on the demo: k protects k of the 128 output
-directions of each projection (the config's null_space.k), and a later stack also disturbs earlier domains through
+is the direction. The projection lowers the ungated rise only a little on the demo: it protects null_space.k directions
+(the demo config: 16) of each projection's 64-352 output directions, and a later stack also disturbs earlier domains through
 the hidden states it changes in later layers, which a per-layer output projection cannot stop (docs/nullspace.md).
 """
     bench.write(result, "Forgetting matrix with and without null-space projection (paper Table 3)", body)
