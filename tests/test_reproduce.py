@@ -91,13 +91,14 @@ def test_unknown_domain_is_refused(tmp_path):
 def test_collect_builds_results_md_in_paper_order(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    for name, extra in (("forgetting", {}), ("moe_vs_lora", {"reproduced": False}), ("zero_forgetting", {"all_as_frozen_identical": True, "stack_files_identical": True})):
+    for name, extra in (("forgetting", {}), ("moe_vs_lora", {"reproduced": False}), ("moe_vs_lora-long", {"verdict": "a longer horizon"}), ("zero_forgetting", {"all_as_frozen_identical": True, "stack_files_identical": True})):
         (results / f"{name}.json").write_text(json.dumps({"paper": f"claim {name}", "machine": "2 CPU cores", **extra}))
         (results / f"{name}.md").write_text(f"## {name} table\n\nCommand: `python benchmarks/reproduce/{name}.py`\n")
     run_script("collect", "--results", str(results), "--out", str(tmp_path / "RESULTS.md"))
     text = (tmp_path / "RESULTS.md").read_text()
-    sections = [text.index(f"## {name} table") for name in ("moe_vs_lora", "forgetting", "zero_forgetting")]
+    sections = [text.index(f"## {name} table") for name in ("moe_vs_lora", "moe_vs_lora-long", "forgetting", "zero_forgetting")]
     assert sections == sorted(sections)
     assert "| claim moe_vs_lora | `benchmarks/reproduce/moe_vs_lora.py` | **not reproduced** |" in text
+    assert "`benchmarks/reproduce/moe_vs_lora.py` `--tag long` | a longer horizon |" in text
     assert "reproduced (bit-identical)" in text and "Command: `python benchmarks/reproduce/forgetting.py`" in text
     assert "| boosting | `benchmarks/reproduce/boosting.py` | not run |" in text and "2 CPU cores" in text

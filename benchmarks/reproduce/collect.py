@@ -49,7 +49,10 @@ def verdict(result: dict) -> str:
 
 
 def collect(results: Path) -> str:
-    names = list(ORDER) + sorted(p.stem for p in results.glob("*.md") if p.stem not in ORDER)
+    names = []
+    for base in ORDER:  # each claim, then its tagged variants (--tag)
+        names += [base] + sorted(p.stem for p in results.glob(f"{base}-*.md"))
+    names += sorted(p.stem for p in results.glob("*.md") if p.stem not in names)
     sections, summary, machine, code = [], [], None, set()
     for name in names:
         md, js = results / f"{name}.md", results / f"{name}.json"
@@ -59,7 +62,9 @@ def collect(results: Path) -> str:
         result = json.loads(js.read_text()) if js.is_file() else {}
         machine = machine or result.get("machine")
         code.add(result.get("git_at_write", "unknown"))
-        summary.append(f"| {result.get('paper', name)} | `benchmarks/reproduce/{name}.py` | {verdict(result)} |")
+        script, _, tag = name.partition("-")
+        where = f"`benchmarks/reproduce/{script}.py`" + (f" `--tag {tag}`" if tag else "")
+        summary.append(f"| {result.get('paper', name)} | {where} | {verdict(result)} |")
         sections.append(md.read_text().strip())
     head = HEADER.format(machine=machine or "unknown", summary="\n".join(summary), code=", ".join(sorted(code)) or "unknown")
     return head + "\n" + "\n\n".join(sections) + "\n"

@@ -47,6 +47,7 @@ def parser(doc: str, domains: list[str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--runs", type=Path, default=RUNS, help="parent of this script's run directories")
     p.add_argument("--reuse", action="store_true", help="keep existing run directories (a finished run is read, a killed one resumes)")
     p.add_argument("--dry-run", action="store_true", help="print the planned brainstacks fit commands, check they parse, train nothing")
+    p.add_argument("--tag", default=None, help="suffix of the result and run names, to keep a variant beside the default measurement")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: two OpenMP pools on a shared 2-core CPU thrash)")
     return p
 
@@ -91,6 +92,8 @@ class Bench:
         torch.set_num_threads(self.args.threads)
         self.args.domains = self.args.domains or [config_domains(self.args.config)[0]["name"]]
         self.code = _code_version()
+        if self.args.tag:
+            self.name = f"{self.name}-{self.args.tag}"
 
     @property
     def dry(self) -> bool:
@@ -138,6 +141,7 @@ class Bench:
         }
         self.args.out.mkdir(parents=True, exist_ok=True)
         (self.args.out / f"{self.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        title = f"{title} [{self.args.tag}]" if self.args.tag else title
         md = f"## {title}\n\nCommand: `{command}` (config `{result['config']}`; {result['machine']}; stack training seconds per run, noisy on a shared CPU: {self.seconds})\n\n{body.strip()}\n"
         (self.args.out / f"{self.name}.md").write_text(md)
         print(md)
