@@ -9,7 +9,8 @@ suit, e.g. top-2 gating halves each expert's share of the update, so MoE-LoRA ma
 larger lr. The best lr of each arm is then rerun with more seeds (stack init and gating
 noise; the data order and the validation set stay fixed).
 
-    python benchmarks/reproduce/moe_vs_lora.py                      # demo, chat, ~15 min on 2 cores
+    python benchmarks/reproduce/moe_vs_lora.py                      # demo, chat, ~20 min on 2 cores
+    python benchmarks/reproduce/moe_vs_lora.py --tag long --epochs 30 --lrs 0.004 --seeds 1   # 240 steps, ~8 min
     python benchmarks/reproduce/moe_vs_lora.py --config configs/tinyllama_nf4.yaml --lrs 1e-4 2e-4 4e-4 --epochs 8 --batches 200
 """
 
