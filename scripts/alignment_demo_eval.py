@@ -8,7 +8,10 @@ SFT policy (every stack but the GRPO ones) and the GRPO policy (all stacks):
 * greedy exact match, overall and per level (``level`` column of ``math_rl.jsonl``);
 * under sampling (``--group-size`` completions at ``--temperature``, as GRPO trains): the mean
   exact match, pass@G, and the share of groups with *signal* (some but not all samples right):
-  a group where every sample scores the same has zero advantage and teaches GRPO nothing.
+  a group where every sample scores the same has zero advantage and teaches GRPO nothing;
+* where the failures come from: the share of the prompt's numbers a sample uses
+  (``math_operands_reward``), and the exact match of the samples that used all of them (is the
+  policy wrong because it copies the wrong quantities, or because it cannot do the arithmetic?).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data.preferences import PromptDataModule
 from brainstacks_pl.generation import generate
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.rewards import math_exact_match
+from brainstacks_pl.rewards import math_exact_match, math_operands_reward
 from brainstacks_pl.storage import Manifest, load_tensors
 
 
@@ -44,6 +47,7 @@ def load_policy(run_dir: Path, phases: set[str]) -> BrainstacksModel:
 def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: int, group_size: int, temperature: float, seed: int) -> dict:
     tok = data.tokenizer
     greedy, sampled, passed, signal, count = defaultdict(list), [], [], [], 0
+    operands, right_given_operands = [], []  # sampled: share of prompt numbers used; EM where all were
     generator = torch.Generator().manual_seed(seed)
     for batch in data.val_dataloader():
         ids, mask, answers = batch["input_ids"], batch["attention_mask"], batch["columns"]["answer"]
@@ -57,6 +61,9 @@ def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: in
         out = generate(stacks.model, ids.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), max_new_tokens, temperature, generator, tok.eos_token_id, tok.pad_token_id)
         texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(out.sequences[:, ids.shape[1]:], out.completion_mask)]
         scores = torch.tensor(math_exact_match([], texts, [a for a in answers for _ in range(g)])).view(-1, g)  # [N, G]
+        used = math_operands_reward([p for p in batch["prompts"] for _ in range(g)], texts)
+        operands.extend(used)
+        right_given_operands.extend(float(s) for s, u in zip(scores.flatten().tolist(), used) if u == 1.0)
         sampled.extend(scores.mean(1).tolist())
         passed.extend((scores.max(1).values > 0).float().tolist())
         signal.extend(((scores.min(1).values < scores.max(1).values)).float().tolist())
@@ -69,6 +76,9 @@ def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: in
         f"sampled_T{temperature}_exact_match": mean(sampled),
         f"pass_at_{group_size}": mean(passed),
         f"groups_with_signal_G{group_size}": mean(signal),
+        "sampled_operands_used": mean(operands),
+        "sampled_all_operands_right": round(len(right_given_operands) / max(1, len(operands)), 4),
+        "sampled_exact_match_given_all_operands_right": mean(right_given_operands),
     }
 
 
