@@ -17,7 +17,7 @@ from brainstacks_pl.data.preferences import PreferenceDataModule, preference_pai
 from brainstacks_pl.losses import dpo_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.dpo import DPOModule
-from brainstacks_pl.storage import Manifest
+from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
 from conftest import make_tiny_llama, save_tiny_model
 
@@ -211,14 +211,17 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
 
 
 class PlantSpike(Callback):
-    """Test helper: ruins the active stack right before the second validation (and records
+    """Test helper: ruins the active stack right before the validation of ``epoch`` (and records
     which callbacks the phase's trainer carries)."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
 
     def on_fit_start(self, trainer, pl_module):
         self.callback_types = {type(cb).__name__ for cb in trainer.callbacks}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == 1 and batch_idx == trainer.num_training_batches - 1:
+        if trainer.current_epoch == self.epoch and batch_idx == trainer.num_training_batches - 1:
             with torch.no_grad():
                 for stack in pl_module.stacks.active_stacks().values():
                     stack.B.fill_(float("nan"))  # a diverged update
@@ -234,6 +237,19 @@ def test_planted_spike_is_caught_and_best_weights_are_written(sft_run, tmp_path)
     assert record.phase == "dpo" and len(record.val_losses) == 2, "the spike ended the round"
     assert not math.isfinite(record.val_losses[1]) or record.val_losses[1] > record.val_losses[0] + 0.5
     assert record.loss_at_freeze == pytest.approx(record.best_val_loss, abs=1e-5), "the best snapshot was restored before freezing"
+
+
+def test_a_phase_never_better_than_before_training_writes_the_no_op_stack(sft_run, tmp_path):
+    """The SFT policy (new stack at B = 0) is BestStackCallback's first candidate: when the first
+    validation already spiked, that is what is restored and written, not the ruined stack."""
+    run_dir = _copy(sft_run, tmp_path / "run")
+    cli_main(dpo_args(run_dir, "--trainer.callbacks=[{class_path: test_dpo.PlantSpike, init_args: {epoch: 0}}]"))
+    record = Manifest.load(run_dir).stacks[-1]
+    assert record.phase == "dpo" and len(record.val_losses) == 1 and not math.isfinite(record.val_losses[0])
+    assert record.loss_at_freeze == pytest.approx(math.log(2), abs=1e-6) == record.start_val_loss
+    tensors, _ = load_tensors(run_dir / record.file, expected_sha256=record.sha256)
+    outputs = [t for k, t in tensors.items() if k.endswith(".B")]
+    assert outputs and not any(t.float().any() for t in outputs), "B = 0: the SFT model unchanged"
 
 
 def test_dpo_on_an_unknown_domain_or_missing_run_is_a_clear_error(sft_run, tmp_path):

@@ -103,6 +103,7 @@ class AlignmentModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the active stack
         self.nonfinite_steps = 0
         self._phase_logger = None
+        self._baseline: tuple[float, Any] | None = None  # (held-out val_loss before training, BestStackCallback)
 
     # ------------------------------------------------------------------ model
     def build(self, manifest: Manifest) -> BrainstacksModel:
@@ -155,6 +156,7 @@ class AlignmentModule(L.LightningModule):
         datamodule.setup("fit")
         before = self.evaluate(datamodule.val_dataloader())
         self._log_summary("before", before, round)
+        self._baseline = (before["val_loss"], context.callbacks.get("best_stack"))
         started = time.monotonic()
         trainer = context.trainer_factory(run.round_dir(self.domain, round))
         ckpt = run.resume_checkpoint(self.domain, round)
@@ -182,6 +184,17 @@ class AlignmentModule(L.LightningModule):
             {"phase": self.phase, "domain": self.domain, "round": round, "before": before, "after": after, "nonfinite_steps": self.nonfinite_steps}
         )
         return run.write_stack(tensors, record)
+
+    def on_train_start(self) -> None:
+        # The policy before training (the new stack at B = 0: the SFT model) is the first candidate
+        # of BestStackCallback: a phase none of whose epochs beats it writes that no-op stack, never
+        # one that is worse on the held-out set. A resumed fit keeps the checkpointed state instead.
+        if self._baseline is None or self.trainer.global_step > 0:
+            return
+        before, best = self._baseline
+        if best is not None and math.isfinite(before) and before < best.best:
+            best.best = before
+            best.snapshot(self)
 
     def _log_summary(self, when: str, metrics: dict[str, float], round: int) -> None:
         log.info("%s %s round %d, held-out %s: %s", self.phase, self.domain, round, when, {k: round_seconds(v) for k, v in metrics.items()})
