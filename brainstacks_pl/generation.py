@@ -52,9 +52,14 @@ def _next_token(logits: Tensor, temperature: float | None, generator: torch.Gene
     return torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
 
 
-def _cache_keyword(model: nn.Module) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (older, still accepted with a warning)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _forward_keywords(model: nn.Module) -> tuple[str, dict]:
+    """The name of the cache argument and "last position only" logits, as this transformers
+    version spells them: ``cache`` (>= 5.2x) or ``past_key_values``; ``logits_to_keep`` or
+    ``num_logits_to_keep`` (4.4x), left out where the model has neither."""
+    params = inspect.signature(model.forward).parameters
+    cache = "cache" if "cache" in params else "past_key_values"
+    keep = next(({name: 1} for name in ("logits_to_keep", "num_logits_to_keep") if name in params), {})
+    return cache, keep
 
 
 @torch.no_grad()
@@ -90,17 +95,18 @@ def generate(
     if max_length is not None:
         budget = torch.minimum(budget, max_length - mask.sum(1))
     done = budget <= 0  # [B]
-    cache = {_cache_keyword(model): DynamicCache()} if use_cache else {}
+    cache_name, keep = _forward_keywords(model)
+    cache = {cache_name: DynamicCache()} if use_cache else {}
     step_ids, generated = input_ids, []
     for step in range(max_new_tokens):
         if bool(done.all()):
             break
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, T]: left padding keeps positions
         if use_cache:
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions[:, -step_ids.shape[1]:], use_cache=True, logits_to_keep=1, **cache)
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions[:, -step_ids.shape[1]:], use_cache=True, **keep, **cache)
         else:
             ids = torch.cat([input_ids, *generated], 1) if generated else input_ids
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep)
         token = _next_token(out.logits[:, -1].float(), temperature, generator)  # [B]
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         mask = torch.cat([mask, (~done).long()[:, None]], 1)
