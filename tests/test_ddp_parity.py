@@ -1,4 +1,4 @@
-"""DDP (2 CPU ranks x batch 2) trains to the same losses as one process with batch 4, within a tolerance.
+"""DDP (2 CPU ranks x batch 2): ranks stay bit-identical, and the losses match one process with batch 4.
 
 Same global batch (4), same steps, same stack seeds. Not bit-identical, for three reasons:
 the samples of a step are split across ranks by Lightning's ``DistributedSamplerWrapper``
@@ -9,7 +9,8 @@ Measured on this tiny run the final losses differ by at most 9e-4 relative; the 
 relative (about 6x margin), and the test also requires the difference to be smaller than
 what training moved the losses (first round's start loss -> final loss, about 1% here), so
 the tolerance cannot hide a run that did not train.
-(That ranks stay identical to each other is ``test_ddp.py``.)
+The two ranks, on the other hand, must hold bit-identical stacks after every round (each
+rank records a digest of its frozen stacks), and only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ def _matrix(run: Path) -> dict:
     return json.loads((run / "forgetting_matrix.json").read_text())
 
 
-def test_ddp_two_ranks_match_single_process_at_the_same_global_batch(model_dir, tmp_path):
+def test_ddp_ranks_stay_identical_and_match_one_process_at_the_same_global_batch(model_dir, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     run_to_completion(fit_args(model_dir, single, batch_size=4), tmp_path, tmp_path / "single.log")
-    run_to_completion(fit_args(model_dir, ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2", batch_size=2), tmp_path, tmp_path / "ddp.log", timeout=600)
+    digests = tmp_path / "digests"
+    digest = f"--trainer.callbacks+={{class_path: ddp_helpers.StackDigest, init_args: {{out_dir: {digests}}}}}"
+    run_to_completion(fit_args(model_dir, ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2", digest, batch_size=2), tmp_path, tmp_path / "ddp.log", timeout=600)
+    rank0 = json.loads((digests / "rank0.json").read_text())
+    rank1 = json.loads((digests / "rank1.json").read_text())
+    assert len(rank0) == 4 and rank0 == rank1, "every round ends with bit-identical frozen stacks on both ranks"
+    manifest = Manifest.load(ddp)
+    assert [(s.domain, s.round) for s in manifest.stacks] == [("chat", 0), ("chat", 1), ("math", 0), ("math", 1)]
+    assert manifest.completed_domains == ["chat", "math"]
     a, b = _matrix(single), _matrix(ddp)
     assert a["domains"] == b["domains"] == ["chat", "math"]
     diffs = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import lightning as L
 import torch
@@ -113,6 +113,10 @@ class RouterModule(L.LightningModule):
         feature_batch_size: Prompts per base forward when computing router features.
         seed: Seed of the router initialisation and the shuffle.
     """
+
+    phase_callbacks: ClassVar[tuple[str, ...]] = ()
+    """No SFT callback applies: the router is not a stack (no boosting, null space or best-stack
+    guard); the phase keeps its own best epoch (``self.best``)."""
 
     def __init__(
         self,

@@ -3,8 +3,8 @@
 1. open RUN: base + every frozen stack (checksums verified), lock the directory;
 2. outcome discovery per router domain, train and val split, cached on disk (resumable);
 3. split by unique prompt, base-only features once per prompt;
-4. one ``Trainer.fit`` of the router alone (forced SFT callbacks and the round checkpoint
-   are not used by this phase and are left out of its trainer);
+4. one ``Trainer.fit`` of the router alone (``RouterModule.phase_callbacks`` is empty, and
+   the round checkpoint is left out of its trainer);
 5. save the best epoch, record it in the manifest, write and print the routing report.
 """
 
@@ -115,8 +115,8 @@ class RouterPhase:
             run.open(stacks)
             run.load_stacks(stacks)
             trainer = self.context.trainer_factory(work_dir)
-            unused = list(self.context.callbacks.values())
-            trainer.callbacks[:] = [cb for cb in trainer.callbacks if not any(cb is u for u in unused) and not isinstance(cb, ModelCheckpoint)]
+            # The round checkpoint holds a stack; the router phase keeps its best epoch itself.
+            trainer.callbacks[:] = [cb for cb in trainer.callbacks if not isinstance(cb, ModelCheckpoint)]
             device = trainer.strategy.root_device
             stacks.to(device).eval()
             rows = self.discover(stacks, run.manifest, device)
