@@ -235,13 +235,13 @@ class GRPOModule(AlignmentModule):
         finally:
             self.stacks.train()
 
-    def _score_on_every_rank(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> Tensor | None:
+    def _score_on_every_rank(self, prompts: list[str], completions: list[str], columns: dict[str, list], stage: str = "train") -> Tensor | None:
         """``score`` with the outcome agreed across ranks (each scores its own shard): a reward
         error or a skipped batch on one rank is one on all, so no rank is left waiting in the
         next all-reduce."""
         error = None
         try:
-            rewards = self.score(prompts, completions, columns, "train")
+            rewards = self.score(prompts, completions, columns, stage)
         except RewardError as err:
             rewards, error = None, err
         strategy = self.trainer.strategy
@@ -281,7 +281,9 @@ class GRPOModule(AlignmentModule):
     def _greedy_rewards(self, batch: dict[str, Any]) -> Tensor | None:
         sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
         completions = self.decode(sequences, completion_mask, batch["input_ids"].shape[1])
-        return self.score(list(batch["prompts"]), completions, dict(batch["columns"]), "val")
+        # Agreed across ranks like training: a batch skipped on one rank (on_reward_error: skip)
+        # is skipped on all, so no rank waits alone in the epoch-end sync of val/reward.
+        return self._score_on_every_rank(list(batch["prompts"]), completions, dict(batch["columns"]), "val")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         rewards = self._greedy_rewards(batch)
