@@ -105,7 +105,7 @@ def bench_overhead(stacks: BrainstacksModel, tokenizer, repeats: int, tokens: in
         prompt = ["A patient asks how many milligrams are in 2.5 grams of a drug; explain the conversion."]
         route_s = median_time(lambda: generator.route(prompt), repeats)
         with stacks.ungated():
-            gen_s = median_time(lambda: generator._decode_loop([generator.encode(prompt[0])], tokens, 0.0, 0), max(1, repeats // 2))
+            gen_s = median_time(lambda: generator.decode_batch([generator.encode(prompt[0])], tokens, 0.0, 0), max(1, repeats // 2))
     return {"route_seconds": route_s, f"generate_{tokens}_seconds": gen_s, "overhead_fraction": route_s / gen_s}
 
 

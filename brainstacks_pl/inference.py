@@ -243,7 +243,7 @@ class RoutedGenerator:
         else:
             scope = self.stacks.base_only()
         with scope:
-            tokens = self._decode_loop(encoded, max_new_tokens, temperature, seed)
+            tokens = self.decode_batch(encoded, max_new_tokens, temperature, seed)
         return [
             Generation(p, self.tokenizer.decode(t, skip_special_tokens=True), mode, d, t)
             for p, t, d in zip(prompts, tokens, decisions)
@@ -255,7 +255,7 @@ class RoutedGenerator:
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     @torch.no_grad()
-    def _decode_loop(self, encoded: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+    def decode_batch(self, encoded: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
         """Left-padded batch through ``generation.generate`` (KV cache); each row's tokens up to,
         not including, its eos, and never past the model's context."""
         ids, mask = pad_left(encoded, self._pad_id)

@@ -25,7 +25,7 @@ from brainstacks_pl.evaluation.scoring import (
     extract_after_hash,
     extract_choice_letter,
     extract_last_number,
-    greedy_generate,
+    cut_at_stop,
     pick_choice,
     score_continuations,
 )
@@ -96,12 +96,10 @@ def test_scoring_truncates_long_contexts_from_the_left_and_rejects_empty_parts()
         score_continuations(lm, [([], [1])])
 
 
-def test_greedy_generate_follows_the_argmax_and_cuts_at_stop_strings_or_eos():
-    lm = BigramLM(PROBS)  # greedy chain from 0: 1, 2, 0, 1, 2, ...
-    decode = lambda tokens: "".join("abcd"[t] for t in tokens)
-    assert greedy_generate(lm, [[0], [2]], 5, decode) == ["bcabc", "abcab"]
-    assert greedy_generate(lm, [[0]], 5, decode, stop=["ca"]) == ["b"]
-    assert greedy_generate(lm, [[0]], 5, decode, eos_id=0) == ["bc"]
+def test_generations_are_cut_at_the_first_stop_string():
+    assert cut_at_stop("bcabc", ["ca"]) == "b"
+    assert cut_at_stop("x = 1\n\nQuestion: next", ["\n\n", "Question:"]) == "x = 1"
+    assert cut_at_stop("no stop here", ["", "zzz"]) == "no stop here"
 
 
 @pytest.mark.parametrize(

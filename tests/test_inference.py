@@ -161,10 +161,10 @@ def test_a_batch_with_different_routes_equals_each_prompt_alone(generator):
     prompts = [generator.encode("short"), generator.encode("a somewhat longer prompt here")]
     weights = torch.tensor([[0.2, 1.0, 0.0], [1.0, 0.0, 0.7]])
     with generator.stacks.routed(weights):
-        together = generator._decode_loop(prompts, 5, 0.0, 0)
+        together = generator.decode_batch(prompts, 5, 0.0, 0)
     for row in range(2):
         with generator.stacks.routed(weights[row : row + 1]):
-            assert generator._decode_loop([prompts[row]], 5, 0.0, 0) == [together[row]]
+            assert generator.decode_batch([prompts[row]], 5, 0.0, 0) == [together[row]]
 
 
 def test_sampling_is_seeded(generator):

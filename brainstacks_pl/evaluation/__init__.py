@@ -14,7 +14,7 @@ from brainstacks_pl.evaluation.scoring import (
     extract_answer,
     extract_choice_letter,
     extract_last_number,
-    greedy_generate,
+    cut_at_stop,
     pick_choice,
     score_continuations,
 )
@@ -23,6 +23,6 @@ from brainstacks_pl.evaluation.tasks import TaskExample, TaskSpec, load_examples
 __all__ = [
     "ContinuationScore", "NoRouterError", "ScoreRequest", "StackScorer", "TaskExample", "TaskSpec",
     "answers_match", "encode_pair", "extract_after_hash", "extract_answer", "extract_choice_letter",
-    "extract_last_number", "greedy_generate", "load_examples", "load_task", "pick_choice",
+    "cut_at_stop", "extract_last_number", "load_examples", "load_task", "pick_choice",
     "resolve_tasks", "score_continuations",
 ]

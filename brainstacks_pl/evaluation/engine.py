@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from brainstacks_pl.evaluation.scoring import ContinuationScore, greedy_generate, score_continuations
+from brainstacks_pl.evaluation.scoring import ContinuationScore, cut_at_stop, score_continuations
 from brainstacks_pl.inference import MODES, InferenceError, RouteDecision, RoutedGenerator
 from brainstacks_pl.layers.router import base_features
 from brainstacks_pl.routing.features import pad_right, prompt_ids
@@ -108,18 +108,21 @@ class StackScorer:
             return gen.weight_matrix(decisions)
         return None
 
+    def _scope(self, weights: Tensor | None):
+        """The routing scope of this mode; routed: one weight row per batch row."""
+        stacks = self.generator.stacks
+        if self.mode == "base":
+            return stacks.base_only()
+        if self.mode == "ungated":
+            return stacks.ungated()
+        return stacks.routed(weights)  # [b, n_domains]
+
     def _logits_fn(self, weights: Tensor | None):
         """``logits_fn(ids, mask, rows)`` under this mode; routed: rows ``weights[rows]``."""
         stacks = self.generator.stacks
 
         def logits(ids: Tensor, mask: Tensor, rows: list[int]) -> Tensor:
-            if self.mode == "base":
-                scope = stacks.base_only()
-            elif self.mode == "ungated":
-                scope = stacks.ungated()
-            else:
-                scope = stacks.routed(weights[rows])  # [b, n_domains]
-            with scope:
+            with self._scope(weights[rows] if weights is not None else None):
                 return stacks(ids, mask).logits
 
         return logits
@@ -134,15 +137,20 @@ class StackScorer:
         return score_continuations(self._logits_fn(weights), pairs, self.batch_size, self.pad_id, self.max_length, self.device)
 
     def generate(self, prompts: Sequence[list[int]], route_texts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-        """Greedy generation per prompt (token ids), cut at EOS or the first ``stop`` string."""
+        """Greedy generation per prompt (token ids), cut at EOS or the first ``stop`` string.
+
+        Decoded with the KV cache of ``RoutedGenerator.decode_batch``; a prompt longer than the
+        model's context keeps its last tokens, leaving room for ``max_new_tokens``.
+        """
         weights = self._prepare(route_texts) if prompts else None
+        context = self.generator.context_length
+        keep = max(context - max_new_tokens, 1) if context else None
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk_weights = weights[start : start + self.batch_size] if weights is not None else None
-            out += greedy_generate(
-                self._logits_fn(chunk_weights), prompts[start : start + self.batch_size], max_new_tokens, self._decode,
-                self.tokenizer.eos_token_id, self.pad_id, stop, self.max_length, self.device,
-            )
+            chunk = [list(p)[-keep:] if keep else list(p) for p in prompts[start : start + self.batch_size]]
+            with self._scope(weights[start : start + self.batch_size] if weights is not None else None):
+                tokens = self.generator.decode_batch(chunk, max_new_tokens, 0.0, 0)
+            out += [cut_at_stop(self._decode(row), stop) for row in tokens]
         return out
 
     def _decode(self, tokens: list[int]) -> str:

@@ -1,4 +1,4 @@
-"""Pure scoring helpers: continuation log-likelihoods, choice selection, greedy decoding, answers.
+"""Pure scoring helpers: continuation log-likelihoods, choice selection, stop strings, answers.
 
 Log-likelihood of a continuation ``c_1..c_m`` given a context ``x``::
 
@@ -29,7 +29,7 @@ __all__ = [
     "encode_prompt",
     "score_continuations",
     "pick_choice",
-    "greedy_generate",
+    "cut_at_stop",
     "extract_answer",
     "extract_after_hash",
     "extract_last_number",
@@ -140,57 +140,8 @@ def pick_choice(scores: Sequence[ContinuationScore], normalize: str = "mean") ->
     return max(range(len(values)), key=values.__getitem__)
 
 
-@torch.no_grad()
-def greedy_generate(
-    logits_fn: LogitsFn,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    decode: Callable[[list[int]], str],
-    eos_id: int | None = None,
-    pad_id: int = 0,
-    stop: Sequence[str] = (),
-    context_length: int | None = None,
-    device: torch.device | str = "cpu",
-) -> list[str]:
-    """Greedy continuation of each prompt, cut at the first ``stop`` string or at EOS.
-
-    A plain loop without KV cache on a right-padded buffer, like ``RoutedGenerator``: causal
-    attention makes the padding after a row irrelevant. Prompts longer than ``context_length``
-    keep their last tokens. The caller sets the routing scope around the call.
-    """
-    keep = None if context_length is None else max(context_length - max_new_tokens, 1)
-    encoded = [list(p)[-keep:] if keep else list(p) for p in prompts]
-    batch = len(encoded)
-    width = max(len(p) for p in encoded) + max_new_tokens
-    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    for row, seq in enumerate(encoded):
-        ids[row, : len(seq)] = torch.as_tensor(seq, device=device)
-    lengths = torch.tensor([len(seq) for seq in encoded], device=device)  # [B]
-    rows = torch.arange(batch, device=device)
-    order = list(range(batch))
-    done = [False] * batch
-    out: list[list[int]] = [[] for _ in range(batch)]
-    for _ in range(max_new_tokens):
-        w = int(lengths.max())
-        mask = (torch.arange(w, device=device)[None] < lengths[:, None]).long()  # [B, w]
-        nxt = logits_fn(ids[:, :w], mask, order)[rows, lengths - 1].argmax(-1).tolist()  # [B]
-        for row in range(batch):
-            if done[row]:
-                continue
-            token = nxt[row]
-            if token == eos_id:
-                done[row] = True
-                continue
-            ids[row, lengths[row]] = token
-            lengths[row] += 1
-            out[row].append(token)
-            done[row] = any(s and s in decode(out[row]) for s in stop)
-        if all(done):
-            break
-    return [_cut_at_stop(decode(tokens), stop) for tokens in out]
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first of the ``stop`` strings (empty ones ignored)."""
     cut = min((text.index(s) for s in stop if s and s in text), default=len(text))
     return text[:cut]
 
