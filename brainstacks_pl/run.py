@@ -182,7 +182,20 @@ class RunDirectory:
         self.save_manifest()
         if self.is_writer:
             self._remove_orphan_temp_files()
+            self._remove_finished_round_dirs()
         return self.manifest
+
+    def _remove_finished_round_dirs(self) -> None:
+        """Round directories (checkpoints) of stacks the manifest already lists.
+
+        ``write_stack`` lists the stack, then removes its round directory; a kill between the two
+        leaves a checkpoint that no rerun would ever read or delete.
+        """
+        for record in self.manifest.stacks:
+            leftover = self.round_dir(record.domain, record.round)
+            if leftover.exists():
+                log.info("removing %s: its stack %s is already written", leftover, record.file)
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def _remove_orphan_temp_files(self) -> None:
         """Temp files of atomic writes cut short by a kill (never renamed into place).

@@ -238,6 +238,23 @@ def test_a_live_holder_keeps_a_second_run_out(lock_holder):
     assert str(run) in str(err.value) and str(pid) in str(err.value)
 
 
+def test_a_finished_rounds_leftover_checkpoint_is_removed_by_the_rerun(model_dir, reference, tmp_path):
+    # A kill between listing a stack and removing its round directory leaves a checkpoint behind.
+    from brainstacks_pl.cli import cli_main
+
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    leftover = run / "rounds" / "chat-r1" / "checkpoints" / "last.ckpt"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"stale")
+    stacks_before = stack_bytes(run)
+    cli_main(fit_args(model_dir, run))
+    assert not leftover.parent.parent.exists()
+    assert stack_bytes(run) == stacks_before
+
+
 def test_second_cli_run_on_a_locked_dir_fails_clearly_and_writes_nothing(model_dir, lock_holder):
     from brainstacks_pl.cli import cli_main
 
