@@ -9,16 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from brainstacks_pl.cli import cli_main
 from brainstacks_pl.storage import Manifest, load_tensors
-from fault_helpers import kill_group, launch, make_model_dir, run_to_completion, subprocess_env, wait_for
-
-REPO = Path(__file__).resolve().parents[1]
-DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 40}, {name: math, path: "demo:math", max_examples: 40}]'
+from fault_helpers import kill_group, launch, run_to_completion, subprocess_env, wait_for
+from test_router import router_args, sft_run  # noqa: F401 (sft_run is a fixture: a tiny finished SFT run)
 
 
 class RouterDigest(Callback):
@@ -34,31 +30,6 @@ class RouterDigest(Callback):
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.txt").write_text(digest.hexdigest())
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("router_scaleout")
-    model_dir, run_dir = make_model_dir(root / "tiny"), root / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread pin
-    cli_main([
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"), "--model.model_name_or_path", str(model_dir),
-        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--data.max_seq_len", "96", "--data.batch_size", "4",
-        "--data.max_val_examples", "8", f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1",
-    ])
-    torch.set_num_threads(threads)
-    return run_dir
-
-
-def router_args(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit", "--config", str(REPO / "configs" / "router_demo.yaml"),
-        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "96", f"--data.domains={DOMAINS}", "--data.val_fraction", "0.25", "--model.hidden", "16",
-        "--model.max_train_examples", "12", "--model.max_val_examples", "6", *extra,
-    ]
 
 
 def test_router_phase_under_two_rank_ddp(sft_run, tmp_path):
