@@ -51,6 +51,7 @@ from brainstacks_pl.data.sources import (
     open_dataset,
     resolve_files,
 )
+from brainstacks_pl.data.tokenizer import TokenizerMixin
 
 __all__ = [
     "DEMO_DIR", "DEMO_DOMAINS", "CurriculumDataModule", "DomainConfig", "Encoded", "EpochShuffleSampler",
@@ -76,7 +77,7 @@ class _DomainData:
     packed: Optional[dict[str, torch.Tensor]] = None
 
 
-class CurriculumDataModule(L.LightningDataModule):
+class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
     """Domains in curriculum order; the dataloaders serve the current domain.
 
     Args:
@@ -171,35 +172,10 @@ class CurriculumDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- tokenizer
 
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            if self.tokenizer_name is None:
-                raise ValueError(
-                    "CurriculumDataModule has no tokenizer: pass tokenizer=<path or hub name> "
-                    "or call set_tokenizer"
-                )
-            from transformers import AutoTokenizer
-
-            from brainstacks_pl.demo_base import resolve_model_name  # "brainstacks-demo" -> its directory
-
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.tokenizer_name))
-        return self._tokenizer
-
-    def set_tokenizer(self, tokenizer) -> None:
-        """Use ``tokenizer`` (any ``PreTrainedTokenizer``); drops tokenized data built with another one."""
-        self._tokenizer = tokenizer
+    def _forget_encoded(self) -> None:
         if self._data is not None:
             for data in self._data.values():
                 data.train_encoded = data.val_encoded = data.packed = None
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
-        return pad
 
     # ----------------------------------------------------------------- setup
 

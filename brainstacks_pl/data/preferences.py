@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from brainstacks_pl.data.curriculum import DEMO_DIR, EpochShuffleSampler
 from brainstacks_pl.data.decontaminate import split_hash
 from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, format_prompt, strip_chat_tokens
+from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.generation import pad_left
 
 __all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs", "split_by_prompt"]
@@ -177,36 +178,7 @@ class _PairCollator:
         return batch
 
 
-class _TokenizerMixin:
-    tokenizer_name: Optional[str]
-    _tokenizer: Any
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            if self.tokenizer_name is None:
-                raise ValueError(f"{type(self).__name__} has no tokenizer: pass tokenizer=<path or hub name> or call set_tokenizer")
-            from transformers import AutoTokenizer
-
-            from brainstacks_pl.demo_base import resolve_model_name
-
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.tokenizer_name))
-        return self._tokenizer
-
-    def set_tokenizer(self, tokenizer) -> None:
-        self._tokenizer = tokenizer
-        self._encoded = None
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
-        return pad
-
-
-class PreferenceDataModule(_TokenizerMixin, L.LightningDataModule):
+class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
     """Preference pairs for DPO: batches of ``2B`` rows, chosen first.
 
     Args:
@@ -311,7 +283,7 @@ class _PromptCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "prompts": prompts, "columns": columns}
 
 
-class PromptDataModule(_TokenizerMixin, L.LightningDataModule):
+class PromptDataModule(TokenizerMixin, L.LightningDataModule):
     """Prompts for GRPO; every other column reaches the reward functions as a keyword argument.
 
     Args:
