@@ -62,11 +62,13 @@ class ThroughputRecorder(Callback):
         self._steps += 1
         if self._steps <= self.warmup_steps:
             return
-        tokens = batch["attention_mask"].sum() if isinstance(batch, dict) and "attention_mask" in batch else torch.tensor(0)
-        self._tokens += int(trainer.strategy.reduce(tokens.to(pl_module.device).float(), reduce_op="sum"))
+        if isinstance(batch, dict) and "attention_mask" in batch:
+            self._tokens += int(batch["attention_mask"].sum())  # this rank's; summed once at the end
         self._seconds += elapsed
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # One all-reduce per round, not per step: the other ranks' tokens count towards the rate.
+        self._tokens = int(trainer.strategy.reduce(torch.tensor(float(self._tokens), device=pl_module.device), reduce_op="sum"))
         info = getattr(getattr(pl_module, "stacks", None), "active_info", None)
         tag = f"{info.domain}/stack{info.round}" if info is not None else "phase"
         record = {
