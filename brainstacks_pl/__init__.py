@@ -1,18 +1,20 @@
 """brainstacks_pl: continual multi-domain fine-tuning with frozen MoE-LoRA stacks, on Lightning.
 
-The core (layers, model, config) imports eagerly; the Lightning pieces are imported on first
-access so that ``import brainstacks_pl`` stays light for inference-only users.
+Every public name is imported on first access, so that ``import brainstacks_pl`` (and
+``brainstacks --help``) costs no torch, transformers or Lightning import.
 """
 
 from importlib import import_module
 
-from brainstacks_pl.config import StackConfig
-from brainstacks_pl.layers.context import StackContext
-from brainstacks_pl.layers.moe_lora import MoELoRA, MoEOutput
-from brainstacks_pl.layers.stacked_linear import StackedLinear
-from brainstacks_pl.model import BrainstacksModel, inject_stacks, load_base_model
-
 _LAZY = {
+    "StackConfig": "brainstacks_pl.config",
+    "StackContext": "brainstacks_pl.layers.context",
+    "MoELoRA": "brainstacks_pl.layers.moe_lora",
+    "MoEOutput": "brainstacks_pl.layers.moe_lora",
+    "StackedLinear": "brainstacks_pl.layers.stacked_linear",
+    "BrainstacksModel": "brainstacks_pl.model",
+    "inject_stacks": "brainstacks_pl.model",
+    "load_base_model": "brainstacks_pl.model",
     "StackSFTModule": "brainstacks_pl.modules.sft",
     "RouterModule": "brainstacks_pl.modules.router",
     "DPOModule": "brainstacks_pl.modules.dpo",
@@ -36,15 +38,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'brainstacks_pl' has no attribute {name!r}")
 
 
-__all__ = [
-    "BrainstacksModel",
-    "MoELoRA",
-    "MoEOutput",
-    "StackConfig",
-    "StackContext",
-    "StackedLinear",
-    "inject_stacks",
-    "load_base_model",
-    *_LAZY,
-]
+__all__ = list(_LAZY)
 __version__ = "0.1.0"

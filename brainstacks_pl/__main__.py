@@ -1,4 +1,4 @@
-from brainstacks_pl.cli import main
+from brainstacks_pl.commands import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -25,7 +25,7 @@ from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
 from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, phase_callbacks
 
-__all__ = ["BrainstacksCLI", "cli_main", "main", "CurriculumProgressBar"]
+__all__ = ["BrainstacksCLI", "cli_main", "run_fit", "main", "CurriculumProgressBar"]
 
 # Trainer arguments that may be objects a Trainer takes ownership of (Lightning sets their
 # accelerator, devices and precision): every per-round Trainer needs its own unused copy.
@@ -51,6 +51,8 @@ class BrainstacksCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        # No abbreviations: ``--trainer.max_epoch 2`` must be an error, not ``max_epochs``.
+        kwargs.setdefault("parser_kwargs", {"prog": "brainstacks", "allow_abbrev": False, "fit": {"allow_abbrev": False}})
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     @staticmethod
@@ -139,17 +141,14 @@ def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
     return BrainstacksCLI(args=args)
 
 
+def run_fit(argv: list[str]) -> int:
+    """``brainstacks fit ...`` (``argv[0] == "fit"``), called by ``brainstacks_pl.commands.main``."""
+    cli_main(argv)
+    return 0
+
+
 def main() -> None:
-    """Console-script entry point of ``brainstacks`` (``generate`` / ``chat`` go to ``inference_cli``,
-    ``evaluate`` to ``evaluation.run_eval``)."""
-    import sys
+    """Kept for ``python -m brainstacks_pl.cli``; the console script is ``brainstacks_pl.commands``."""
+    from brainstacks_pl.commands import console_main
 
-    if sys.argv[1:2] in (["generate"], ["chat"]):
-        from brainstacks_pl import inference_cli
-
-        sys.exit(inference_cli.main(sys.argv[1:]))
-    if sys.argv[1:2] == ["evaluate"]:
-        from brainstacks_pl.evaluation import run_eval
-
-        sys.exit(run_eval.main(sys.argv[2:]))
-    cli_main()
+    console_main()

@@ -16,6 +16,8 @@ from the base alone and ``RouteDecision.capability_gap`` says so.
 
 from __future__ import annotations
 
+from brainstacks_pl.errors import UserError
+
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ Mode = Literal["routed", "ungated", "base"]
 MODES = ("routed", "ungated", "base")
 
 
-class InferenceError(ValueError):
+class InferenceError(UserError, ValueError):
     """A request that cannot be served (empty prompt, prompt longer than the context, no router...)."""
 
 

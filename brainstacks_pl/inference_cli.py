@@ -15,29 +15,12 @@ import argparse
 import sys
 from typing import Sequence, TextIO
 
-from brainstacks_pl.inference import MODES, Generation, InferenceError, RouteDecision, RoutedGenerator
+from brainstacks_pl.commands import MODES, parse_subcommand
+from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
+from brainstacks_pl.inference import Generation, InferenceError, RouteDecision, RoutedGenerator
 from brainstacks_pl.storage import StackFileError
 
-__all__ = ["main", "build_parser", "format_route", "ChatSession"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainstacks", description="Routed inference with the stacks of a run directory.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("generate", "answer one prompt"), ("chat", "interactive session on stdin")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--run", required=True, help="run directory (manifest.json, stacks/, router/)")
-        if name == "generate":
-            p.add_argument("--prompt", required=True, help="the prompt text")
-        p.add_argument("--mode", choices=MODES, default="routed", help="routed: stacks the router selects; ungated: every stack at weight 1; base: no stack")
-        p.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most")
-        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples from softmax(logits / T)")
-        p.add_argument("--seed", type=int, default=0, help="sampling seed")
-        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-        p.add_argument("--dtype", default="float32", help="base compute dtype")
-        p.add_argument("--model_name_or_path", default=None, help="base model (default: the run's base_model_id)")
-        p.add_argument("--cache_mb", type=float, default=None, help="host-memory budget of the stack cache in MiB (default: unbounded)")
-    return parser
+__all__ = ["main", "run_generate", "run_chat", "format_route", "ChatSession"]
 
 
 def format_route(decision: RouteDecision, gate: float) -> str:
@@ -131,25 +114,40 @@ def _number(text: str, kind, usage: str, minimum: float):
     return value
 
 
-def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """Entry point of ``brainstacks generate|chat``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def _open_generator(args: argparse.Namespace, require_router: bool) -> RoutedGenerator:
+    return RoutedGenerator.from_run(
+        args.run, device=args.device, model_name_or_path=args.model_name_or_path, dtype=args.dtype,
+        cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20), require_router=require_router,
+    )
+
+
+def run_generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    """``brainstacks generate``: one prompt, the route and the answer."""
+    generator = _open_generator(args, require_router=args.mode == "routed")
+    gen = generator.generate([args.prompt], args.mode, args.max_new_tokens, args.temperature, args.seed)[0]
+    _print_generation(gen, generator, stdout or sys.stdout)
+    return 0
+
+
+def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """``brainstacks chat``: an interactive session on stdin."""
     out = stdout or sys.stdout
-    try:
-        generator = RoutedGenerator.from_run(
-            args.run, device=args.device, model_name_or_path=args.model_name_or_path, dtype=args.dtype,
-            cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20), require_router=args.mode == "routed" and args.command == "generate",
-        )
-        if args.command == "generate":
-            gen = generator.generate([args.prompt], args.mode, args.max_new_tokens, args.temperature, args.seed)[0]
-            _print_generation(gen, generator, out)
-            return 0
-    except (InferenceError, StackFileError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    generator = _open_generator(args, require_router=False)
     stream = stdin or sys.stdin
     if args.mode == "routed" and generator.router is None:
         print("this run has no trained router: chat starts in mode ungated", file=out)
         args.mode = "ungated"
     ChatSession(generator, args.mode, args.max_new_tokens, args.temperature, args.seed, out).run(stream, interactive=stream.isatty())
     return 0
+
+
+def main(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """``brainstacks generate|chat ARGS`` in-process (``argv[0]`` is the subcommand); returns the exit code."""
+    args = parse_subcommand(argv[0], argv[1:])
+    try:
+        if args.command == "generate":
+            return run_generate(args, stdout)
+        return run_chat(args, stdin, stdout)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT

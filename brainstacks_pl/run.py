@@ -15,6 +15,8 @@ writing into the same run directory at the same time.
 
 from __future__ import annotations
 
+from brainstacks_pl.errors import UserError
+
 import json
 import logging
 import os
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RunDirectory", "RunLockedError"]
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """Another live process holds this run directory."""
 
 

@@ -8,6 +8,8 @@ only safetensors is ever parsed: a pickle is refused before anything executes it
 
 from __future__ import annotations
 
+from brainstacks_pl.errors import UserError
+
 import hashlib
 import json
 import os
@@ -39,7 +41,7 @@ MANIFEST_NAME = "manifest.json"
 METADATA_KEY = "brainstacks"
 
 
-class StackFileError(ValueError):
+class StackFileError(UserError, ValueError):
     """A stack, basis or manifest file is missing, corrupt, foreign or unsafe."""
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from brainstacks_pl.cli import cli_main
-from brainstacks_pl.cli import main as brainstacks_main
+from brainstacks_pl.commands import console_main as brainstacks_main
 from brainstacks_pl.evaluation import run_eval
 from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackScorer
 from brainstacks_pl.evaluation.scoring import (

@@ -24,12 +24,14 @@ from typing import Any
 from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackScorer
 from brainstacks_pl.evaluation.scoring import answers_match, encode_pair, encode_prompt, extract_answer, pick_choice
 from brainstacks_pl.evaluation.tasks import TaskSpec, build_context, load_examples, resolve_tasks
-from brainstacks_pl.inference import MODES, InferenceError, RoutedGenerator
+from brainstacks_pl.commands import MODES, parse_subcommand
+from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
+from brainstacks_pl.inference import InferenceError, RoutedGenerator
 from brainstacks_pl.storage import StackFileError, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_task", "evaluate_run", "write_tensorboard", "format_table", "main", "build_parser", "no_router_message"]
+__all__ = ["evaluate_task", "evaluate_run", "write_tensorboard", "format_table", "main", "run", "no_router_message"]
 
 N_SAMPLES = 3
 """Generations kept per task in results.json, for a look at what the model wrote."""
@@ -163,43 +165,27 @@ def format_table(results: dict[str, Any]):
     return table
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainstacks evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="run directory (manifest.json, stacks/, router/)")
-    parser.add_argument("--tasks", default="demo", help="comma list: demo (all bundled tasks), a bundled task name, a task YAML, or a folder of YAMLs")
-    parser.add_argument("--modes", default="base,ungated,routed", help="comma list of base, ungated, routed")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
-    parser.add_argument("--batch_size", type=int, default=16, help="sequences per forward")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", default="float32", help="base compute dtype")
-    parser.add_argument("--quantization", default=None, choices=[None, "nf4"], help="load the base in 4 bit (nf4)")
-    parser.add_argument("--model_name_or_path", default=None, help="base model (default: the run's base_model_id)")
-    parser.add_argument("--output", default=None, help="results file (default: RUN/eval/results.json)")
-    parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``brainstacks evaluate``; returns the exit code (2 on a bad request)."""
+def run(args: argparse.Namespace) -> int:
+    """``brainstacks evaluate``: score, write the results, print the table."""
     from rich.console import Console
 
-    args = build_parser().parse_args(argv)
     console = Console()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise InferenceError(f"--modes takes a comma list of {', '.join(MODES)}; got {args.modes!r}")
+    if args.limit is not None and args.limit < 1:
+        raise InferenceError(f"--limit must be >= 1, got {args.limit}")
     try:
-        if bad or not modes:
-            raise InferenceError(f"--modes takes a comma list of {', '.join(MODES)}; got {args.modes!r}")
-        if args.limit is not None and args.limit < 1:
-            raise InferenceError(f"--limit must be >= 1, got {args.limit}")
         tasks = resolve_tasks(args.tasks)
         results = evaluate_run(
             args.run, tasks, modes, args.limit, args.batch_size,
             device=args.device, dtype=args.dtype, quantization=args.quantization, model_name_or_path=args.model_name_or_path,
         )
-    except (InferenceError, StackFileError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise InferenceError(str(err)) from err
     for entry in results["modes"].values():
         if entry["status"] != "ok":
             print(entry["reason"])
@@ -211,6 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(format_table(results))
     console.print(f"results: {output}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``brainstacks evaluate ARGS`` in-process; returns the exit code (2 on a bad request)."""
+    args = parse_subcommand("evaluate", sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -1,0 +1,18 @@
+"""The one error style of every ``brainstacks`` command.
+
+A ``UserError`` is bad input that the user can fix (a flag, a file, a run directory): the
+command prints it as one ``error: ...`` line naming the culprit and exits with status 2. Any
+other exception is a bug and keeps its traceback. ``BRAINSTACKS_DEBUG=1`` (or ``--debug``)
+shows the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "USER_ERROR_EXIT"]
+
+USER_ERROR_EXIT = 2
+"""Exit status of a command that stopped on a user error (argparse's convention)."""
+
+
+class UserError(Exception):
+    """Bad input, reported as ``error: <message>`` and exit status 2."""
