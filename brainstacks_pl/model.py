@@ -82,6 +82,7 @@ def inject_stacks(model: nn.Module, config: StackConfig, context: StackContext) 
             f"none of target_modules {sorted(targets)} exist in {type(model).__name__}; "
             f"its linear modules are named: {linear_names}. Set StackConfig.target_modules accordingly."
         )
+    _keep_nf4_differentiable(model)
     layers = {}
     for name, module in matches:
         parent_name, _, child_name = name.rpartition(".")
@@ -91,6 +92,20 @@ def inject_stacks(model: nn.Module, config: StackConfig, context: StackContext) 
         setattr(parent, child_name, layer)
         layers[name] = layer
     return layers
+
+
+def _keep_nf4_differentiable(model: nn.Module) -> None:
+    """Keep bitsandbytes' NF4 layers on their autograd path on AVX512-BF16 CPUs.
+
+    On such CPUs ``Linear4bit`` repacks its weight for a faster inference kernel at the first
+    eval forward without grad (a validation pass), *permanently*, and that kernel has no
+    backward: every later training step silently loses the gradient through the base
+    (the path to earlier layers' stacks), and layers narrower than 64 inputs crash. Stacks
+    train through the base, so the repacking is switched off (bitsandbytes reads this flag).
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 class BrainstacksModel(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -32,11 +34,19 @@ def make_tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
-def save_tiny_model(path):
+NF4_WIDTHS = dict(hidden_size=64, intermediate_size=128)
+"""A tiny model NF4 can quantise on every CPU: input widths are whole blocks of 64 (see model._check_nf4_blocks)."""
+
+
+def save_tiny_model(path, **overrides):
     """Write the tiny model and the byte tokenizer with ``save_pretrained``: an offline hub directory."""
-    make_tiny_llama().save_pretrained(path)
+    make_tiny_llama(**overrides).save_pretrained(path)
     byte_tokenizer().save_pretrained(path)
     return path
+
+
+TEST_THREADS = int(os.environ.get("BRAINSTACKS_TEST_THREADS", "1"))
+"""Torch threads in the test process (1 by default; the suite must also pass with 2)."""
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -44,9 +54,10 @@ def one_torch_thread():
     """Tiny tensors run fastest on one thread; two OpenMP pools on 2 cores thrash each other.
 
     Session-scoped so that module- and session-scoped fixtures (tiny training runs) get it too.
+    ``BRAINSTACKS_TEST_THREADS=2`` runs the suite with two threads (other summation orders).
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(previous)
 
@@ -65,3 +76,9 @@ def tiny_llama():
 def tiny_llama_dir(tmp_path):
     """A tiny model + tokenizer written with ``save_pretrained``: the hub-loading path, offline."""
     return save_tiny_model(tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_nf4_dir(tmp_path):
+    """Like ``tiny_llama_dir``, with input widths NF4 can quantise on every CPU."""
+    return save_tiny_model(tmp_path / "tiny-nf4", **NF4_WIDTHS)

@@ -345,3 +345,26 @@ def test_bfloat16_base_loads_and_runs(tiny_llama_dir):
     assert stack.B.dtype == torch.float32 and stack.B.grad.abs().sum() > 0
     model.eval()
     assert not torch.equal(_delta_logits(model, ids), torch.zeros_like(out.logits))
+
+
+def test_nf4_input_gradient_survives_an_eval_forward(tiny_nf4_dir):
+    """A no-grad eval forward (a validation pass) must not switch NF4 layers to a kernel without backward.
+
+    64-wide layers: on AVX512-BF16 CPUs that repacking would otherwise succeed and silently
+    drop the gradient (narrower layers crash instead, which ``tiny_llama_dir`` tests cover).
+    """
+    _bnb_linear4bit()
+    model = BrainstacksModel(load_base_model(str(tiny_nf4_dir), quantization="nf4"), StackConfig(), DOMAINS)
+    ids = _ids()
+
+    def input_grad() -> torch.Tensor:
+        embeds = model.model.get_input_embeddings()(ids).detach().requires_grad_()
+        model.model(inputs_embeds=embeds).logits.square().sum().backward()
+        return embeds.grad
+
+    before = input_grad()
+    with torch.no_grad():
+        model.eval()(ids)
+    after = input_grad()
+    assert before.abs().sum() > 0
+    torch.testing.assert_close(after, before, rtol=0, atol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import brainstacks_pl.layers.moe_lora as moe_lora_module
 from brainstacks_pl import MoELoRA, StackConfig
 from brainstacks_pl.layers.moe_lora import load_balance_loss, top_k_gates
+from numerics import assert_matches_float64
 
 
 def _layer(d_in=12, d_out=10, seed=0, noise_scale=0.0, **config) -> MoELoRA:
@@ -72,6 +75,25 @@ def _record_gates(monkeypatch) -> list[torch.Tensor]:
     return seen
 
 
+def _depth(layer: MoELoRA) -> int:
+    """Accumulation depth of the fused computation: d_in for the first GEMM, E*r for the second."""
+    cfg = layer.config
+    return layer.in_proj.shape[1] + cfg.experts * cfg.rank
+
+
+def _assert_routing_is_decisive(layer: MoELoRA, x: torch.Tensor, eps: torch.Tensor | None = None) -> None:
+    """The k-th and (k+1)-th router logits are far apart, so float32 rounding cannot flip top-k."""
+    cfg = layer.config
+    rows = cfg.experts * cfg.rank
+    with torch.no_grad():
+        logits = x.double() @ layer.in_proj[rows : rows + cfg.experts].double().T
+        if eps is not None:
+            logits = logits + F.softplus(x.double() @ layer.in_proj[rows + cfg.experts :].double().T) * eps
+        top = logits.sort(dim=-1, descending=True).values
+        margin = float((top[:, cfg.top_k - 1] - top[:, cfg.top_k]).min())
+    assert margin > 1e-3, f"test precondition: top-k margin {margin:.2e} is too small for a float32 comparison"
+
+
 def test_new_stack_is_exact_noop():
     layer = MoELoRA(12, 10, StackConfig(), generator=torch.Generator().manual_seed(0)).train()
     out = layer(torch.randn(3, 5, 12))
@@ -94,10 +116,12 @@ def test_eval_matches_per_expert_reference(monkeypatch, config, scale):
     x = torch.randn(7, 12, generator=torch.Generator().manual_seed(3))
     seen = _record_gates(monkeypatch)
     out = layer(x)
-    ref_delta, ref_gates, ref_aux = reference_moe_lora(layer, x, scale)
-    torch.testing.assert_close(out.delta, ref_delta, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(seen[0], ref_gates, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(out.aux_loss, ref_aux, atol=1e-6, rtol=1e-6)
+    ref_layer, ref_x = copy.deepcopy(layer).double(), x.double()
+    _assert_routing_is_decisive(ref_layer, ref_x)
+    ref_delta, ref_gates, ref_aux = reference_moe_lora(ref_layer, ref_x, scale)
+    assert_matches_float64(out.delta, ref_delta, _depth(layer), "delta")
+    assert_matches_float64(seen[0], ref_gates, _depth(layer), "gates")
+    assert_matches_float64(out.aux_loss, ref_aux, _depth(layer), "aux loss")
     assert torch.equal((ref_gates > 0).sum(-1), torch.full((7,), layer.config.top_k))
 
 
@@ -111,18 +135,20 @@ def test_train_with_noise_matches_reference_outputs_gates_and_grads(monkeypatch)
     seen = _record_gates(monkeypatch)
     out = layer(x, noise_generator=torch.Generator().manual_seed(11))
     (out.delta * upstream).sum().backward()
-    fused_grads = [t.grad.clone() for t in (layer.in_proj, layer.B, x)]
-    for t in (layer.in_proj, layer.B, x):
-        t.grad = None
 
-    ref_delta, ref_gates, _ = reference_moe_lora(layer, x, layer.config.scale, eps=eps)
-    (ref_delta * upstream).sum().backward()
-    torch.testing.assert_close(out.delta, ref_delta, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(seen[0], ref_gates, atol=1e-6, rtol=1e-6)
-    for fused, ref in zip(fused_grads, (layer.in_proj.grad, layer.B.grad, x.grad)):
-        torch.testing.assert_close(fused, ref, atol=1e-6, rtol=1e-6)
+    # The reference runs the same parameters in float64, one expert and token at a time.
+    ref_layer = copy.deepcopy(layer).double()
+    ref_x = x.detach().double().requires_grad_()
+    ref_delta, ref_gates, _ = reference_moe_lora(ref_layer, ref_x, layer.config.scale, eps=eps.double())
+    (ref_delta * upstream.double()).sum().backward()
+    _assert_routing_is_decisive(ref_layer, ref_x, eps.double())
+    depth = _depth(layer)
+    assert_matches_float64(out.delta, ref_delta, depth, "delta")
+    assert_matches_float64(seen[0], ref_gates, depth, "gates")
+    for name, fused, ref in (("in_proj", layer.in_proj, ref_layer.in_proj), ("B", layer.B, ref_layer.B), ("x", x, ref_x)):
+        assert_matches_float64(fused.grad, ref.grad, 2 * depth, f"grad {name}")
     # The noise mattered: without it the gates differ from the noisy ones.
-    _, quiet_gates, _ = reference_moe_lora(layer, x.detach(), layer.config.scale)
+    _, quiet_gates, _ = reference_moe_lora(ref_layer, ref_x.detach(), layer.config.scale)
     assert not torch.allclose(quiet_gates, ref_gates)
 
 
@@ -134,8 +160,10 @@ def test_noise_only_in_training():
     first = layer(x).delta
     torch.manual_seed(1)
     assert torch.equal(first, layer(x).delta)
-    ref, _, _ = reference_moe_lora(layer, x.reshape(-1, 12), layer.config.scale)
-    torch.testing.assert_close(first.reshape(-1, 10), ref, atol=1e-6, rtol=1e-6)
+    ref_layer, ref_x = copy.deepcopy(layer).double(), x.reshape(-1, 12).double()
+    _assert_routing_is_decisive(ref_layer, ref_x)
+    ref, _, _ = reference_moe_lora(ref_layer, ref_x, layer.config.scale)
+    assert_matches_float64(first.reshape(-1, 10), ref, _depth(layer), "eval delta")
 
     layer.train()
     torch.manual_seed(0)
@@ -174,6 +202,9 @@ def test_balanced_router_scores_one():
 
 
 def test_aux_loss_alone_rebalances_an_imbalanced_router():
+    # float64 and 80 steps: SGD at lr 1 oscillates for ~40 steps before it settles near 1.0
+    # (measured: <= 1.007 from step 50 to 100 in float32 and float64), so the assertions sit
+    # on the settled plateau with a 0.1 margin rather than on a step of the transient.
     torch.manual_seed(0)
     cfg = StackConfig(experts=4, rank=2, top_k=1, noise=False)
     layer = MoELoRA(16, 8, cfg, generator=torch.Generator().manual_seed(0)).train()
@@ -181,19 +212,20 @@ def test_aux_loss_alone_rebalances_an_imbalanced_router():
     x = torch.randn(256, 16) + 2.0 * u  # every token shares the direction u
     with torch.no_grad():
         layer.in_proj[cfg.experts * cfg.rank] += u  # bias expert 0's router row: it wins almost everywhere
+    layer, x = layer.double(), x.double()
 
     def entropy(frac):
         return -(frac * frac.clamp_min(1e-12).log()).sum()
 
     start = layer(x)
     optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
-    for _ in range(30):
+    for _ in range(80):
         optimizer.zero_grad()
         layer(x).aux_loss.backward()
         optimizer.step()
     end = layer(x)
     assert start.expert_fraction[0] > 0.9 and start.aux_loss > 2.5
-    assert end.aux_loss < 1.3  # a perfectly balanced router scores 1.0
+    assert end.aux_loss < 1.1  # a perfectly balanced router scores 1.0
     assert entropy(end.expert_fraction) > entropy(start.expert_fraction) + 0.8  # max is ln 4 = 1.39
 
 
