@@ -14,8 +14,8 @@ may be downloaded, so the project ships its own base, built here in three steps:
 3. ``pretrain_demo_base``: a plain causal-LM phase (``modules.pretrain.PretrainModule`` under
    ``lightning.Trainer`` on CPU) that writes a ``save_pretrained`` directory.
 
-The result ships as ``brainstacks_pl/assets/demo_base``; ``resolve_model_name("brainstacks-demo")``
-points there, and rebuilds into a user cache when the package was installed without it.
+The result ships as ``brainstacks_pl/assets/demo_base`` (rebuild: ``python scripts/build_demo_base.py``);
+``brainstacks_pl.assets.resolve_model_name("brainstacks-demo")`` points there and never trains.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from brainstacks_pl.assets import DEMO_BASE_NAME, resolve_model_name, shipped_demo_base_path  # noqa: F401 (re-exported)
 from brainstacks_pl.demo_corpus import general_corpus
 from brainstacks_pl.tokenization import SPECIAL_TOKENS
 
@@ -47,7 +48,6 @@ __all__ = [
     "shipped_demo_base_path",
 ]
 
-DEMO_BASE_NAME = "brainstacks-demo"
 """The model name that ``resolve_model_name`` maps to the shipped (or cached) demo base."""
 
 
@@ -246,43 +246,3 @@ def _pretrain(out_dir: Path, config: DemoBaseConfig, progress: bool) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "brainstacks_demo.json")
-
-
-def shipped_demo_base_path() -> Path:
-    """Where the package ships the prebuilt base: ``brainstacks_pl/assets/demo_base``."""
-    return Path(__file__).resolve().parent / "assets" / "demo_base"
-
-
-def _is_complete(path: Path) -> bool:
-    return all((path / name).is_file() for name in _REQUIRED_FILES)
-
-
-def demo_base_path() -> Path:
-    """The demo base directory: the shipped one, else a user cache built on first use.
-
-    The cache is ``$BRAINSTACKS_CACHE/demo_base`` when that variable is set, else
-    ``~/.cache/brainstacks_pl/demo_base``; building it takes a few minutes on a CPU.
-    """
-    shipped = shipped_demo_base_path()
-    if _is_complete(shipped):
-        return shipped
-    cache_root = Path(os.environ.get("BRAINSTACKS_CACHE", Path.home() / ".cache" / "brainstacks_pl")).expanduser()
-    cached = cache_root / "demo_base"
-    if not _is_complete(cached):
-        from lightning.pytorch.utilities import rank_zero_info
-
-        rank_zero_info(f"{DEMO_BASE_NAME}: no shipped base found, pretraining one into {cached} (a few minutes)")
-        try:
-            pretrain_demo_base(cached)
-        except OSError:  # another process finished the same build first and won the rename
-            if not _is_complete(cached):
-                raise
-    return cached
-
-
-def resolve_model_name(name: str) -> str:
-    """Map ``DEMO_BASE_NAME`` to the local demo base directory; return any other name unchanged."""
-    return str(demo_base_path()) if name == DEMO_BASE_NAME else name

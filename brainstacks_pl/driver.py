@@ -20,7 +20,6 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
-from brainstacks_pl.modules.sft import StackSFTModule
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
 
@@ -43,7 +42,7 @@ class CurriculumDriver:
 
     def __init__(
         self,
-        module: StackSFTModule,
+        module: L.LightningModule,
         datamodule: L.LightningDataModule,
         run_dir: str | Path,
         trainer_factory: Callable[[Path], L.Trainer],

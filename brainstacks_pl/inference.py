@@ -16,6 +16,8 @@ from the base alone and ``RouteDecision.capability_gap`` says so.
 
 from __future__ import annotations
 
+from brainstacks_pl.assets import resolve_model_name
+
 from brainstacks_pl.errors import UserError
 
 import logging
@@ -166,7 +168,6 @@ class RoutedGenerator:
         """Base + router of a run directory; no stack is loaded until a request needs it."""
         from transformers import AutoTokenizer
 
-        from brainstacks_pl.demo_base import resolve_model_name
 
         root = Path(run_dir)
         manifest = Manifest.load(root)

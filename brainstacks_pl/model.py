@@ -7,6 +7,8 @@ load-balance losses come back as a return value of ``forward``, never as hidden 
 
 from __future__ import annotations
 
+from brainstacks_pl.assets import resolve_model_name
+
 import contextlib
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.sharding import assign_, full_tensor
+from brainstacks_pl.layers.dtensor import assign_, full_tensor
 from brainstacks_pl.layers.context import RoutingMode, StackContext
 from brainstacks_pl.layers.moe_lora import MoELoRA
 from brainstacks_pl.layers.stacked_linear import StackedLinear
@@ -52,7 +54,6 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from brainstacks_pl.demo_base import resolve_model_name
 
     torch_dtype = getattr(torch, dtype)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}

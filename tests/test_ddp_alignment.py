@@ -22,6 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from brainstacks_pl.storage import Manifest, load_tensors
 from test_grpo import make_sft_run
 
+pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -23,6 +23,8 @@ import pytest
 from brainstacks_pl.storage import Manifest
 from fault_helpers import fit_args, make_model_dir, run_to_completion
 
+pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
+
 RELATIVE_TOLERANCE = 0.005
 
 

@@ -9,17 +9,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-import brainstacks_pl.demo_base as demo_base
-from brainstacks_pl.demo_base import (
-    DEMO_BASE_NAME,
-    DemoBaseConfig,
-    build_demo_tokenizer,
-    demo_base_path,
-    general_corpus,
-    pretrain_demo_base,
-    resolve_model_name,
-    shipped_demo_base_path,
-)
+from brainstacks_pl.assets import DEMO_BASE_NAME, resolve_model_name, shipped_demo_base_path
+from brainstacks_pl.demo_base import DemoBaseConfig, build_demo_tokenizer, general_corpus, pretrain_demo_base
+from brainstacks_pl.errors import UserError
 from brainstacks_pl.modules.pretrain import PretrainModule, lm_loss, pack_token_ids
 from brainstacks_pl.tokenization import byte_tokenizer
 
@@ -131,20 +123,14 @@ def test_pretrain_demo_base_end_to_end_is_atomic_and_deterministic(tmp_path):
 
 
 def test_resolve_model_name():
-    assert resolve_model_name(DEMO_BASE_NAME) == str(demo_base_path()) == str(shipped_demo_base_path())
+    assert resolve_model_name(DEMO_BASE_NAME) == str(shipped_demo_base_path())
     assert resolve_model_name("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
 
 
-def test_demo_base_path_builds_into_cache_when_not_shipped(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo_base, "shipped_demo_base_path", lambda: tmp_path / "not-shipped")
-    monkeypatch.setenv("BRAINSTACKS_CACHE", str(tmp_path / "cache"))
-    calls = []
+def test_a_missing_demo_asset_is_an_error_that_says_how_to_rebuild_it(tmp_path, monkeypatch):
+    import brainstacks_pl.assets as assets
 
-    def mini_build(out_dir):
-        calls.append(out_dir)
-        return pretrain_demo_base(out_dir, mini_config(max_steps=2))
-
-    monkeypatch.setattr(demo_base, "pretrain_demo_base", mini_build)
-    assert demo_base.demo_base_path() == tmp_path / "cache" / "demo_base"
-    assert demo_base.demo_base_path() == tmp_path / "cache" / "demo_base"  # second call reuses the cache
-    assert len(calls) == 1
+    monkeypatch.setattr(assets, "shipped_demo_base_path", lambda: tmp_path / "not-shipped")
+    with pytest.raises(UserError, match=r"lacks config\.json.*scripts/build_demo_base\.py"):
+        assets.resolve_model_name(DEMO_BASE_NAME)
+    assert not (tmp_path / "not-shipped").exists()  # nothing was trained or written

@@ -111,6 +111,7 @@ CANDIDATES = [
 ]
 
 
+@pytest.mark.multiprocess
 def test_random_sigkills_resume_to_byte_identical_stacks(model_dir, reference, tmp_path):
     # Fixed by default so CI is reproducible; BRAINSTACKS_FAULT_SEED picks other kill points.
     seed = int(os.environ.get("BRAINSTACKS_FAULT_SEED") or 20261128)
@@ -156,6 +157,7 @@ def test_random_sigkills_resume_to_byte_identical_stacks(model_dir, reference, t
     assert not list((run / "rounds").glob("*/checkpoints/*.ckpt")), context
 
 
+@pytest.mark.multiprocess
 def test_resume_of_a_later_boosting_round_mid_round_is_byte_identical(model_dir, reference, tmp_path):
     run, args, log = tmp_path / "run", fit_args(model_dir, tmp_path / "run"), tmp_path / "log.txt"
     since = time.time_ns() - 1_000_000

@@ -17,6 +17,8 @@ import sys
 import pytest
 from fault_helpers import fit_args, make_model_dir, stack_bytes, subprocess_env
 
+pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
+
 FSDP2 = (
     "--trainer.strategy={class_path: lightning.pytorch.strategies.ModelParallelStrategy, "
     "init_args: {data_parallel_size: 2, tensor_parallel_size: 1, save_distributed_checkpoint: false}}"

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.storage import Manifest, load_tensors
 from fault_helpers import kill_group, launch, run_to_completion, subprocess_env, wait_for
 from test_router import router_args, sft_run  # noqa: F401 (sft_run is a fixture: a tiny finished SFT run)
+
+pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
 
 
 class RouterDigest(Callback):

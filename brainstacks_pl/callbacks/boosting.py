@@ -17,6 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
+from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.storage import StackRecord
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ class ResidualBoosting(Callback):
         return True
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from brainstacks_pl.modules.sft import evaluate_loss
 
         self._started = time.monotonic()
         stacks = pl_module.stacks
@@ -67,7 +67,6 @@ class ResidualBoosting(Callback):
                 self.start_val_loss = evaluate_loss(stacks, trainer.datamodule.val_dataloader(), pl_module.device)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from brainstacks_pl.modules.sft import evaluate_loss
 
         if self.run is None:
             raise RuntimeError("ResidualBoosting runs inside the curriculum driver (brainstacks fit), which attaches the run directory")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.storage import atomic_write_json
 
 __all__ = ["ForgettingMatrix", "heatmap_image"]
@@ -41,7 +42,6 @@ class ForgettingMatrix:
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {"domains": [], "rows": [], "at_freeze": {}}
 
     def evaluate(self, stacks: BrainstacksModel, datamodule, finished_domain: str, device, logger=None, write: bool = True) -> dict[str, Any]:
-        from brainstacks_pl.modules.sft import evaluate_loss
 
         order = stacks.domains
         trained = order[: order.index(finished_domain) + 1]

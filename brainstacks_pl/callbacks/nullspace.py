@@ -37,7 +37,7 @@ from torch import Tensor
 
 from brainstacks_pl.callbacks.forgetting import heatmap_image
 from brainstacks_pl.nullspace import collect_frozen_deltas, cosine_similarity_of_subspaces, leak, principal_directions, project_out
-from brainstacks_pl.sharding import full_tensor
+from brainstacks_pl.layers.dtensor import full_tensor
 from brainstacks_pl.storage import StackFileError, atomic_write_json, load_tensors, save_tensors, serialize_tensors, sha256_bytes
 
 log = logging.getLogger(__name__)

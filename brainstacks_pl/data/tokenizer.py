@@ -6,6 +6,8 @@ resolves to the shipped demo base everywhere and the pad id follows one rule.
 
 from __future__ import annotations
 
+from brainstacks_pl.assets import resolve_model_name
+
 from typing import Any, Optional
 
 __all__ = ["TokenizerMixin"]
@@ -24,7 +26,6 @@ class TokenizerMixin:
                 raise ValueError(f"{type(self).__name__} has no tokenizer: pass tokenizer=<path or hub name> or call set_tokenizer")
             from transformers import AutoTokenizer
 
-            from brainstacks_pl.demo_base import resolve_model_name  # "brainstacks-demo" -> its directory
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.tokenizer_name))
         return self._tokenizer

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.sharding import assign_, full_tensor
+from brainstacks_pl.layers.dtensor import assign_, full_tensor
 
 __all__ = ["MoELoRA", "MoEOutput", "top_k_gates", "load_balance_loss"]
 

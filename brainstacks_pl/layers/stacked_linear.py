@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.context import StackContext
 from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
-from brainstacks_pl.sharding import full_tensor
+from brainstacks_pl.layers.dtensor import full_tensor
 
 __all__ = ["StackedLinear", "linear_shape", "UnsupportedLayerError"]
 

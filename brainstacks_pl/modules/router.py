@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import lightning as L
@@ -30,26 +30,11 @@ from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import router_loss
 from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.routing.features import collate_features
+from brainstacks_pl.routing.rows import RouterRow, split_by_prompt
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RouterModule", "RouterRow", "split_by_prompt", "selection_scores"]
-
-
-@dataclass
-class RouterRow:
-    """One router training example: a prompt, its discovered target and route."""
-
-    prompt: str
-    source: str
-    target: list[float]
-    route: list[str]
-
-
-def split_by_prompt(train: Sequence[RouterRow], val: Sequence[RouterRow]) -> tuple[list[RouterRow], list[RouterRow]]:
-    """Drop every training row whose prompt is also a validation prompt (no leakage)."""
-    held_out = {row.prompt for row in val}
-    return [row for row in train if row.prompt not in held_out], list(val)
 
 
 def selection_scores(probs: Tensor, routes: Tensor, threshold: float = 0.5) -> dict[str, float]:

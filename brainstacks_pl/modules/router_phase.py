@@ -26,6 +26,7 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
+from brainstacks_pl.routing.rows import RouterRow, split_by_prompt
 from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
@@ -73,7 +74,6 @@ class RouterPhase:
     # ------------------------------------------------------------------ steps
     def discover(self, stacks: BrainstacksModel, manifest: Manifest, device) -> dict[str, list]:
         """Per split, the ``RouterRow`` of every example of every router domain."""
-        from brainstacks_pl.modules.router import RouterRow
 
         module, data, settings = self.module, self.datamodule, self.module.discovery_settings
         oracle = RouteLossOracle(stacks, data.pad_id, settings.chat_domain, settings.chat_floor, module.discovery_rows, device)
@@ -104,7 +104,6 @@ class RouterPhase:
 
     # ------------------------------------------------------------------ the phase
     def run(self) -> None:
-        from brainstacks_pl.modules.router import split_by_prompt
 
         module, run = self.module, self.run_dir
         manifest, stacks = self._load()

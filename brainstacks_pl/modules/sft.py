@@ -19,10 +19,11 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.losses import causal_lm_loss, per_sample_lm_loss
+from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.optim import stack_optimizers
 from brainstacks_pl.phase import PhaseContext
+from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
 
 log = logging.getLogger(__name__)
@@ -178,22 +179,3 @@ class StackSFTModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}
-
-
-@torch.no_grad()
-def evaluate_loss(stacks: BrainstacksModel, dataloader, device: torch.device | str = "cpu") -> float:
-    """Mean response-token loss over a whole dataloader (sums in float64: order-stable, exact)."""
-    was_training = stacks.training
-    stacks.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    try:
-        for batch in dataloader:
-            out = stacks(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            sums, counts = per_sample_lm_loss(out.logits, batch["labels"].to(device))
-            total += sums.double().sum().cpu()
-            count += int(counts.sum())
-    finally:
-        stacks.train(was_training)
-    if count == 0:
-        raise ValueError("evaluation data has no response tokens")
-    return float(total / count)
