@@ -8,7 +8,8 @@ cosine decay to ``min_lr_ratio * lr``, stepped every optimizer step.
 
 from __future__ import annotations
 
-import math
+from brainstacks_pl.optim import lr_factor
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,10 +82,7 @@ class PretrainModule(L.LightningModule):
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step``: linear warmup, then cosine to ``min_lr_ratio``."""
         hp = self.hparams
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        progress = min(1.0, (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps))
-        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(step, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio, cosine=True)
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.ndim >= 2]  # matrices and embeddings

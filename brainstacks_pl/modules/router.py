@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from dataclasses import asdict
 from typing import Any, ClassVar, Literal, Optional, Sequence
 
@@ -28,6 +29,7 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelAUROC, Mul
 
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import router_loss
+from brainstacks_pl.optim import lr_factor
 from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.routing.features import collate_features
 from brainstacks_pl.routing.rows import RouterRow, split_by_prompt
@@ -197,15 +199,7 @@ class RouterModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.router.parameters())
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, floor = self.warmup_steps, self.min_lr_ratio
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=self.warmup_steps, total=total, floor=self.min_lr_ratio, cosine=True))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ the phase
