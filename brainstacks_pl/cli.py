@@ -68,7 +68,7 @@ class BrainstacksCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # A phase builds one Trainer per round from this config. A strategy given as an object
-        # (FSDPStrategy in configs/fsdp_demo.yaml) is bound to the first Trainer that uses it and
+        # (ModelParallelStrategy in configs/fsdp_demo.yaml) is bound to the first Trainer that uses it and
         # refused by the next ("accelerator set through both strategy class and accelerator
         # flag"), so keep pristine copies before the CLI's own Trainer binds the originals.
         self._pristine_trainer_args = {
