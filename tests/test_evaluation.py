@@ -35,6 +35,7 @@ from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.routing.artifact import save_router
 from brainstacks_pl.storage import Manifest
 from conftest import save_tiny_model
+from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 24}, {name: math, path: "demo:math", max_examples: 24}]'
@@ -260,7 +261,7 @@ def test_lm_eval_adapter_matches_our_scorer_on_a_local_task(scorer, tmp_path):
     for sample in samples:
         for (context, continuation), (logprob, greedy) in zip(sample["arguments"], [r[0] for r in sample["resps"]]):
             [ours] = scorer.loglikelihood([ScoreRequest(*encode_pair(scorer.tokenizer, context, continuation), context)])
-            assert float(logprob) == pytest.approx(ours.logprob, abs=1e-5)
+            assert_fp32_equivalent(float(logprob), ours.logprob, TINY_MODEL_DEPTH, "lm-eval logprob")
             assert bool(greedy) == ours.is_greedy
 
     # the other two request types, straight through the LM API
@@ -268,7 +269,7 @@ def test_lm_eval_adapter_matches_our_scorer_on_a_local_task(scorer, tmp_path):
     [rolling] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
     ids = scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
     [whole] = scorer.loglikelihood([ScoreRequest([scorer.tokenizer.bos_token_id], ids, text)])
-    assert rolling == pytest.approx(whole.logprob, abs=1e-5)
+    assert_fp32_equivalent(rolling, whole.logprob, TINY_MODEL_DEPTH, "rolling logprob")
     [generated] = lm.generate_until([Instance("generate_until", {}, ("Question: 1 + 1?\nAnswer:", {"until": ["\n"], "max_gen_toks": 6}), 0)])
     assert isinstance(generated, str) and "\n" not in generated and len(generated) <= 6
 
