@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
+from brainstacks_pl.phase import DomainStart
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
 
@@ -66,7 +67,7 @@ class CurriculumDriver:
         try:
             manifest = self.run.open(stacks)
             self.run.load_stacks(stacks)
-            self.boosting.run = self.run
+            self.boosting.attach_run(self.run)
             for domain_index, domain in enumerate(self.datamodule.domain_names):
                 if domain in manifest.completed_domains:
                     continue
@@ -81,8 +82,12 @@ class CurriculumDriver:
     def _train_domain(self, domain_index: int, domain: str) -> None:
         stacks = self.module.stacks
         self.datamodule.set_domain(domain)
+        start = DomainStart(
+            domain=domain, domain_index=domain_index, previous_domains=list(self.datamodule.domain_names[:domain_index]),
+            stacks=stacks, datamodule=self.datamodule, run=self.run, device=self.module.device, logger=self.logger,
+        )
         for hook in self.domain_hooks:
-            hook.on_domain_start(self, domain_index, domain)
+            hook.on_domain_start(start)
         while self.boosting.wants_another_round(self.run.records(domain)):
             round = len(self.run.records(domain))
             stacks.add_stack(domain, round, seed=stack_seed(self.module.seed, domain_index, round))

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import lightning as L
 from lightning.pytorch.loggers import Logger
 
-__all__ = ["FORCED_CALLBACKS", "PhaseContext", "phase_callbacks"]
+if TYPE_CHECKING:
+    from brainstacks_pl.run import RunDirectory
+
+__all__ = ["FORCED_CALLBACKS", "DomainStart", "PhaseContext", "phase_callbacks"]
 
 FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 """Config keys of the callbacks the CLI parses for every phase."""
@@ -53,3 +56,19 @@ class PhaseContext:
     """The one logger shared by every fit of the phase (one TensorBoard directory)."""
     callbacks: dict[str, L.Callback]
     """The forced callbacks this phase uses (``phase_callbacks``), by config key."""
+
+
+@dataclass(frozen=True)
+class DomainStart:
+    """What a curriculum domain hook (``on_domain_start``) gets before a domain's first round."""
+
+    domain: str
+    domain_index: int
+    previous_domains: list[str]
+    """The domains trained before this one, in curriculum order."""
+    stacks: Any
+    """The ``BrainstacksModel``, with every earlier stack frozen."""
+    datamodule: L.LightningDataModule
+    run: RunDirectory
+    device: Any
+    logger: Logger | None

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.validation import evaluate_loss
+from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import StackRecord
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,13 @@ class ResidualBoosting(Callback):
             raise ValueError(f"boosting.max_rounds must be >= 1, got {max_rounds}")
         self.max_rounds = max_rounds
         self.min_loss_delta = min_loss_delta
-        self.run = None  # RunDirectory, attached by the curriculum driver
+        self.run: RunDirectory | None = None
         self.start_val_loss: float | None = None
         self._started = 0.0
+
+    def attach_run(self, run: RunDirectory) -> None:
+        """The run directory whose manifest records this callback's frozen stacks (set by the driver)."""
+        self.run = run
 
     def wants_another_round(self, records: list[StackRecord]) -> bool:
         if not records:

@@ -38,6 +38,7 @@ from torch import Tensor
 from brainstacks_pl.callbacks.forgetting import heatmap_image
 from brainstacks_pl.nullspace import collect_frozen_deltas, cosine_similarity_of_subspaces, leak, principal_directions, project_out
 from brainstacks_pl.layers.dtensor import full_tensor
+from brainstacks_pl.phase import DomainStart
 from brainstacks_pl.storage import StackFileError, atomic_write_json, load_tensors, save_tensors, serialize_tensors, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -91,19 +92,18 @@ class NullSpaceProjection(Callback):
         self._trained_leak: dict[str, float] = {}
 
     # ------------------------------------------------------------------ the domain hook
-    def on_domain_start(self, driver, domain_index: int, domain: str) -> None:
-        """Compute (or re-read) V for ``domain`` from the previous domains and install it."""
-        stacks = driver.module.stacks
-        self.run, self.domain = driver.run, domain
-        previous = list(driver.datamodule.domain_names[:domain_index])
-        if self.mode == "off" or not previous or not stacks.frozen_stacks:
+    def on_domain_start(self, start: DomainStart) -> None:
+        """Compute (or re-read) V for ``start.domain`` from the previous domains and install it."""
+        stacks, domain = start.stacks, start.domain
+        self.run, self.domain = start.run, domain
+        if self.mode == "off" or not start.previous_domains or not stacks.frozen_stacks:
             stacks.set_null_space({}, self.mode)
             return
-        bases = self._load_saved(driver.run, domain, stacks)
+        bases = self._load_saved(start.run, domain, stacks)
         if bases is None:
-            bases, report = self.compute(stacks, driver.datamodule, previous, driver.module.device)
-            self._save(driver.run, domain, bases, report)
-            self._log_report(driver.logger, domain, domain_index, report)
+            bases, report = self.compute(stacks, start.datamodule, start.previous_domains, start.device)
+            self._save(start.run, domain, bases, report)
+            self._log_report(start.logger, domain, start.domain_index, report)
         stacks.set_null_space(bases, self.mode)
 
     def compute(self, stacks, datamodule, previous: list[str], device) -> tuple[dict[str, Tensor], dict[str, Any]]:
