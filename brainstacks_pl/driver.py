@@ -20,18 +20,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
-from brainstacks_pl.phase import DomainStart
+from brainstacks_pl.phase import DomainStart, stack_seed
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CurriculumDriver", "stack_seed"]
-
-
-def stack_seed(seed: int, domain_index: int, round: int) -> int:
-    """Initialisation seed of a stack: a function of its place in the curriculum only."""
-    return seed * 1_000_003 + domain_index * 1_009 + round
+__all__ = ["CurriculumDriver"]
 
 
 class CurriculumDriver:

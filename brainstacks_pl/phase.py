@@ -27,10 +27,16 @@ from lightning.pytorch.loggers import Logger
 if TYPE_CHECKING:
     from brainstacks_pl.run import RunDirectory
 
-__all__ = ["FORCED_CALLBACKS", "DomainStart", "PhaseContext", "phase_callbacks"]
+__all__ = ["FORCED_CALLBACKS", "DomainStart", "PhaseContext", "phase_callbacks", "stack_seed"]
 
 FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 """Config keys of the callbacks the CLI parses for every phase."""
+
+
+def stack_seed(seed: int, domain_index: int, round: int) -> int:
+    """Initialisation seed of a stack: a function of its place in the curriculum only, so a
+    resumed run, another rank and an alignment phase all build the same stack."""
+    return seed * 1_000_003 + domain_index * 1_009 + round
 
 
 def phase_callbacks(module: L.LightningModule) -> tuple[str, ...]:

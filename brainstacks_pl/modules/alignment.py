@@ -33,17 +33,13 @@ from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.optim import stack_optimizers
+from brainstacks_pl.phase import stack_seed
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.storage import Manifest, StackRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AlignmentModule", "stack_seed"]
-
-
-def stack_seed(seed: int, domain_index: int, round: int) -> int:
-    """Initialisation seed of a stack (the curriculum driver's formula)."""
-    return seed * 1_000_003 + domain_index * 1_009 + round
+__all__ = ["AlignmentModule"]
 
 
 class AlignmentModule(L.LightningModule):
