@@ -33,20 +33,11 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from brainstacks_pl.assets import DEMO_BASE_NAME, resolve_model_name, shipped_demo_base_path  # noqa: F401 (re-exported)
+from brainstacks_pl.assets import DEMO_BASE_NAME
 from brainstacks_pl.demo_corpus import general_corpus
 from brainstacks_pl.tokenization import SPECIAL_TOKENS
 
-__all__ = [
-    "DEMO_BASE_NAME",
-    "DemoBaseConfig",
-    "build_demo_tokenizer",
-    "demo_base_path",
-    "general_corpus",
-    "pretrain_demo_base",
-    "resolve_model_name",
-    "shipped_demo_base_path",
-]
+__all__ = ["DemoBaseConfig", "build_demo_tokenizer", "general_corpus", "pretrain_demo_base"]
 
 """The model name that ``resolve_model_name`` maps to the shipped (or cached) demo base."""
 

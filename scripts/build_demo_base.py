@@ -12,7 +12,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from brainstacks_pl.demo_base import DemoBaseConfig, pretrain_demo_base, shipped_demo_base_path
+from brainstacks_pl.assets import shipped_demo_base_path
+from brainstacks_pl.demo_base import DemoBaseConfig, pretrain_demo_base
 
 
 def main(argv: list[str] | None = None) -> Path:
