@@ -142,8 +142,8 @@ class BatchEngine:
         max_batch: Requests decoded together at most; more wait in the queue.
         max_queue: Requests waiting at most (router, stacks or a free batch slot); ``submit`` beyond
             it raises ``QueueFull``.
-        fetch_domain: Reads one domain's stacks into the host cache (runs on the loader thread;
-            default: ``generator.cache.domain_stacks``).
+        fetch_domain: Reads one domain's stacks into the host cache; runs on a loader thread
+            (default: ``load_into_cache``; a wrapper can add a policy, e.g. a download step).
         trace_steps: Keep the job ids of the last N decode steps in ``trace`` (diagnostics, tests).
     """
 
@@ -160,7 +160,7 @@ class BatchEngine:
         self._cache_name, self._keep = _forward_keywords(self.model)
         self.tokenizer_lock = threading.Lock()
         """Held around every use of the tokenizer (HTTP threads encode and decode, the engine routes)."""
-        self._fetch = fetch_domain or self._default_fetch
+        self.fetch_domain = fetch_domain or self.load_into_cache
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._batch: list[Job] = []
@@ -195,7 +195,7 @@ class BatchEngine:
     def stats(self) -> dict:
         with self._cond:
             return {"running": len(self._batch), "waiting": len(self._waiting), "max_batch": self.max_batch, "max_queue": self.max_queue,
-                    "resident_domains": list(self.generator.loaded), "steps": self.steps, "tokens": self.tokens_out}
+                    "resident_domains": list(self.generator.loaded), "steps": self.steps, "tokens": self.tokens_out, "draining": self._draining}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="brainstacks-engine", daemon=True)
@@ -318,13 +318,14 @@ class BatchEngine:
             self._fetching.add(domain)
             threading.Thread(target=self._fetch_one, args=(domain,), name=f"brainstacks-load-{domain}", daemon=True).start()
 
-    def _default_fetch(self, domain: str) -> None:
+    def load_into_cache(self, domain: str) -> None:
+        """Read and verify ``domain``'s stack files into the generator's host cache (thread-safe)."""
         with self._cache_lock:
             self.generator.cache.domain_stacks(domain)
 
     def _fetch_one(self, domain: str) -> None:
         try:
-            self._fetch(domain)
+            self.fetch_domain(domain)
         except Exception as err:  # a corrupt or missing stack file: the requests that need it fail, others go on
             log.error("loading the stacks of %s failed: %s", domain, err)
             self._fetch_errors[domain] = f"stacks of {domain!r} could not be loaded: {err}"
