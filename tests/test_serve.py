@@ -115,6 +115,7 @@ def test_greedy_answers_equal_brainstacks_generate(server, reference, suffix, mo
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == expected.text and chunks[-1].choices[0].finish_reason is not None
     info = reply.brainstacks
+    assert chunks[0].brainstacks == chunks[-1].brainstacks == info and "brainstacks" not in chunks[1].model_extra
     if mode == "routed":
         assert info["router_probs"] == pytest.approx(expected.route.probs, abs=1e-5)
         assert {s["domain"]: s["weight"] for s in info["stacks"]} == pytest.approx({d: expected.route.weights[d] for d in expected.route.selected}, abs=1e-5)

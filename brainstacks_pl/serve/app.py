@@ -102,12 +102,12 @@ class _Handler:
         with self.engine.tokenizer_lock:
             return self.engine.generator.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _job(self, req, prompt: str, param: str, default_tokens: int) -> Job:
+    async def _job(self, req, prompt: str, param: str, default_tokens: int) -> Job:
         route = resolve_model(req.model, self.settings.name, self.engine.stack_domains, self.has_router)
         max_tokens = req.requested_tokens() or default_tokens
         if max_tokens > self.settings.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit {self.settings.max_tokens} (--max_tokens)", "max_tokens")
-        ids = self._encode(prompt, param)
+        ids = await asyncio.to_thread(self._encode, prompt, param)  # a long prompt must not hold up the event loop
         sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed)
         return Job(prompt, ids, route, sampling, emit=lambda event: None, timeout=self.settings.request_timeout)
 
@@ -166,7 +166,7 @@ class _Handler:
             else:
                 req = parse_request(CompletionRequest, body)
                 prompt, param, default = req.text(), "prompt", self.settings.completion_default_tokens
-            job = self._job(req, prompt, param, default)
+            job = await self._job(req, prompt, param, default)
             queue = self._submit(job)
         except ApiError as err:
             return _error(err)
@@ -243,9 +243,9 @@ class _Reply:
         completion = len(self.stream.tokens)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion}
 
-    def _envelope(self, obj: str) -> dict:
+    def _envelope(self, obj: str, info: bool = True) -> dict:
         out = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-        if self.info is not None:
+        if info and self.info is not None:
             out["brainstacks"] = self.info.to_dict()
         return out
 
@@ -258,14 +258,16 @@ class _Reply:
         return {**self._envelope("text_completion"), "choices": [choice], "usage": self.usage()}
 
     def chunk(self, text: str = "", role: bool = False, finish: str | None = None) -> dict:
+        """A stream chunk; the first (``role``) and the last (``finish``) carry the route."""
+        info = role or finish is not None
         if self.chat:
             delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
-        return {**self._envelope("text_completion"), "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return {**self._envelope("chat.completion.chunk", info), "choices": [choice]}
+        return {**self._envelope("text_completion", info), "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
 
     def usage_chunk(self) -> dict:
-        return {**self._envelope("chat.completion.chunk" if self.chat else "text_completion"), "choices": [], "usage": self.usage()}
+        return {**self._envelope("chat.completion.chunk" if self.chat else "text_completion", info=False), "choices": [], "usage": self.usage()}
 
 
 def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:

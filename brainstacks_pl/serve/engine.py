@@ -164,6 +164,7 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._batch: list[Job] = []
+        self._joining: list[Job] = []
         self._kv: DynamicCache | None = None
         self._mask: Tensor | None = None  # [B, L] 1 on each row's real tokens
         self._cache_lock = threading.Lock()  # the StackCache is not thread-safe: loader vs engine
@@ -228,11 +229,11 @@ class BatchEngine:
                 self._admit()
                 if self._batch:
                     self._step()
-            except Exception as err:  # a bug or a device error: fail the requests in flight, keep serving
+            except Exception as err:  # a bug, a device error, an unreadable stack: fail the requests in flight, keep serving
                 log.exception("decode step failed")
-                for job in self._batch:
+                for job in [*self._batch, *self._joining]:
                     self._end(job, f"error: {type(err).__name__}: {err}")
-                self._batch, self._kv, self._mask = [], None, None
+                self._batch, self._joining, self._kv, self._mask = [], [], None, None
         for job in [*self._batch, *self._waiting]:
             self._end(job, "shutdown")
         self._batch, self._waiting = [], deque()
@@ -273,17 +274,18 @@ class BatchEngine:
         if wanted != loaded:
             if not self._cache_lock.acquire(blocking=False):  # the loader is reading a file: do not wait for it
                 ready = [job for job in ready if job.domains <= loaded]
-                wanted = loaded
             else:
                 try:
-                    self.generator.load_domains(wanted)
+                    self.generator.load_domains(wanted)  # cache hits: these domains are in host memory
                 finally:
                     self._cache_lock.release()
         if ready:
             with self._cond:
                 for job in ready:
                     self._waiting.remove(job)
+            self._joining = ready  # neither waiting nor in the batch until the prefill is done
             self._prefill(ready)
+            self._joining = []
 
     def _drop_waiting(self, job: Job, reason: str) -> None:
         with self._cond:
