@@ -54,7 +54,14 @@ def write_demo_run(root: Path) -> Path:
         run.write_stack(stacks.freeze_stack(), StackRecord(file="", sha256="", domain=domain, round=0))
     torch.manual_seed(0)
     router = MetaRouter(stacks.model.config.hidden_size, len(DOMAINS), hidden=64)
-    info = {"domains": DOMAINS, "dropout": 0.1, "router_seq_len": 128, "mid_weight": 0.45, "gate_threshold": 0.12, "discovery": DiscoverySettings().__dict__}
+    info = {
+        "domains": DOMAINS,
+        "dropout": 0.1,
+        "router_seq_len": 128,
+        "mid_weight": 0.45,
+        "gate_threshold": 0.12,
+        "discovery": DiscoverySettings().__dict__,
+    }
     save_router(run.root, run.manifest, router, info)
     run.save_manifest()
     return run.root
@@ -72,7 +79,14 @@ def requests_for(name: str, count: int, max_tokens: int) -> list[dict]:
         domain = DOMAINS[i % len(DOMAINS)]
         model = name if (i // len(DOMAINS)) % 2 else f"{name}:{domain}"  # alternate rounds: pinned, then routed
         prompt = prompts[domain][(i // len(DOMAINS)) % len(prompts[domain])]
-        out.append({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0})
+        out.append(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+        )
     return out
 
 
@@ -104,15 +118,44 @@ def run_level(url: str, bodies: list[dict], clients: int, deadline: float) -> di
     latencies = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
     pct = lambda q: latencies[min(len(latencies) - 1, round(q * (len(latencies) - 1)))] if latencies else None  # noqa: E731
-    return {"clients": clients, "requests": len(results), "skipped": skipped, "completion_tokens": tokens, "wall_s": round(wall, 3),
-            "tokens_per_s": round(tokens / wall, 2) if wall else None, "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
-            "latency_mean_s": statistics.fmean(latencies) if latencies else None}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "skipped": skipped,
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 2) if wall else None,
+        "latency_p50_s": pct(0.5),
+        "latency_p95_s": pct(0.95),
+        "latency_mean_s": statistics.fmean(latencies) if latencies else None,
+    }
 
 
 def start_server(run: Path, threads: int, max_batch: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "brainstacks_pl", "serve", "--run", str(run), "--port", "0", "--threads", str(threads),
-                             "--max_batch", str(max_batch), "--max_queue", "256", "--log_level", "warning"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "brainstacks_pl",
+            "serve",
+            "--run",
+            str(run),
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--max_batch",
+            str(max_batch),
+            "--max_queue",
+            "256",
+            "--log_level",
+            "warning",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in proc.stderr:
         found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
         if found:
@@ -131,12 +174,18 @@ def start_server(run: Path, threads: int, max_batch: int) -> tuple[subprocess.Po
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default=None, help="run directory (default: the demo base with random stacks, written to a temp dir)")
-    parser.add_argument("--clients", default="1,4,16", help="comma list of concurrency levels; the first is the baseline")
+    parser.add_argument(
+        "--run", default=None, help="run directory (default: the demo base with random stacks, written to a temp dir)"
+    )
+    parser.add_argument(
+        "--clients", default="1,4,16", help="comma list of concurrency levels; the first is the baseline"
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests per level (the same set at every level)")
     parser.add_argument("--max_tokens", type=int, default=48, help="max_tokens per request (greedy)")
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
-    parser.add_argument("--time_limit", type=float, default=600.0, help="seconds for the whole benchmark; later requests are skipped")
+    parser.add_argument(
+        "--time_limit", type=float, default=600.0, help="seconds for the whole benchmark; later requests are skipped"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/serve.json"))
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",")]
@@ -157,17 +206,35 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         r["throughput_vs_one_at_a_time"] = round(r["tokens_per_s"] / base, 3) if base and r["tokens_per_s"] else None
     top = results[-1]
-    verdict = "pass" if top["throughput_vs_one_at_a_time"] and top["throughput_vs_one_at_a_time"] >= TARGET_SPEEDUP and not top["skipped"] else "miss"
+    verdict = (
+        "pass"
+        if top["throughput_vs_one_at_a_time"]
+        and top["throughput_vs_one_at_a_time"] >= TARGET_SPEEDUP
+        and not top["skipped"]
+        else "miss"
+    )
     report = {
-        "benchmark": "serve", "device": "cpu", "torch": torch.__version__, "server_threads": args.threads, "cpus": os.cpu_count(),
-        "platform": platform.machine(), "base": "brainstacks-demo (d=128, 4 layers)" if not args.run else str(args.run),
-        "requests_per_level": args.requests, "max_tokens": args.max_tokens, "routes": "cycled: RUN:<domain> (pinned) for 5 domains, then RUN (routed)",
-        "levels": results, "target": {"throughput_vs_one_at_a_time_at_max_clients": TARGET_SPEEDUP, "verdict": verdict},
+        "benchmark": "serve",
+        "device": "cpu",
+        "torch": torch.__version__,
+        "server_threads": args.threads,
+        "cpus": os.cpu_count(),
+        "platform": platform.machine(),
+        "base": "brainstacks-demo (d=128, 4 layers)" if not args.run else str(args.run),
+        "requests_per_level": args.requests,
+        "max_tokens": args.max_tokens,
+        "routes": "cycled: RUN:<domain> (pinned) for 5 domains, then RUN (routed)",
+        "levels": results,
+        "target": {"throughput_vs_one_at_a_time_at_max_clients": TARGET_SPEEDUP, "verdict": verdict},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
-        print(f"{r['clients']:>3} clients: {r['tokens_per_s']:8.1f} tok/s  x{r['throughput_vs_one_at_a_time']:<6} p50 {r['latency_p50_s']:.3f}s  p95 {r['latency_p95_s']:.3f}s  ({r['requests']} requests, {r['completion_tokens']} tokens, {r['skipped']} skipped)")
+        print(
+            f"{r['clients']:>3} clients: {r['tokens_per_s']:8.1f} tok/s  x{r['throughput_vs_one_at_a_time']:<6} "
+            f"p50 {r['latency_p50_s']:.3f}s  p95 {r['latency_p95_s']:.3f}s  "
+            f"({r['requests']} requests, {r['completion_tokens']} tokens, {r['skipped']} skipped)"
+        )
     print(f"target >= {TARGET_SPEEDUP}x at {top['clients']} clients: {verdict}")
     return 0
 

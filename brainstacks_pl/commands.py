@@ -68,17 +68,18 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     _run_options(p)
     _cache_option(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, logged at startup)")
-    p.add_argument("--served_name", default=None, help="model name clients send (default: the run directory's name)")
-    p.add_argument("--max_batch", type=int, default=16, help="requests decoded together in one batch at most")
-    p.add_argument("--max_queue", type=int, default=64, help="requests waiting for a batch slot at most; beyond it: HTTP 429")
-    p.add_argument("--max_tokens", type=int, default=256, help="default and upper bound of max_tokens per request")
-    p.add_argument("--max_body_mb", type=float, default=1.0, help="larger request bodies get HTTP 400 before parsing")
-    p.add_argument("--request_timeout", type=float, default=300.0, help="seconds a request may wait and decode in all (then HTTP 504)")
-    p.add_argument("--shutdown_timeout", type=float, default=30.0, help="on SIGTERM, seconds in-flight requests get to finish before they are cancelled")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a shared machine)")
-    p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
+    add = p.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    add("--port", type=int, default=8000, help="TCP port (0: any free port, logged at startup)")
+    add("--served_name", default=None, help="model name clients send (default: the run directory's name)")
+    add("--max_batch", type=int, default=16, help="requests decoded together in one batch at most")
+    add("--max_queue", type=int, default=64, help="requests waiting for a batch slot at most; beyond it: HTTP 429")
+    add("--max_tokens", type=int, default=256, help="default and upper bound of max_tokens per request")
+    add("--max_body_mb", type=float, default=1.0, help="larger request bodies get HTTP 400 before parsing")
+    add("--request_timeout", type=float, default=300.0, help="seconds a request may wait and decode in all (then 504)")
+    add("--shutdown_timeout", type=float, default=30.0, help="on SIGTERM, seconds in-flight requests get to finish")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 suits small models)")
+    add("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "chat": Subcommand("interactive session with routed stacks", "brainstacks_pl.inference_cli:run_chat", _generation_options),
     "evaluate": Subcommand("score a run on evaluation tasks: base vs ungated vs routed", "brainstacks_pl.evaluation.run_eval:run", _evaluate_arguments),
 }
-SUBCOMMANDS["serve"] = Subcommand("OpenAI-compatible HTTP server; every request routed to its own stacks, batched together", "brainstacks_pl.serve.server:run", _serve_arguments)
+SUBCOMMANDS["serve"] = Subcommand(
+    "OpenAI-compatible HTTP server; every request routed to its own stacks, batched together",
+    "brainstacks_pl.serve.server:run",
+    _serve_arguments,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,13 +27,14 @@ import torch
 openai = pytest.importorskip("openai", reason="the serve tests need the dev extra (openai)")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve tests need the serve extra")
 
+from test_inference import set_bias, write_run  # noqa: E402
+
 from brainstacks_pl import commands, inference_cli  # noqa: E402
 from brainstacks_pl.inference import RoutedGenerator  # noqa: E402
 from brainstacks_pl.serve.app import ServeSettings, create_app  # noqa: E402
 from brainstacks_pl.serve.engine import BatchEngine, Job, QueueFull, Route, Sampling  # noqa: E402
 from brainstacks_pl.serve.server import bind  # noqa: E402
 from brainstacks_pl.serve.text import TextStream  # noqa: E402
-from test_inference import set_bias, write_run  # noqa: E402
 
 PROMPT = "Compute 12 times 7."
 NAME = "run"  # write_run's directory name: the served model name
@@ -51,7 +52,9 @@ def serving(generator: RoutedGenerator, **settings):
     limits = {k: settings.pop(k) for k in ("max_batch", "max_queue", "fetch_domain") if k in settings}
     engine = BatchEngine(generator, **limits)
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, ServeSettings(NAME, **settings)), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, ServeSettings(NAME, **settings)), log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -98,7 +101,15 @@ def chat(client, model=NAME, prompt=PROMPT, **kwargs):
 def test_models_and_health(server):
     client, _, _ = server
     ids = [m.id for m in client.models.list()]
-    assert ids == [NAME, f"{NAME}:routed", f"{NAME}:ungated", f"{NAME}:base", f"{NAME}:chat", f"{NAME}:code", f"{NAME}:math"]
+    assert ids == [
+        NAME,
+        f"{NAME}:routed",
+        f"{NAME}:ungated",
+        f"{NAME}:base",
+        f"{NAME}:chat",
+        f"{NAME}:code",
+        f"{NAME}:math",
+    ]
     status, health = http(server[2] + "/health")
     assert status == 200 and health["status"] == "ok" and health["max_batch"] == 16 and health["waiting"] == 0
 
@@ -109,16 +120,22 @@ def test_greedy_answers_equal_brainstacks_generate(server, reference, suffix, mo
     expected = reference.generate([PROMPT], mode, max_new_tokens=12)[0]
     reply = chat(client, NAME + suffix, max_tokens=12, temperature=0)
     assert reply.choices[0].message.content == expected.text
-    assert reply.usage.completion_tokens == len(expected.tokens) and reply.usage.prompt_tokens == len(reference.encode(PROMPT))
+    assert reply.usage.completion_tokens == len(expected.tokens) and reply.usage.prompt_tokens == len(
+        reference.encode(PROMPT)
+    )
     assert reply.choices[0].finish_reason == ("length" if len(expected.tokens) == 12 else "stop")
     stream = client.completions.create(model=NAME + suffix, prompt=PROMPT, max_tokens=12, temperature=0, stream=True)
     chunks = list(stream)
-    assert "".join(c.choices[0].text for c in chunks) == expected.text and chunks[-1].choices[0].finish_reason is not None
+    assert (
+        "".join(c.choices[0].text for c in chunks) == expected.text and chunks[-1].choices[0].finish_reason is not None
+    )
     info = reply.brainstacks
     assert chunks[0].brainstacks == chunks[-1].brainstacks == info and "brainstacks" not in chunks[1].model_extra
     if mode == "routed":
         assert info["router_probs"] == pytest.approx(expected.route.probs, abs=1e-5)
-        assert {s["domain"]: s["weight"] for s in info["stacks"]} == pytest.approx({d: expected.route.weights[d] for d in expected.route.selected}, abs=1e-5)
+        assert {s["domain"]: s["weight"] for s in info["stacks"]} == pytest.approx(
+            {d: expected.route.weights[d] for d in expected.route.selected}, abs=1e-5
+        )
     else:
         assert info["mode"] == mode and len(info["stacks"]) == (3 if mode == "ungated" else 0)
 
@@ -126,18 +143,44 @@ def test_greedy_answers_equal_brainstacks_generate(server, reference, suffix, mo
 def test_the_generate_command_prints_what_the_server_answers(server, run_dir):
     client, _, _ = server
     out = io.StringIO()
-    assert inference_cli.main(["generate", "--run", str(run_dir), "--prompt", PROMPT, "--max_new_tokens", "8", "--temperature", "0.9", "--seed", "5"], stdout=out) == 0
+    assert (
+        inference_cli.main(
+            [
+                "generate",
+                "--run",
+                str(run_dir),
+                "--prompt",
+                PROMPT,
+                "--max_new_tokens",
+                "8",
+                "--temperature",
+                "0.9",
+                "--seed",
+                "5",
+            ],
+            stdout=out,
+        )
+        == 0
+    )
     printed = out.getvalue().split("\n", 2)[2].removesuffix("\n")  # after the two route lines
     for stream in (False, True):
         reply = chat(client, max_tokens=8, temperature=0.9, seed=5, stream=stream)
-        text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices) if stream else reply.choices[0].message.content
+        text = (
+            "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+            if stream
+            else reply.choices[0].message.content
+        )
         assert text == printed, f"stream={stream}"
 
 
 def test_pinned_domains_and_capability_gap_are_reported(server, reference):
     client, engine, _ = server
     reply = chat(client, f"{NAME}:math+code", max_tokens=4, temperature=0)
-    assert reply.brainstacks == {"mode": "pinned", "stacks": [{"domain": "code", "weight": 1.0, "rounds": [0]}, {"domain": "math", "weight": 1.0, "rounds": [0]}], "capability_gap": False}
+    assert reply.brainstacks == {
+        "mode": "pinned",
+        "stacks": [{"domain": "code", "weight": 1.0, "rounds": [0]}, {"domain": "math", "weight": 1.0, "rounds": [0]}],
+        "capability_gap": False,
+    }
     router = engine.generator.router
     saved = {k: v.clone() for k, v in router.state_dict().items()}
     set_bias(engine.generator, [-30.0, -30.0, -30.0])  # the server is idle: no request reads the router now
@@ -157,7 +200,11 @@ def test_stop_strings_end_the_answer_before_them(server, reference):
     expected = text[: text.index(stop)]
     reply = chat(client, f"{NAME}:base", max_tokens=16, temperature=0, stop=[stop, "never-seen"])
     assert reply.choices[0].message.content == expected and reply.choices[0].finish_reason == "stop"
-    chunks = list(client.completions.create(model=f"{NAME}:base", prompt=PROMPT, max_tokens=16, temperature=0, stop=stop, stream=True))
+    chunks = list(
+        client.completions.create(
+            model=f"{NAME}:base", prompt=PROMPT, max_tokens=16, temperature=0, stop=stop, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks) == expected and chunks[-1].choices[0].finish_reason == "stop"
 
 
@@ -166,7 +213,9 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
         return bytes(ids).decode("utf-8", errors="replace")
 
     plain = TextStream(decode)
-    assert [plain.feed(b) for b in "a€b".encode()] == ["a", "", "", "€", "b"], "the euro sign's 3 bytes come out as one character"
+    assert [plain.feed(b) for b in "a€b".encode()] == ["a", "", "", "€", "b"], (
+        "the euro sign's 3 bytes come out as one character"
+    )
     stopped = TextStream(decode, stops=["END", "Q"])
     assert [stopped.feed(b) for b in b"xEN"] == ["", "", "x"] and stopped.feed(ord("D")) == "" and stopped.stopped
     assert stopped.text == "x" and stopped.flush() == ""
@@ -193,7 +242,10 @@ def test_bad_requests_get_400_in_openai_error_shape(server):
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(**kwargs)
         body = err.value.body
-        assert err.value.status_code == 400 and body["type"] == "invalid_request_error" and body["param"] == param, (param, body)
+        assert err.value.status_code == 400 and body["type"] == "invalid_request_error" and body["param"] == param, (
+            param,
+            body,
+        )
         assert body["message"], param
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=f"{NAME}:legal", prompt="hi")
@@ -232,9 +284,15 @@ def test_full_queue_is_429_and_a_request_past_its_timeout_is_504(run_dir):
             gate.wait(30)
         engine.load_into_cache(domain)
 
-    with serving(generator, max_batch=1, max_queue=1, fetch_domain=slow_math, request_timeout=1.0) as (client, engine, _):
+    with serving(generator, max_batch=1, max_queue=1, fetch_domain=slow_math, request_timeout=1.0) as (
+        client,
+        engine,
+        _,
+    ):
         waiting: list = []
-        thread = threading.Thread(target=lambda: waiting.append(_status(lambda: chat(client, f"{NAME}:math", max_tokens=2))))
+        thread = threading.Thread(
+            target=lambda: waiting.append(_status(lambda: chat(client, f"{NAME}:math", max_tokens=2)))
+        )
         thread.start()
         while engine.stats()["waiting"] < 1:
             time.sleep(0.01)
@@ -332,7 +390,9 @@ def test_a_request_waiting_for_its_stacks_does_not_stall_the_batch(run_dir):
 
 
 def test_engine_bounds_the_queue(run_dir):
-    engine = BatchEngine(RoutedGenerator.from_run(run_dir), max_batch=1, max_queue=2)  # not started: nothing leaves the queue
+    engine = BatchEngine(
+        RoutedGenerator.from_run(run_dir), max_batch=1, max_queue=2
+    )  # not started: nothing leaves the queue
     for _ in range(2):
         engine.submit(_job(engine.generator, "hi", Route("base"), 1))
     with pytest.raises(QueueFull, match="limit 2"):
@@ -355,10 +415,28 @@ def test_serve_command_user_errors(run_dir, capsys):
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(run_dir, reference):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "brainstacks_pl", "serve", "--run", str(run_dir), "--port", "0", "--threads", "1", "--max_tokens", "200"],
-        stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "brainstacks_pl",
+            "serve",
+            "--run",
+            str(run_dir),
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--max_tokens",
+            "200",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         log = []
@@ -368,7 +446,14 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(run_dir, refe
                 break
         port = re.search(r"http://127\.0\.0\.1:(\d+)/v1", "".join(log)).group(1)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
-        stream = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=200, temperature=0, stream=True, stream_options={"include_usage": True})
+        stream = client.completions.create(
+            model=NAME,
+            prompt=PROMPT,
+            max_tokens=200,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = [next(stream)]
         proc.send_signal(signal.SIGTERM)
         chunks += list(stream)

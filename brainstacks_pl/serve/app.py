@@ -18,8 +18,8 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,7 +29,15 @@ from starlette.routing import Route as HttpRoute
 
 from brainstacks_pl.inference import InferenceError
 from brainstacks_pl.serve.engine import BatchEngine, Job, QueueFull, RouteInfo, Sampling, ShuttingDown
-from brainstacks_pl.serve.schema import ApiError, ChatRequest, CompletionRequest, chat_prompt, model_ids, parse_request, resolve_model
+from brainstacks_pl.serve.schema import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    chat_prompt,
+    model_ids,
+    parse_request,
+    resolve_model,
+)
 from brainstacks_pl.serve.text import TextStream
 
 __all__ = ["ServeSettings", "create_app"]
@@ -53,8 +61,10 @@ def _error(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-_END_ERRORS = {"timeout": (504, "timeout_error", "the request did not finish within the server's request timeout"),
-               "shutdown": (503, "server_error", "the server shut down before the request finished")}
+_END_ERRORS = {
+    "timeout": (504, "timeout_error", "the request did not finish within the server's request timeout"),
+    "shutdown": (503, "server_error", "the server shut down before the request finished"),
+}
 
 
 def _end_error(reason: str) -> ApiError | None:
@@ -80,12 +90,20 @@ class _Handler:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(400, f"the request body is {int(declared)} bytes; this server accepts at most {limit} (--max_body_mb)", code="request_too_large")
+            raise ApiError(
+                400,
+                f"the request body is {int(declared)} bytes; this server accepts at most {limit} (--max_body_mb)",
+                code="request_too_large",
+            )
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > limit:
-                raise ApiError(400, f"the request body is over {limit} bytes; this server accepts at most {limit} (--max_body_mb)", code="request_too_large")
+                raise ApiError(
+                    400,
+                    f"the request body is over {limit} bytes; this server accepts at most {limit} (--max_body_mb)",
+                    code="request_too_large",
+                )
         try:
             return json.loads(data)
         except ValueError as err:
@@ -96,7 +114,9 @@ class _Handler:
             try:
                 return self.engine.generator.encode(prompt)
             except InferenceError as err:
-                raise ApiError(400, f"{param}: {err}", param, "context_length_exceeded" if "context" in str(err) else None) from None
+                raise ApiError(
+                    400, f"{param}: {err}", param, "context_length_exceeded" if "context" in str(err) else None
+                ) from None
 
     def _decode(self, tokens: list[int]) -> str:
         with self.engine.tokenizer_lock:
@@ -106,7 +126,11 @@ class _Handler:
         route = resolve_model(req.model, self.settings.name, self.engine.stack_domains, self.has_router)
         max_tokens = req.requested_tokens() or default_tokens
         if max_tokens > self.settings.max_tokens:
-            raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit {self.settings.max_tokens} (--max_tokens)", "max_tokens")
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is above this server's limit {self.settings.max_tokens} (--max_tokens)",
+                "max_tokens",
+            )
         ids = await asyncio.to_thread(self._encode, prompt, param)  # a long prompt must not hold up the event loop
         sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed)
         return Job(prompt, ids, route, sampling, emit=lambda event: None, timeout=self.settings.request_timeout)
@@ -144,12 +168,20 @@ class _Handler:
     # ------------------------------------------------------------------ routes
     async def models(self, request: Request) -> Response:
         ids = model_ids(self.settings.name, self.engine.stack_domains, self.has_router)
-        return JSONResponse({"object": "list", "data": [{"id": i, "object": "model", "created": self.created, "owned_by": "brainstacks"} for i in ids]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": i, "object": "model", "created": self.created, "owned_by": "brainstacks"} for i in ids],
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         stats = self.engine.stats()
         status = 503 if stats.pop("draining") else 200
-        return JSONResponse({"status": "ok" if status == 200 else "shutting_down", "model": self.settings.name, **stats}, status_code=status)
+        return JSONResponse(
+            {"status": "ok" if status == 200 else "shutting_down", "model": self.settings.name, **stats},
+            status_code=status,
+        )
 
     async def chat(self, request: Request) -> Response:
         return await self._complete(request, chat=True)
@@ -173,8 +205,11 @@ class _Handler:
         reply = _Reply(chat, req.model, req.stops(), self._decode, len(job.ids))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._stream(job, queue, reply, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                self._stream(job, queue, reply, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         async for kind, value in self._events(job, queue):
             if kind == "route":
                 reply.info = value
@@ -187,7 +222,7 @@ class _Handler:
                 return JSONResponse(reply.full(value))
         raise AssertionError("the event stream ended without an end event")
 
-    async def _stream(self, job: Job, queue: asyncio.Queue, reply: "_Reply", include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(self, job: Job, queue: asyncio.Queue, reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
         async for kind, value in self._events(job, queue):
             if kind == "route":
                 reply.info = value
@@ -241,7 +276,11 @@ class _Reply:
 
     def usage(self) -> dict:
         completion = len(self.stream.tokens)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
     def _envelope(self, obj: str, info: bool = True) -> dict:
         out = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -252,7 +291,12 @@ class _Reply:
     def full(self, end: str) -> dict:
         text = self.stream.text
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": self.finish_reason(end)}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": self.finish_reason(end),
+            }
             return {**self._envelope("chat.completion"), "choices": [choice], "usage": self.usage()}
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish_reason(end)}
         return {**self._envelope("text_completion"), "choices": [choice], "usage": self.usage()}
@@ -264,10 +308,17 @@ class _Reply:
             delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return {**self._envelope("chat.completion.chunk", info), "choices": [choice]}
-        return {**self._envelope("text_completion", info), "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+        return {
+            **self._envelope("text_completion", info),
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
 
     def usage_chunk(self) -> dict:
-        return {**self._envelope("chat.completion.chunk" if self.chat else "text_completion", info=False), "choices": [], "usage": self.usage()}
+        return {
+            **self._envelope("chat.completion.chunk" if self.chat else "text_completion", info=False),
+            "choices": [],
+            "usage": self.usage(),
+        }
 
 
 def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
@@ -276,7 +327,13 @@ def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
     handler = _Handler(engine, settings)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
-        return _error(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code="not_found" if exc.status_code == 404 else None))
+        return _error(
+            ApiError(
+                exc.status_code,
+                f"{request.method} {request.url.path}: {exc.detail}",
+                code="not_found" if exc.status_code == 404 else None,
+            )
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -28,8 +28,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ from transformers import DynamicCache
 
 from brainstacks_pl.generation import _forward_keywords, pad_left
 from brainstacks_pl.inference import InferenceError, RoutedGenerator
-from brainstacks_pl.serve.kv import merge_rows, select_rows
+from brainstacks_pl.serve.kv import check_cache, merge_rows, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ class RouteInfo:
     """Routed and no domain passed the gate: the base answered alone."""
 
     def to_dict(self) -> dict:
-        stacks = [{"domain": d, "weight": round(w, 6), "rounds": self.rounds.get(d, [])} for d, w in self.weights.items()]
+        stacks = [
+            {"domain": d, "weight": round(w, 6), "rounds": self.rounds.get(d, [])} for d, w in self.weights.items()
+        ]
         out = {"mode": self.mode, "stacks": stacks, "capability_gap": self.capability_gap}
         if self.probs is not None:
             out["router_probs"] = {d: round(p, 6) for d, p in self.probs.items()}
@@ -147,12 +149,22 @@ class BatchEngine:
         trace_steps: Keep the job ids of the last N decode steps in ``trace`` (diagnostics, tests).
     """
 
-    def __init__(self, generator: RoutedGenerator, max_batch: int = 16, max_queue: int = 64,
-                 fetch_domain: Callable[[str], object] | None = None, trace_steps: int = 0):
+    def __init__(
+        self,
+        generator: RoutedGenerator,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        fetch_domain: Callable[[str], object] | None = None,
+        trace_steps: int = 0,
+    ):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         self.generator, self.max_batch, self.max_queue = generator, max_batch, max_queue
         self.model = generator.stacks.model
+        try:
+            check_cache(DynamicCache(config=self.model.config))
+        except NotImplementedError as err:
+            raise InferenceError(f"{err}; this base model cannot be served with continuous batching") from None
         self.domains = list(generator.stacks.domains)
         self.stack_domains = list(dict.fromkeys(r.domain for r in generator.manifest.stacks))
         self.rounds = {d: [r.round for r in generator.manifest.stacks if r.domain == d] for d in self.stack_domains}
@@ -182,7 +194,10 @@ class BatchEngine:
             if self._draining:
                 raise ShuttingDown("the server is shutting down")
             if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._batch)} requests running and {len(self._waiting)} waiting (limit {self.max_queue}): retry later")
+                raise QueueFull(
+                    f"{len(self._batch)} requests running and {len(self._waiting)} waiting "
+                    f"(limit {self.max_queue}): retry later"
+                )
             job.deadline = time.monotonic() + job.timeout if job.timeout else float("inf")
             self._waiting.append(job)
             self._cond.notify()
@@ -195,8 +210,16 @@ class BatchEngine:
 
     def stats(self) -> dict:
         with self._cond:
-            return {"running": len(self._batch), "waiting": len(self._waiting), "max_batch": self.max_batch, "max_queue": self.max_queue,
-                    "resident_domains": list(self.generator.loaded), "steps": self.steps, "tokens": self.tokens_out, "draining": self._draining}
+            return {
+                "running": len(self._batch),
+                "waiting": len(self._waiting),
+                "max_batch": self.max_batch,
+                "max_queue": self.max_queue,
+                "resident_domains": list(self.generator.loaded),
+                "steps": self.steps,
+                "tokens": self.tokens_out,
+                "draining": self._draining,
+            }
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="brainstacks-engine", daemon=True)
@@ -229,7 +252,9 @@ class BatchEngine:
                 self._admit()
                 if self._batch:
                     self._step()
-            except Exception as err:  # a bug, a device error, an unreadable stack: fail the requests in flight, keep serving
+            except (
+                Exception
+            ) as err:  # a bug, a device error, an unreadable stack: fail the requests in flight, keep serving
                 log.exception("decode step failed")
                 for job in [*self._batch, *self._joining]:
                     self._end(job, f"error: {type(err).__name__}: {err}")
@@ -240,8 +265,16 @@ class BatchEngine:
 
     def _admissible(self) -> bool:
         """Whether some waiting job could make progress now (called with ``_cond`` held)."""
-        return any(job.cancelled or job.info is None or job.domains <= self._host_ready or job.domains <= set(self.generator.loaded)
-                   for job in self._waiting) and len(self._batch) < self.max_batch
+        return (
+            any(
+                job.cancelled
+                or job.info is None
+                or job.domains <= self._host_ready
+                or job.domains <= set(self.generator.loaded)
+                for job in self._waiting
+            )
+            and len(self._batch) < self.max_batch
+        )
 
     def _expire_waiting(self) -> None:
         now = time.monotonic()
@@ -266,7 +299,9 @@ class BatchEngine:
             elif not job.domains <= self._host_ready:
                 self._request_fetch(job.domains - self._host_ready)
         free = self.max_batch - len(self._batch)
-        ready = [job for job in waiting if not job.finished and job.info is not None and job.domains <= self._host_ready][:free]
+        ready = [
+            job for job in waiting if not job.finished and job.info is not None and job.domains <= self._host_ready
+        ][:free]
         if not ready:
             return
         loaded = set(self.generator.loaded)
@@ -306,7 +341,9 @@ class BatchEngine:
                 routed, decisions = [], []
             for job, decision in zip(routed, decisions):
                 weights = {d: w for d, w in decision.weights.items() if w > 0 and d in self.rounds}
-                job.info = RouteInfo("routed", weights, {d: self.rounds[d] for d in weights}, decision.probs, decision.capability_gap)
+                job.info = RouteInfo(
+                    "routed", weights, {d: self.rounds[d] for d in weights}, decision.probs, decision.capability_gap
+                )
         for job in jobs:
             if job.route.mode != "routed":
                 domains = self.stack_domains if job.route.mode == "ungated" else job.route.domains
@@ -318,7 +355,9 @@ class BatchEngine:
     def _request_fetch(self, domains: set[str]) -> None:
         for domain in domains - self._fetching:
             self._fetching.add(domain)
-            threading.Thread(target=self._fetch_one, args=(domain,), name=f"brainstacks-load-{domain}", daemon=True).start()
+            threading.Thread(
+                target=self._fetch_one, args=(domain,), name=f"brainstacks-load-{domain}", daemon=True
+            ).start()
 
     def load_into_cache(self, domain: str) -> None:
         """Read and verify ``domain``'s stack files into the generator's host cache (thread-safe)."""
@@ -345,7 +384,14 @@ class BatchEngine:
     @torch.no_grad()
     def _forward(self, jobs: list[Job], ids: Tensor, mask: Tensor, positions: Tensor, kv: DynamicCache) -> Tensor:
         with self.generator.stacks.routed(self._weights(jobs)):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._keep, **{self._cache_name: kv})
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **self._keep,
+                **{self._cache_name: kv},
+            )
         return out.logits[:, -1].float()  # [B, V]
 
     def _prefill(self, jobs: list[Job]) -> None:
@@ -359,7 +405,11 @@ class BatchEngine:
         context = self.generator.context_length
         for job in jobs:
             job.limit = min(job.sampling.max_tokens, context - len(job.ids)) if context else job.sampling.max_tokens
-            job.rng = torch.Generator(device=device).manual_seed(job.sampling.seed) if job.sampling.temperature > 0 and job.sampling.seed is not None else None
+            job.rng = (
+                torch.Generator(device=device).manual_seed(job.sampling.seed)
+                if job.sampling.temperature > 0 and job.sampling.seed is not None
+                else None
+            )
             if job.rng is None and job.sampling.temperature > 0:
                 job.rng = torch.Generator(device=device)
                 job.rng.seed()

@@ -27,7 +27,10 @@ def check_cache(cache: DynamicCache) -> None:
     """Raise for cache layers this module cannot re-batch (anything but full attention)."""
     for index, layer in enumerate(cache.layers):
         if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
-            raise NotImplementedError(f"cache layer {index} is {type(layer).__name__}: continuous batching supports full-attention layers only")
+            raise NotImplementedError(
+                f"cache layer {index} is {type(layer).__name__}: "
+                "continuous batching supports full-attention layers only"
+            )
 
 
 def _pad_left(t: Tensor, columns: int, dim: int) -> Tensor:
@@ -37,12 +40,17 @@ def _pad_left(t: Tensor, columns: int, dim: int) -> Tensor:
     return F.pad(t, pad)
 
 
-def merge_rows(cache_a: DynamicCache, mask_a: Tensor, cache_b: DynamicCache, mask_b: Tensor) -> tuple[DynamicCache, Tensor]:
+def merge_rows(
+    cache_a: DynamicCache, mask_a: Tensor, cache_b: DynamicCache, mask_b: Tensor
+) -> tuple[DynamicCache, Tensor]:
     """Rows of ``a`` then rows of ``b`` in one cache, left-padded to the longer length."""
     length = max(mask_a.shape[1], mask_b.shape[1])
     pad_a, pad_b = length - mask_a.shape[1], length - mask_b.shape[1]
     layers = [
-        (torch.cat([_pad_left(ka, pad_a, 2), _pad_left(kb, pad_b, 2)]), torch.cat([_pad_left(va, pad_a, 2), _pad_left(vb, pad_b, 2)]))
+        (
+            torch.cat([_pad_left(ka, pad_a, 2), _pad_left(kb, pad_b, 2)]),
+            torch.cat([_pad_left(va, pad_a, 2), _pad_left(vb, pad_b, 2)]),
+        )
         for (ka, va), (kb, vb) in zip(_layers(cache_a), _layers(cache_b))
     ]
     mask = torch.cat([_pad_left(mask_a, pad_a, 1), _pad_left(mask_b, pad_b, 1)])  # [Ba+Bb, L]
@@ -54,5 +62,7 @@ def select_rows(cache: DynamicCache, mask: Tensor, rows: list[int]) -> tuple[Dyn
     index = torch.tensor(rows, device=mask.device)
     mask = mask.index_select(0, index)
     start = int(mask.any(0).long().argmax())  # first column some kept row uses (one host sync)
-    layers = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in _layers(cache)]
+    layers = [
+        (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in _layers(cache)
+    ]
     return DynamicCache(layers), mask[:, start:]

@@ -25,7 +25,14 @@ __all__ = ["ApiError", "ChatRequest", "CompletionRequest", "parse_request", "res
 class ApiError(Exception):
     """An HTTP error in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, type: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -56,8 +63,20 @@ class StreamOptions(_Strict):
 
 
 # Fields of the OpenAI API this server accepts only at their default (they change nothing then).
-_DEFAULT_ONLY = {"n": 1, "best_of": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": None, "top_logprobs": None,
-                 "logit_bias": None, "echo": False, "suffix": None, "tools": None, "tool_choice": None, "response_format": None}
+_DEFAULT_ONLY = {
+    "n": 1,
+    "best_of": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": None,
+    "top_logprobs": None,
+    "logit_bias": None,
+    "echo": False,
+    "suffix": None,
+    "tools": None,
+    "tool_choice": None,
+    "response_format": None,
+}
 
 
 class _Sampling(_Strict):
@@ -80,7 +99,9 @@ class _Sampling(_Strict):
         for name, default in _DEFAULT_ONLY.items():
             allowed = (default, False) if default is None else (default,)  # logprobs: false means none too
             if name in type(self).model_fields and getattr(self, name) not in allowed:
-                raise ApiError(400, f"{name}={getattr(self, name)!r} is not supported by this server (only {default!r})", name)
+                raise ApiError(
+                    400, f"{name}={getattr(self, name)!r} is not supported by this server (only {default!r})", name
+                )
         stops = self.stops()
         if len(stops) > 4 or any(not s for s in stops):
             raise ApiError(400, "stop takes at most 4 non-empty strings", "stop")
@@ -116,7 +137,9 @@ class CompletionRequest(_Sampling):
         if isinstance(self.prompt, str):
             return self.prompt
         if len(self.prompt) != 1:
-            raise ApiError(400, f"prompt: this server answers one prompt per request, got a list of {len(self.prompt)}", "prompt")
+            raise ApiError(
+                400, f"prompt: this server answers one prompt per request, got a list of {len(self.prompt)}", "prompt"
+            )
         return self.prompt[0]
 
 
@@ -128,7 +151,11 @@ def parse_request(kind: type[_Sampling], body: object) -> _Sampling:
         request = kind.model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = [str(part) for part in first["loc"] if not (isinstance(part, str) and part in {"str", "list[str]", "list[TextPart]"})]
+        loc = [
+            str(part)
+            for part in first["loc"]
+            if not (isinstance(part, str) and part in {"str", "list[str]", "list[TextPart]"})
+        ]
         param = ".".join(loc) or None
         if first["type"] == "extra_forbidden":
             message = f"Unrecognized request argument supplied: {param}"
@@ -158,17 +185,33 @@ def resolve_model(model: str, name: str, domains: list[str], has_router: bool) -
     """``RUN[:routed|ungated|base|d1+d2]`` -> Route, or a 400 that lists the valid names."""
     run, _, suffix = model.partition(":")
     if run != name:
-        raise ApiError(400, f"The model '{model}' does not exist: this server serves '{name}' ('{name}:routed', '{name}:base', '{name}:ungated', '{name}:DOMAIN+DOMAIN'); see GET /v1/models", "model", "model_not_found")
+        raise ApiError(
+            400,
+            f"The model '{model}' does not exist: this server serves '{name}' ('{name}:routed', '{name}:base', "
+            f"'{name}:ungated', '{name}:DOMAIN+DOMAIN'); see GET /v1/models",
+            "model",
+            "model_not_found",
+        )
     if suffix in ("", "routed"):
         if has_router:
             return Route("routed")
         if suffix:
-            raise ApiError(400, f"'{model}': this run has no trained router; use '{name}:ungated', '{name}:base' or pin domains", "model", "model_not_found")
+            raise ApiError(
+                400,
+                f"'{model}': this run has no trained router; use '{name}:ungated', '{name}:base' or pin domains",
+                "model",
+                "model_not_found",
+            )
         return Route("ungated")
     if suffix in ("ungated", "base"):
         return Route(suffix)
     pinned = suffix.split("+")
     unknown = [d for d in pinned if d not in domains]
     if unknown or len(set(pinned)) != len(pinned):
-        raise ApiError(400, f"'{model}': unknown or repeated domain(s) {unknown or pinned}; this run has stacks for {domains}", "model", "model_not_found")
+        raise ApiError(
+            400,
+            f"'{model}': unknown or repeated domain(s) {unknown or pinned}; this run has stacks for {domains}",
+            "model",
+            "model_not_found",
+        )
     return Route("pinned", tuple(d for d in domains if d in pinned))

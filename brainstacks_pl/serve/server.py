@@ -40,7 +40,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name, minimum in (("max_batch", 1), ("max_queue", 0), ("max_tokens", 1), ("request_timeout", 0.001), ("max_body_mb", 0.0001), ("shutdown_timeout", 0), ("threads", 0)):
+    for name, minimum in (
+        ("max_batch", 1),
+        ("max_queue", 0),
+        ("max_tokens", 1),
+        ("request_timeout", 0.001),
+        ("max_body_mb", 0.0001),
+        ("shutdown_timeout", 0),
+        ("threads", 0),
+    ):
         if getattr(args, name) is not None and getattr(args, name) < minimum:
             raise UserError(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
 
@@ -56,13 +64,18 @@ def build(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = RoutedGenerator.from_run(
-        args.run, device=args.device, model_name_or_path=args.model_name_or_path, dtype=args.dtype,
+        args.run,
+        device=args.device,
+        model_name_or_path=args.model_name_or_path,
+        dtype=args.dtype,
         cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20),
     )
     engine = BatchEngine(generator, max_batch=args.max_batch, max_queue=args.max_queue)
     settings = ServeSettings(
-        name=args.served_name or Path(args.run).resolve().name, max_tokens=args.max_tokens,
-        max_body_bytes=int(args.max_body_mb * 2**20), request_timeout=args.request_timeout,
+        name=args.served_name or Path(args.run).resolve().name,
+        max_tokens=args.max_tokens,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        request_timeout=args.request_timeout,
     )
     return engine, create_app(engine, settings), settings
 
@@ -74,11 +87,13 @@ def _note_signal(signum, frame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn  # noqa: F401
-        import starlette  # noqa: F401
         import pydantic  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as err:
-        raise UserError(f"brainstacks serve needs the 'serve' extra ({err.name} is missing): pip install -e \".[serve]\"") from None
+        raise UserError(
+            f"brainstacks serve needs the 'serve' extra ({err.name} is missing): pip install -e \".[serve]\""
+        ) from None
     import uvicorn
 
     _check_args(args)
@@ -86,8 +101,18 @@ def run(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     engine, app, settings = build(args)
     host, port = sock.getsockname()[:2]
-    log.info("serving %s on http://%s:%d/v1 (models: %s, %s:base, %s:DOMAIN+DOMAIN ...)", args.run, host, port, settings.name, settings.name, settings.name)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout, lifespan="on")
+    log.info(
+        "serving %s on http://%s:%d/v1 (models: %s, %s:base, %s:DOMAIN+DOMAIN ...)",
+        args.run,
+        host,
+        port,
+        settings.name,
+        settings.name,
+        settings.name,
+    )
+    config = uvicorn.Config(
+        app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout, lifespan="on"
+    )
     server = uvicorn.Server(config)
     previous = {sig: signal.signal(sig, _note_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

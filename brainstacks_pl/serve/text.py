@@ -9,7 +9,7 @@ string; the completion ends before the first stop string and the stop string is 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["TextStream"]
 
@@ -43,5 +43,5 @@ class TextStream:
     def _take(self, end: int) -> str:
         if end <= self.sent:
             return ""
-        delta, self.sent = self.text[self.sent:end], end
+        delta, self.sent = self.text[self.sent : end], end
         return delta
