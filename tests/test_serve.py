@@ -389,6 +389,30 @@ def test_a_request_waiting_for_its_stacks_does_not_stall_the_batch(run_dir):
     assert fast.tokens == _alone(generator, fast.prompt, {"code": 1.0}, 8)
 
 
+def test_a_stack_that_cannot_be_loaded_fails_only_the_requests_that_need_it(run_dir):
+    generator = RoutedGenerator.from_run(run_dir)
+    engine = BatchEngine(generator)
+
+    def broken_math(domain):
+        if domain == "math":
+            raise OSError("disk on fire")
+        engine.load_into_cache(domain)
+
+    engine.fetch_domain = broken_math
+    events: list = []
+    doomed = _job(generator, PROMPT, Route("pinned", ("math",)), 3, events.append)
+    fine = _job(generator, PROMPT, Route("pinned", ("code",)), 3)
+    engine.start()
+    try:
+        engine.submit(doomed)
+        engine.submit(fine)
+        _wait(lambda: doomed.finished and fine.finished, "both requests")
+    finally:
+        engine.close(10)
+    assert events[-1][0] == "end" and "disk on fire" in events[-1][1] and events[-1][1].startswith("error: ")
+    assert doomed.tokens == [] and len(fine.tokens) > 0
+
+
 def test_engine_bounds_the_queue(run_dir):
     engine = BatchEngine(
         RoutedGenerator.from_run(run_dir), max_batch=1, max_queue=2

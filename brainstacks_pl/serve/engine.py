@@ -252,9 +252,8 @@ class BatchEngine:
                 self._admit()
                 if self._batch:
                     self._step()
-            except (
-                Exception
-            ) as err:  # a bug, a device error, an unreadable stack: fail the requests in flight, keep serving
+            except Exception as err:
+                # a bug, a device error, an unreadable stack: fail the requests in flight, keep serving
                 log.exception("decode step failed")
                 for job in [*self._batch, *self._joining]:
                     self._end(job, f"error: {type(err).__name__}: {err}")
@@ -264,16 +263,14 @@ class BatchEngine:
         self._batch, self._waiting = [], deque()
 
     def _admissible(self) -> bool:
-        """Whether some waiting job could make progress now (called with ``_cond`` held)."""
-        return (
-            any(
-                job.cancelled
-                or job.info is None
-                or job.domains <= self._host_ready
-                or job.domains <= set(self.generator.loaded)
-                for job in self._waiting
-            )
-            and len(self._batch) < self.max_batch
+        """Whether some waiting job could make progress now (called with ``_cond`` held): to be
+        dropped, routed, admitted, or to have a load started (or failed) for one of its domains."""
+        return any(
+            job.cancelled
+            or job.info is None
+            or job.domains <= self._host_ready
+            or job.domains - self._host_ready - self._fetching
+            for job in self._waiting
         )
 
     def _expire_waiting(self) -> None:
