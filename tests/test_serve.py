@@ -21,20 +21,19 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import openai
 import pytest
 import torch
+import uvicorn
+from test_inference import set_bias, write_run
 
-openai = pytest.importorskip("openai", reason="the serve tests need the dev extra (openai)")
-uvicorn = pytest.importorskip("uvicorn", reason="the serve tests need the serve extra")
-
-from test_inference import set_bias, write_run  # noqa: E402
-
-from brainstacks_pl import commands, inference_cli  # noqa: E402
-from brainstacks_pl.inference import RoutedGenerator  # noqa: E402
-from brainstacks_pl.serve.app import ServeSettings, create_app  # noqa: E402
-from brainstacks_pl.serve.engine import BatchEngine, Job, QueueFull, Route, Sampling  # noqa: E402
-from brainstacks_pl.serve.server import bind  # noqa: E402
-from brainstacks_pl.serve.text import TextStream  # noqa: E402
+from brainstacks_pl import commands, inference_cli
+from brainstacks_pl.inference import RoutedGenerator
+from brainstacks_pl.serve.app import ServeSettings, create_app
+from brainstacks_pl.serve.engine import BatchEngine
+from brainstacks_pl.serve.jobs import Job, QueueFull, Route, Sampling
+from brainstacks_pl.serve.server import bind
+from brainstacks_pl.serve.text import TextStream
 
 PROMPT = "Compute 12 times 7."
 NAME = "run"  # write_run's directory name: the served model name
@@ -438,6 +437,7 @@ def test_serve_command_user_errors(run_dir, capsys):
     assert "--max_batch must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(run_dir, reference):
     env = {
         **os.environ,
@@ -454,7 +454,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(run_dir, refe
             "--port",
             "0",
             "--threads",
-            "1",
+            str(torch.get_num_threads()),  # the reference below computes with the same thread count
             "--max_tokens",
             "200",
         ],

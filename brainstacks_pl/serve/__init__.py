@@ -1,6 +1,7 @@
 """``brainstacks serve``: an OpenAI-compatible HTTP server over a run, each request routed to its own stacks.
 
     engine.py   continuous batching: one decode step for every request in flight, per-row routing weights
+    jobs.py     a request's route, sampling and state; the events the engine sends back
     kv.py       the shared, left-padded KV cache that rows join and leave
     schema.py   request validation (OpenAI's fields, OpenAI's error shape) and model names -> routes
     text.py     incremental detokenisation with stop strings

@@ -28,7 +28,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
 from brainstacks_pl.inference import InferenceError
-from brainstacks_pl.serve.engine import BatchEngine, Job, QueueFull, RouteInfo, Sampling, ShuttingDown
+from brainstacks_pl.serve.engine import BatchEngine
+from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, Sampling, ShuttingDown
 from brainstacks_pl.serve.schema import (
     ApiError,
     ChatRequest,

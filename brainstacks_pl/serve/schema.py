@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from brainstacks_pl.serve.engine import Route
+from brainstacks_pl.serve.jobs import Route
 
 __all__ = ["ApiError", "ChatRequest", "CompletionRequest", "parse_request", "resolve_model", "chat_prompt", "model_ids"]
 
