@@ -82,8 +82,7 @@ class _Handler:
 
     def __init__(self, engine: BatchEngine, settings: ServeSettings):
         self.engine, self.settings = engine, settings
-        gen = engine.generator
-        self.has_router = gen.router is not None
+        self.has_router = engine.generator.router is not None
         self.created = int(time.time())
 
     # ------------------------------------------------------------------ plumbing
@@ -125,7 +124,7 @@ class _Handler:
 
     async def _job(self, req, prompt: str, param: str, default_tokens: int) -> Job:
         route = resolve_model(req.model, self.settings.name, self.engine.stack_domains, self.has_router)
-        max_tokens = req.requested_tokens() or default_tokens
+        max_tokens = req.requested_tokens() or min(default_tokens, self.settings.max_tokens)
         if max_tokens > self.settings.max_tokens:
             raise ApiError(
                 400,
