@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from brainstacks_pl.serve.server import launch
 
 DOMAINS = ["chat", "code", "math", "medical", "reasoning"]
 TARGET_SPEEDUP = 2.5
@@ -131,47 +131,6 @@ def run_level(url: str, bodies: list[dict], clients: int, deadline: float) -> di
     }
 
 
-def start_server(run: Path, threads: int, max_batch: int) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "brainstacks_pl",
-            "serve",
-            "--run",
-            str(run),
-            "--port",
-            "0",
-            "--threads",
-            str(threads),
-            "--max_batch",
-            str(max_batch),
-            "--max_queue",
-            "256",
-            "--log_level",
-            "warning",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    for line in proc.stderr:
-        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-        if found:
-            url = f"http://127.0.0.1:{found.group(1)}"
-            break
-    else:
-        raise RuntimeError("the server did not start")
-    for _ in range(600):  # wait for the listening socket to answer
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=5).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the server never answered /health")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -194,7 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else write_demo_run(Path(tmp))
         bodies = requests_for(run.resolve().name, args.requests, args.max_tokens)
-        proc, url = start_server(run, args.threads, max(levels))
+        options = [
+            "--threads",
+            str(args.threads),
+            "--max_batch",
+            str(max(levels)),
+            "--max_queue",
+            "256",
+            "--log_level",
+            "warning",
+        ]
+        proc, url, _ = launch(run, options)
         try:
             post(f"{url}/v1/chat/completions", bodies[0])  # warm-up
             results = [run_level(f"{url}/v1/chat/completions", bodies, clients, deadline) for clients in levels]

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -32,7 +29,7 @@ from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.serve.app import ServeSettings, create_app
 from brainstacks_pl.serve.engine import BatchEngine
 from brainstacks_pl.serve.jobs import Job, QueueFull, Route, Sampling
-from brainstacks_pl.serve.server import bind
+from brainstacks_pl.serve.server import bind, launch
 from brainstacks_pl.serve.text import TextStream
 
 PROMPT = "Compute 12 times 7."
@@ -439,44 +436,13 @@ def test_serve_command_user_errors(run_dir, capsys):
 
 @pytest.mark.multiprocess
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(run_dir, reference):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "brainstacks_pl",
-            "serve",
-            "--run",
-            str(run_dir),
-            "--port",
-            "0",
-            "--threads",
-            str(torch.get_num_threads()),  # the reference below computes with the same thread count
-            "--max_tokens",
-            "200",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    threads = str(torch.get_num_threads())  # the reference below computes with the same thread count
+    proc, url, log = launch(run_dir, ["--threads", threads, "--max_tokens", "200"])
     try:
-        log = []
-        for line in proc.stderr:
-            log.append(line)
-            if "Application startup complete" in line:
-                break
-        port = re.search(r"http://127\.0\.0\.1:(\d+)/v1", "".join(log)).group(1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        options = {"include_usage": True}
         stream = client.completions.create(
-            model=NAME,
-            prompt=PROMPT,
-            max_tokens=200,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
+            model=NAME, prompt=PROMPT, max_tokens=200, temperature=0, stream=True, stream_options=options
         )
         chunks = [next(stream)]
         proc.send_signal(signal.SIGTERM)
@@ -485,6 +451,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(run_dir, refe
         log += proc.stderr.readlines()
     finally:
         proc.kill()
+        proc.stderr.close()
     expected = reference.generate([PROMPT], max_new_tokens=200)[0]
     assert "".join(c.choices[0].text for c in chunks if c.choices) == expected.text
     assert chunks[-1].usage.completion_tokens == len(expected.tokens) > 100, "the whole answer arrived after SIGTERM"

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from brainstacks_pl.errors import UserError
 
-__all__ = ["run", "bind", "build"]
+__all__ = ["run", "bind", "build", "launch"]
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +130,34 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
     log.info("stopped after %d decode steps, %d tokens", engine.steps, engine.tokens_out)
     return 0
+
+
+def launch(
+    run_dir: str | Path, options: Sequence[str] = (), timeout: float = 300.0
+) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start ``brainstacks serve --run RUN --port 0 OPTIONS`` in a subprocess running this copy of
+    the package; returns it (stderr piped, text) once ``/health`` answers, its base URL and the
+    stderr lines read so far."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, "-m", "brainstacks_pl", "serve", "--run", str(run_dir), "--port", "0", *options]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    log: list[str] = []
+    for line in proc.stderr:
+        log.append(line)
+        found = re.search(r"serving .* on (http://[^/]+)/v1", line)
+        if found:
+            url = found.group(1)
+            break
+    else:
+        raise RuntimeError(f"brainstacks serve exited with {proc.wait()} before listening:\n{''.join(log[-20:])}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                return proc, url, log
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"brainstacks serve at {url} did not answer /health") from None
+            time.sleep(0.05)
