@@ -73,7 +73,9 @@ class BatchEngine:
         self.domains = list(generator.stacks.domains)
         self.stack_domains = list(dict.fromkeys(r.domain for r in generator.manifest.stacks))
         self.rounds = {d: [r.round for r in generator.manifest.stacks if r.domain == d] for d in self.stack_domains}
-        self.eos, self.pad = generator.tokenizer.eos_token_id, generator._pad_id
+        tokenizer = generator.tokenizer
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)  # as generate pads
         self._cache_name, self._keep = _forward_keywords(self.model)
         self.tokenizer_lock = threading.Lock()
         """Held around every use of the tokenizer (HTTP threads encode and decode, the engine routes)."""
