@@ -36,13 +36,17 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_name_or_path", default=None, help="base model (default: the run's base model)")
 
 
+def _cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache_mb", type=float, default=None, help="host-memory budget of the stack cache in MiB (default: unbounded)")
+
+
 def _generation_options(p: argparse.ArgumentParser) -> None:
     _run_options(p)
     p.add_argument("--mode", choices=MODES, default="routed", help="routed: stacks the router selects; ungated: every stack at weight 1; base: no stack")
     p.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples from softmax(logits / T)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--cache_mb", type=float, default=None, help="host-memory budget of the stack cache in MiB (default: unbounded)")
+    _cache_option(p)
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +65,23 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
 
 
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    _run_options(p)
+    _cache_option(p)
+    add = p.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    add("--port", type=int, default=8000, help="TCP port (0: any free port, logged at startup)")
+    add("--served_name", default=None, help="model name clients send (default: the run directory's name)")
+    add("--max_batch", type=int, default=16, help="requests decoded together in one batch at most")
+    add("--max_queue", type=int, default=64, help="requests waiting for a batch slot at most; beyond it: HTTP 429")
+    add("--max_tokens", type=int, default=256, help="default and upper bound of max_tokens per request")
+    add("--max_body_mb", type=float, default=1.0, help="larger request bodies get HTTP 400 before parsing")
+    add("--request_timeout", type=float, default=300.0, help="seconds a request may wait and decode in all (then 504)")
+    add("--shutdown_timeout", type=float, default=30.0, help="on SIGTERM, seconds in-flight requests get to finish")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 suits small models)")
+    add("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level")
+
+
 @dataclass(frozen=True)
 class Subcommand:
     help: str
@@ -77,6 +98,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "chat": Subcommand("interactive session with routed stacks", "brainstacks_pl.inference_cli:run_chat", _generation_options),
     "evaluate": Subcommand("score a run on evaluation tasks: base vs ungated vs routed", "brainstacks_pl.evaluation.run_eval:run", _evaluate_arguments),
 }
+SUBCOMMANDS["serve"] = Subcommand(
+    "OpenAI-compatible HTTP server; every request routed to its own stacks, batched together",
+    "brainstacks_pl.serve.server:run",
+    _serve_arguments,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

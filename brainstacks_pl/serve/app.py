@@ -1,0 +1,353 @@
+"""The HTTP routes: OpenAI's chat and text completions (plain and server-sent events), models, health.
+
+Each completion request becomes one ``Job`` for the ``BatchEngine``; the engine's events come back
+to the event loop through an ``asyncio.Queue``. Responses carry an extra ``brainstacks`` object
+(the OpenAI clients keep unknown fields: ``response.brainstacks`` / ``response.model_extra``):
+
+    "brainstacks": {"mode": "routed", "stacks": [{"domain": "math", "weight": 0.83, "rounds": [0, 1]}],
+                    "capability_gap": false, "router_probs": {"chat": 0.07, "math": 0.83, ...}}
+
+Statuses: 400 bad request (OpenAI's error shape, ``param`` names the field), 429 queue full,
+503 shutting down, 504 request timeout, 500 a failure while decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route as HttpRoute
+
+from brainstacks_pl.inference import InferenceError
+from brainstacks_pl.serve.engine import BatchEngine
+from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, Sampling, ShuttingDown
+from brainstacks_pl.serve.schema import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    chat_prompt,
+    model_ids,
+    parse_request,
+    resolve_model,
+)
+from brainstacks_pl.serve.text import TextStream
+
+__all__ = ["ServeSettings", "create_app"]
+
+
+@dataclass
+class ServeSettings:
+    name: str
+    """The model name clients use (the run directory's name by default)."""
+    max_tokens: int = 256
+    """Default and upper bound of ``max_tokens`` per request."""
+    max_body_bytes: int = 1 << 20
+    """Larger request bodies are refused with 400 before they are parsed."""
+    request_timeout: float = 300.0
+    """Seconds from arrival until a request still waiting or decoding ends with 504 / a timeout event."""
+    completion_default_tokens: int = 16
+    """``max_tokens`` of /v1/completions when the request leaves it out (OpenAI's default)."""
+
+
+def _error(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+_END_ERRORS = {
+    "timeout": (504, "timeout_error", "the request did not finish within the server's request timeout"),
+    "shutdown": (503, "server_error", "the server shut down before the request finished"),
+}
+
+
+def _end_error(reason: str) -> ApiError | None:
+    if reason in _END_ERRORS:
+        status, kind, message = _END_ERRORS[reason]
+        return ApiError(status, message, type=kind, code=reason)
+    if reason.startswith("error: "):
+        return ApiError(500, reason.removeprefix("error: "), type="server_error")
+    return None
+
+
+class _Handler:
+    """The routes, bound to one engine."""
+
+    def __init__(self, engine: BatchEngine, settings: ServeSettings):
+        self.engine, self.settings = engine, settings
+        self.has_router = engine.generator.router is not None
+        self.created = int(time.time())
+
+    # ------------------------------------------------------------------ plumbing
+    async def _body(self, request: Request) -> object:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(
+                400,
+                f"the request body is {int(declared)} bytes; this server accepts at most {limit} (--max_body_mb)",
+                code="request_too_large",
+            )
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise ApiError(
+                    400,
+                    f"the request body is over {limit} bytes; this server accepts at most {limit} (--max_body_mb)",
+                    code="request_too_large",
+                )
+        try:
+            return json.loads(data)
+        except ValueError as err:
+            raise ApiError(400, f"the request body is not valid JSON: {err}") from None
+
+    def _encode(self, prompt: str, param: str) -> list[int]:
+        with self.engine.tokenizer_lock:
+            try:
+                return self.engine.generator.encode(prompt)
+            except InferenceError as err:
+                raise ApiError(
+                    400, f"{param}: {err}", param, "context_length_exceeded" if "context" in str(err) else None
+                ) from None
+
+    def _decode(self, tokens: list[int]) -> str:
+        with self.engine.tokenizer_lock:
+            return self.engine.generator.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    async def _job(self, req, prompt: str, param: str, default_tokens: int) -> Job:
+        route = resolve_model(req.model, self.settings.name, self.engine.stack_domains, self.has_router)
+        max_tokens = req.requested_tokens() or min(default_tokens, self.settings.max_tokens)
+        if max_tokens > self.settings.max_tokens:
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is above this server's limit {self.settings.max_tokens} (--max_tokens)",
+                "max_tokens",
+            )
+        ids = await asyncio.to_thread(self._encode, prompt, param)  # a long prompt must not hold up the event loop
+        sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed)
+        return Job(prompt, ids, route, sampling, emit=lambda event: None, timeout=self.settings.request_timeout)
+
+    def _submit(self, job: Job) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(event) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        job.emit = emit
+        try:
+            self.engine.submit(job)
+        except QueueFull as err:
+            raise ApiError(429, str(err), type="rate_limit_error", code="rate_limit_exceeded") from None
+        except ShuttingDown as err:
+            raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
+        return queue
+
+    async def _events(self, job: Job, queue: asyncio.Queue) -> AsyncIterator[tuple[str, object]]:
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event[0] == "end":
+                    return
+        finally:
+            if not job.finished:
+                self.engine.cancel(job)
+
+    # ------------------------------------------------------------------ routes
+    async def models(self, request: Request) -> Response:
+        ids = model_ids(self.settings.name, self.engine.stack_domains, self.has_router)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": i, "object": "model", "created": self.created, "owned_by": "brainstacks"} for i in ids],
+            }
+        )
+
+    async def health(self, request: Request) -> Response:
+        stats = self.engine.stats()
+        status = 503 if stats.pop("draining") else 200
+        return JSONResponse(
+            {"status": "ok" if status == 200 else "shutting_down", "model": self.settings.name, **stats},
+            status_code=status,
+        )
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        try:
+            body = await self._body(request)
+            if chat:
+                req = parse_request(ChatRequest, body)
+                prompt, param, default = chat_prompt(req.messages), "messages", self.settings.max_tokens
+            else:
+                req = parse_request(CompletionRequest, body)
+                prompt, param, default = req.text(), "prompt", self.settings.completion_default_tokens
+            job = await self._job(req, prompt, param, default)
+            queue = self._submit(job)
+        except ApiError as err:
+            return _error(err)
+        reply = _Reply(chat, req.model, req.stops(), self._decode, len(job.ids))
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                self._stream(job, queue, reply, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        async for kind, value in self._events(job, queue):
+            if kind == "route":
+                reply.info = value
+            elif kind == "token" and reply.feed(value):
+                self.engine.cancel(job)  # a stop string: the engine drops the row at its next step
+            elif kind == "end":
+                err = _end_error(value) if not reply.stream.stopped else None
+                if err is not None:
+                    return _error(err)
+                return JSONResponse(reply.full(value))
+        raise AssertionError("the event stream ended without an end event")
+
+    async def _stream(self, job: Job, queue: asyncio.Queue, reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
+        async for kind, value in self._events(job, queue):
+            if kind == "route":
+                reply.info = value
+                yield _sse(reply.chunk(role=True))
+            elif kind == "token":
+                stopped = reply.feed(value)
+                delta = reply.take()
+                if delta:
+                    yield _sse(reply.chunk(text=delta))
+                if stopped:
+                    self.engine.cancel(job)
+            elif kind == "end":
+                err = _end_error(value) if not reply.stream.stopped else None
+                if err is not None:
+                    yield _sse(err.body())
+                else:
+                    rest = reply.stream.flush()
+                    yield _sse(reply.chunk(text=rest, finish=reply.finish_reason(value)))
+                    if include_usage:
+                        yield _sse(reply.usage_chunk())
+                yield "data: [DONE]\n\n"
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+class _Reply:
+    """One response's text, ids and bookkeeping, in chat or text-completion shape."""
+
+    def __init__(self, chat: bool, model: str, stops: list[str], decode, prompt_tokens: int):
+        self.chat, self.model, self.prompt_tokens = chat, model, prompt_tokens
+        self.stream = TextStream(decode, stops)
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.info: RouteInfo | None = None
+        self._pending = ""
+
+    def feed(self, token: int) -> bool:
+        """Add a token; True once a stop string was seen (later tokens are ignored)."""
+        if not self.stream.stopped:
+            self._pending += self.stream.feed(token)
+        return self.stream.stopped
+
+    def take(self) -> str:
+        delta, self._pending = self._pending, ""
+        return delta
+
+    def finish_reason(self, end: str) -> str:
+        return "stop" if self.stream.stopped or end in ("stop", "cancelled") else "length"
+
+    def usage(self) -> dict:
+        completion = len(self.stream.tokens)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def _envelope(self, obj: str, info: bool = True) -> dict:
+        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+        if info and self.info is not None:
+            out["brainstacks"] = self.info.to_dict()
+        return out
+
+    def full(self, end: str) -> dict:
+        text = self.stream.text
+        if self.chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": self.finish_reason(end),
+            }
+            return {**self._envelope("chat.completion"), "choices": [choice], "usage": self.usage()}
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish_reason(end)}
+        return {**self._envelope("text_completion"), "choices": [choice], "usage": self.usage()}
+
+    def chunk(self, text: str = "", role: bool = False, finish: str | None = None) -> dict:
+        """A stream chunk; the first (``role``) and the last (``finish``) carry the route."""
+        info = role or finish is not None
+        if self.chat:
+            delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**self._envelope("chat.completion.chunk", info), "choices": [choice]}
+        return {
+            **self._envelope("text_completion", info),
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
+
+    def usage_chunk(self) -> dict:
+        return {
+            **self._envelope("chat.completion.chunk" if self.chat else "text_completion", info=False),
+            "choices": [],
+            "usage": self.usage(),
+        }
+
+
+def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
+    """The ASGI app; its lifespan starts the engine and, at shutdown, closes it (requests still in
+    flight after uvicorn's graceful-shutdown timeout end with ``shutdown``)."""
+    handler = _Handler(engine, settings)
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        return _error(
+            ApiError(
+                exc.status_code,
+                f"{request.method} {request.url.path}: {exc.detail}",
+                code="not_found" if exc.status_code == 404 else None,
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.drain()
+            await asyncio.to_thread(engine.close, 30.0)
+
+    routes = [
+        HttpRoute("/v1/chat/completions", handler.chat, methods=["POST"]),
+        HttpRoute("/v1/completions", handler.completions, methods=["POST"]),
+        HttpRoute("/v1/models", handler.models, methods=["GET"]),
+        HttpRoute("/health", handler.health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
