@@ -11,34 +11,36 @@ module checks that and says which function broke the rule.
 - ``math_operands_reward``: the share of the prompt's numbers that the completion's working
   uses (a dense, verifiable step reward: a policy that never gets the final number right can
   still be ranked by whether it starts from the right quantities).
-- ``code_tests_reward``: 1 when the completion's code passes the row's ``tests`` (plain
-  ``assert`` statements) in ``run_sandboxed``.
+- ``code_tests_reward``: 1 when every test of the row's ``tests`` ran and passed against the
+  completion's code (``partial_credit: true``: the share of tests that passed);
+  ``code_pass_rate_reward`` is the partial-credit one by name, like open-r1's ``code_reward``
+  next to its ``binary_code_reward``.
 
-``run_sandboxed`` runs untrusted code in a separate ``python -I -B`` process with a wall-clock
-time limit (the whole process group is killed), CPU / memory / file-size rlimits, a fresh temp
-directory as cwd and HOME, a scrubbed environment (proxies point nowhere), and an audit hook
-(``sys.addaudithook``, which cannot be removed from inside) that refuses sockets, subprocesses
-and file writes outside the temp directory. It is a guard against accidents of a model's code
-(loops, stray writes, network calls), not a security boundary against a determined attacker:
-use a container for that.
+Model-written code runs in an executor from ``brainstacks_pl.sandbox`` (the reward kwarg
+``executor``): by default ``LocalIsolatedExecutor``, Linux namespaces with no network, no view of
+the trainer's processes or files, rlimits, and a verdict from a test runner the code cannot
+reach. Where the machine cannot isolate, the reward refuses to run (``SandboxUnavailable``, at
+config time through ``code_tests_reward.check``) and names the two ways on: a remote executor or
+the explicit ``executor: unisolated``. ``run_sandboxed`` runs a plain script the same way.
+Threat model and layers: ``docs/sandbox.md``.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import logging
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+from brainstacks_pl.sandbox import Job, Limits, SandboxError, SandboxUnavailable, get_executor, split_tests
+
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "SandboxError",
     "SandboxResult",
+    "SandboxUnavailable",
+    "code_pass_rate_reward",
     "code_tests_reward",
     "extract_answer",
     "extract_code",
@@ -110,42 +112,13 @@ def format_reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) 
     return [float(bool(_FORMAT_RE.search(c.strip()))) for c in completions]
 
 
-# --------------------------------------------------------------------------- sandbox
-
-# Runs first in the child: an audit hook (irremovable) refusing sockets, subprocesses and writes
-# outside the working directory, then the program itself as __main__.
-_GUARD = r"""
-import os, sys
-_root = os.path.realpath(os.getcwd())
-_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-def _guard(event, args):
-    if event.startswith("socket.") and event != "socket.gethostname":
-        raise PermissionError("network access is disabled in the reward sandbox")
-    if event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "pty.spawn", "ctypes.dlopen"):
-        raise PermissionError(f"{event} is disabled in the reward sandbox")
-    if event == "open" and len(args) >= 3:
-        path, mode, flags = args[0], args[1], args[2]
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE)
-        if writing and isinstance(path, (str, bytes)):
-            target = os.path.realpath(os.fsdecode(path))
-            if target != _root and not target.startswith(_root + os.sep):
-                raise PermissionError(f"writing {target} is disabled in the reward sandbox")
-    if event in ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree") and args:
-        target = os.path.realpath(os.fsdecode(args[0])) if isinstance(args[0], (str, bytes)) else _root
-        if target != _root and not target.startswith(_root + os.sep):
-            raise PermissionError(f"{event} outside the sandbox directory is disabled")
-sys.addaudithook(_guard)
-_path = sys.argv[1]
-sys.argv = sys.argv[1:]
-with open(_path, encoding="utf-8") as _f:
-    _code = compile(_f.read(), _path, "exec")
-del _f
-exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": __builtins__})
-"""
+# --------------------------------------------------------------------------- code
 
 
 @dataclass
 class SandboxResult:
+    """What ``run_sandboxed`` returns."""
+
     returncode: int | None
     """Exit status (None when killed for the time limit)."""
     timed_out: bool
@@ -155,55 +128,26 @@ class SandboxResult:
 
     @property
     def passed(self) -> bool:
+        """The script exited with status 0 in time. Not a test verdict: a program can always
+        exit 0; the code rewards use the test runner's per-test results instead."""
         return not self.timed_out and self.returncode == 0
 
 
-def _limits(cpu_seconds: int, memory_bytes: int, file_bytes: int):
-    def apply() -> None:  # runs in the child between fork and exec
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
-        if memory_bytes:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-
-    return apply
-
-
-def run_sandboxed(code: str, timeout: float = 5.0, memory_mb: int = 1024, max_output: int = 10_000) -> SandboxResult:
-    """Run ``code`` as a script in a confined child process (see the module docstring)."""
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="brainstacks-reward-") as tmp:
-        script = os.path.join(tmp, "program.py")
-        with open(script, "w", encoding="utf-8") as f:
-            f.write(code)
-        dead_proxy = "http://127.0.0.1:9"  # the discard port: nothing answers
-        env = {
-            "PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
-            "http_proxy": dead_proxy, "https_proxy": dead_proxy, "HTTP_PROXY": dead_proxy, "HTTPS_PROXY": dead_proxy,
-            "all_proxy": dead_proxy, "ALL_PROXY": dead_proxy, "no_proxy": "", "NO_PROXY": "",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-c", _GUARD, script],
-            cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_limits(int(math.ceil(timeout)) + 1, memory_mb << 20, 16 << 20),
-        )
-        try:
-            out, err = proc.communicate(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            out, err = proc.communicate()
-            timed_out = True
+def run_sandboxed(code: str, timeout: float = 5.0, memory_mb: int = 1024, max_output: int = 10_000, executor: Any = None) -> SandboxResult:
+    """Run ``code`` as a script in the sandbox (``executor``: see ``sandbox.get_executor``; the
+    default is the isolated local one, which raises ``SandboxUnavailable`` where it cannot work).
+    Keeps the last ``max_output`` bytes of each stream."""
+    runner = get_executor(executor)
+    runner.check()
+    result = runner.run(Job(code), Limits(timeout=timeout, memory_mb=memory_mb, max_output=max(1, int(max_output))))
+    if result.sandbox_failed:
+        raise SandboxError(f"the sandbox failed: {result.error}")
     return SandboxResult(
-        returncode=None if timed_out else proc.returncode,
-        timed_out=timed_out,
-        stdout=out.decode("utf-8", "replace")[-max_output:],
-        stderr=err.decode("utf-8", "replace")[-max_output:],
-        seconds=time.monotonic() - started,
+        returncode=None if result.timed_out else result.returncode,
+        timed_out=result.timed_out,
+        stdout=result.stdout[-max_output:],
+        stderr=result.stderr[-max_output:],
+        seconds=result.seconds,
     )
 
 
@@ -218,21 +162,60 @@ def code_tests_reward(
     completions: Sequence[str],
     tests: Sequence[Any],
     timeout: float = 5.0,
-    max_workers: int = 2,
+    max_workers: Optional[int] = None,
+    partial_credit: bool = False,
+    executor: Any = None,
+    memory_mb: int = 1024,
     **_: Any,
 ) -> list[float]:
-    """1.0 where the completion's code followed by the row's ``tests`` exits cleanly in ``run_sandboxed``.
+    """Score each completion's code against its row's ``tests``.
 
-    A completion that hangs (time limit), touches the network, writes outside its directory or
-    fails a test scores 0.0. ``tests`` is a string of Python (asserts) or a list of such strings.
+    ``tests`` per row: a string of Python (one test per top-level ``assert``, with the statements
+    before it) or a list of strings (one test each); ``sandbox.split_tests`` says exactly. The
+    code runs as a module in the sandbox, then a separate test runner runs the tests one by one
+    against its top-level names. Reward 1.0 when every test ran and passed, else 0.0; with
+    ``partial_credit`` the share of tests that passed (TRL / open-r1's pass-rate convention).
+    Exiting early, hanging, crashing or failing to load scores 0; a row without tests scores 0.
+
+    The group's completions run in parallel, ``max_workers`` at a time (default: one per CPU,
+    at most 16), each within ``timeout`` seconds and ``memory_mb`` of address space per process.
+    ``executor`` picks where (``sandbox.get_executor``: ``local`` by default, ``unisolated``,
+    ``{kind: remote, url: ...}``). A run the sandbox itself botched scores 0 with a warning; when
+    every run of the call did, the sandbox is broken and this raises ``SandboxError``.
     """
+    runner = get_executor(executor)
+    runner.check()
+    scores = [0.0] * len(completions)
+    jobs, rows = [], []
+    for row, (completion, test) in enumerate(zip(completions, tests)):
+        cases = split_tests(test)
+        if cases:  # nothing to verify against: no credit
+            jobs.append(Job(extract_code(str(completion)), cases))
+            rows.append(row)
+    if not jobs:
+        return scores
+    results = runner.run_many(jobs, Limits(timeout=timeout, memory_mb=memory_mb), max_workers=max_workers)
+    broken = [r for r in results if r.sandbox_failed]
+    if broken and len(broken) == len(results):
+        raise SandboxError(f"the {runner.name} executor failed on all {len(results)} programs, e.g.: {broken[0].error}")
+    for row, result in zip(rows, results):
+        if result.sandbox_failed:
+            log.warning("sandbox failure scored 0 (row %d): %s", row, result.error)
+        scores[row] = result.pass_rate if partial_credit else float(result.all_passed)
+    return scores
 
-    def score(item: tuple[str, Any]) -> float:
-        completion, test = item
-        test_code = "\n".join(test) if isinstance(test, (list, tuple)) else str(test or "")
-        if not test_code.strip():
-            return 0.0  # nothing to verify against: no credit
-        return float(run_sandboxed(extract_code(completion) + "\n\n" + test_code + "\n", timeout=timeout).passed)
 
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        return list(pool.map(score, zip(completions, tests)))
+def code_pass_rate_reward(prompts: Sequence[str], completions: Sequence[str], tests: Sequence[Any], **kwargs: Any) -> list[float]:
+    """``code_tests_reward`` with ``partial_credit``: the share of the row's tests that passed."""
+    kwargs["partial_credit"] = True
+    return code_tests_reward(prompts, completions, tests, **kwargs)
+
+
+def _check_executor(executor: Any = None, **_: Any) -> None:
+    """Config-time check (``GRPOModule`` calls ``reward.check(**kwargs)``): raise
+    ``SandboxUnavailable`` now, not after the model has loaded, when the executor cannot run."""
+    get_executor(executor).check()
+
+
+code_tests_reward.check = _check_executor  # type: ignore[attr-defined]
+code_pass_rate_reward.check = _check_executor  # type: ignore[attr-defined]

@@ -63,7 +63,8 @@ class RewardSpec:
 
 
 def load_reward(spec: RewardSpec) -> Callable[..., list[float]]:
-    """Import ``spec.function`` (``package.module.name``) and bind ``spec.kwargs``."""
+    """Import ``spec.function`` (``package.module.name``), run its ``check(**kwargs)`` if it has
+    one (``rewards.code_tests_reward``: is the sandbox usable here?) and bind ``spec.kwargs``."""
     module_name, _, attr = spec.function.rpartition(".")
     if not module_name:
         raise ValueError(f"reward function must be an import path like 'package.module.name', got {spec.function!r}")
@@ -73,6 +74,9 @@ def load_reward(spec: RewardSpec) -> Callable[..., list[float]]:
         raise ValueError(f"cannot import reward function {spec.function!r}: {err}") from err
     if not callable(function):
         raise ValueError(f"reward {spec.function!r} is not callable")
+    check = getattr(function, "check", None)
+    if callable(check):  # e.g. a code reward whose sandbox cannot run here refuses now, not mid-training
+        check(**spec.kwargs)
     return functools.partial(function, **spec.kwargs) if spec.kwargs else function
 
 
