@@ -5,6 +5,10 @@ weights cannot travel as a forward argument. Instead ``BrainstacksModel`` owns o
 ``StackContext`` and hands the same object to each ``StackedLinear`` it injects; the model's
 context managers (``routed(weights)``, ``isolated(domains)``, ...) set it for the duration of
 a ``with`` block and restore it afterwards. Nothing is stored on the layers themselves.
+
+Every layer of a model holds the same frozen stacks in the same order, so which stacks a
+routing scope selects, and the ``[batch, S]`` routing weights of those stacks, are worked
+out once per scope here (``selection`` / ``routed_columns``) instead of once per layer.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class StackContext:
     active_domains: frozenset[str] = frozenset()
     """The domain set for ``isolated`` mode."""
     weights: Tensor | None = None
-    """[batch, n_domains] per-sample routing weights for ``routed`` mode."""
+    """[batch, n_domains] per-sample routing weights for ``routed`` mode. Read once per scope:
+    set a new tensor rather than writing into this one while it is in use."""
     aux_losses: list[Tensor] | None = None
     """When a list, each layer's active stack appends its load-balance loss here."""
     expert_fractions: list[Tensor] | None = None
@@ -39,6 +44,9 @@ class StackContext:
     noise_generator: "torch.Generator | None" = None
     """Source of the active stack's gating noise (seeded per epoch so resumed runs replay it)."""
     stack_selection_cache: dict = field(default_factory=dict, repr=False)
+    """(mode, domains, frozen domains) -> selected stack positions; cleared when stacks change."""
+    _routed_cache: tuple = field(default_factory=lambda: (None, {}), repr=False)
+    """(the weights tensor these were cut from, {(domains, scale, dtype, device): [batch, S] columns})."""
 
     def selects(self, domain: str) -> bool:
         """Whether a stack of ``domain`` takes part in the current mode at all."""
@@ -50,3 +58,33 @@ class StackContext:
 
     def domain_index(self, domain: str) -> int:
         return self.domains.index(domain)
+
+    def selection(self, frozen_domains: list[str]) -> tuple[int, ...]:
+        """Positions of the frozen stacks (of the given domains, in order) the current mode runs."""
+        key = (self.mode, self.active_domains, tuple(frozen_domains))
+        selected = self.stack_selection_cache.get(key)
+        if selected is None:
+            selected = tuple(i for i, domain in enumerate(frozen_domains) if self.selects(domain))
+            self.stack_selection_cache[key] = selected
+        return selected
+
+    def routed_columns(self, domains: tuple[str, ...], scale: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """[batch, len(domains)] routing weights of stacks of these domains times ``scale`` (``routed`` mode).
+
+        Cut from ``weights`` once per scope and kept on ``device``, so a layer's forward builds
+        no index tensor and copies nothing from the host.
+        """
+        weights = self.weights
+        if weights is None:
+            raise RuntimeError("routed mode needs a [batch, n_domains] weights tensor")
+        source, columns = self._routed_cache
+        if source is not weights:
+            source, columns = weights, {}
+            self._routed_cache = (source, columns)
+        key = (domains, scale, dtype, device)
+        picked = columns.get(key)
+        if picked is None:
+            index = torch.tensor([self.domain_index(d) for d in domains], device=device)
+            picked = weights.to(device=device, dtype=dtype).index_select(1, index)  # [B, S]
+            columns[key] = picked = picked * scale if scale != 1.0 else picked
+        return picked
