@@ -141,14 +141,18 @@ def _family_model(family: str) -> BrainstacksModel:
     base = AutoModelForCausalLM.from_config(hf_config()).eval()
     config = StackConfig(experts=2, rank=4, top_k=1, frozen_dtype="float32", **({"target_modules": targets} if targets else {}))
     model = BrainstacksModel(base, config, ["chat", "code"]).eval()
-    gen = torch.Generator().manual_seed(1)
-    for domain in ("chat", "code"):
-        tensors = {}
-        for name, (d_in, d_out) in model.layer_shapes().items():
-            tensors[f"{name}.in_proj"] = torch.randn(config.experts * config.rank + 2 * config.experts, d_in, generator=gen) / d_in**0.5
-            tensors[f"{name}.B"] = 0.3 * torch.randn(d_out, config.experts * config.rank, generator=gen)
-        model.load_frozen_stack(tensors, domain)
+    for seed, domain in enumerate(("chat", "code")):
+        model.load_frozen_stack(_family_stack_tensors(model, seed), domain)
     return model
+
+
+def _family_stack_tensors(model: BrainstacksModel, seed: int) -> dict[str, torch.Tensor]:
+    config, gen = model.stack_config, torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, (d_in, d_out) in model.layer_shapes().items():
+        tensors[f"{name}.in_proj"] = torch.randn(config.experts * config.rank + 2 * config.experts, d_in, generator=gen) / d_in**0.5
+        tensors[f"{name}.B"] = 0.3 * torch.randn(d_out, config.experts * config.rank, generator=gen)
+    return tensors
 
 
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
@@ -171,3 +175,25 @@ def test_routed_per_sample_on_every_family(family):
     torch.testing.assert_close(batched, torch.cat(alone), atol=1e-5 * scale, rtol=1e-5)
     torch.testing.assert_close(batched[2:], code_only, atol=1e-5 * scale, rtol=1e-5)  # weights act per sample
     assert (batched[1] - ungated[1]).abs().max() > 1e-3 * scale
+
+
+def test_discovery_runs_only_the_stacks_its_routes_switch_on():
+    from brainstacks_pl.routing.discovery import RouteLossOracle
+
+    model = _family_model("llama")
+    model.load_frozen_stack(_family_stack_tensors(model, seed=3), "code")  # stacks: [chat, code, code]
+    ids = torch.randint(3, 64, (7,), generator=torch.Generator().manual_seed(4))
+    items = [(ids, ids.clone())]
+    oracle = RouteLossOracle(model, pad_id=0, chat_domain=None, max_rows=1)
+    layer = next(iter(model.layers.values()))
+    seen = []
+    for route in (frozenset({"code"}), frozenset({"chat"}), frozenset()):
+        layer._operand_cache.clear()
+        (loss,) = oracle.losses(items, [(0, route)])
+        seen.append([key[0] for key in layer._operand_cache])
+        weights = torch.tensor([[1.0 if d in route else 0.0 for d in model.domains]])
+        with torch.no_grad(), model.routed(weights):  # every stack computed, zero weights included
+            logits = model(ids[None]).logits
+        expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:]).item()
+        assert loss == pytest.approx(expected, rel=1e-5)
+    assert seen == [[(1, 2)], [(0,)], []]

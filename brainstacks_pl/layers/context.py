@@ -30,7 +30,8 @@ class StackContext:
     """ungated: every stack with weight 1; isolated: only stacks of ``active_domains``;
     routed: stack of domain d scaled by ``weights[:, d]`` per sample; base: no stack at all."""
     active_domains: frozenset[str] = frozenset()
-    """The domain set for ``isolated`` mode."""
+    """The domain set for ``isolated`` mode; in ``routed`` mode, when not empty, only these domains'
+    stacks run (the caller promises every other domain has weight 0 in every row)."""
     weights: Tensor | None = None
     """[batch, n_domains] per-sample routing weights for ``routed`` mode. Read once per scope:
     set a new tensor rather than writing into this one while it is in use."""
@@ -52,7 +53,7 @@ class StackContext:
         """Whether a stack of ``domain`` takes part in the current mode at all."""
         if self.mode == "base":
             return False
-        if self.mode == "isolated":
+        if self.mode == "isolated" or (self.mode == "routed" and self.active_domains):
             return domain in self.active_domains
         return True
 

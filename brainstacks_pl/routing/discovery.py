@@ -16,7 +16,9 @@ least ``chat_floor`` (0.20), in discovery exactly as at inference, so a route is
 the weights it will be served with.
 
 Many routes are scored in ONE forward: every (example, route) pair is a row of the batch with
-its own routing-weight row (``stacks.routed(weights)``, exact per sample). Results are cached
+its own routing-weight row (``stacks.routed(weights)``, exact per sample). Rows are grouped by
+route, and a forward runs only the stacks of the domains its rows switch on (a domain with
+weight 0 in every row of the batch is skipped, not multiplied by zero). Results are cached
 per domain in ``RUN/router/discovery/<domain>.jsonl`` (rewritten atomically after every
 chunk; already-done examples are skipped on a rerun; a change of stacks or settings changes
 the fingerprint and invalidates the lines).
@@ -178,27 +180,38 @@ class RouteLossOracle:
     @torch.no_grad()
     def losses(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[float]:
         """``items[i] = (ids [L_i], labels [L_i])``; returns one mean answer loss per pair."""
-        # Rows sorted by length (stable) so each forward pads as little as possible.
-        order = sorted(range(len(pairs)), key=lambda k: len(items[pairs[k][0]][0]))
+        # Rows grouped by route, then by length: a batch then spans few routes, so only the
+        # stacks those routes switch on run (a zero weight would still cost the full stack),
+        # and rows of one route pad as little as possible.
+        position = {d: i for i, d in enumerate(self.stacks.domains)}
+        order = sorted(range(len(pairs)), key=lambda k: (sorted(position.get(d, len(position)) for d in pairs[k][1]), len(items[pairs[k][0]][0])))
         out = [0.0] * len(pairs)
         for start in range(0, len(order), self.max_rows):
             rows_at = order[start : start + self.max_rows]
             chunk = [pairs[k] for k in rows_at]
-            length = max(len(items[i][0]) for i, _ in chunk)
-            ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)  # [R, L]
-            labels = torch.full((len(chunk), length), IGNORE_INDEX, dtype=torch.long)  # [R, L]
-            mask = torch.zeros((len(chunk), length), dtype=torch.long)  # [R, L]
-            for row, (i, _) in enumerate(chunk):
-                seq_ids, seq_labels = items[i]
-                ids[row, : len(seq_ids)], labels[row, : len(seq_ids)], mask[row, : len(seq_ids)] = seq_ids, seq_labels, 1
-            weights = torch.stack([self.weights(route) for _, route in chunk]).to(self.device)  # [R, D]
-            with self.stacks.routed(weights):
-                logits = self.stacks(ids.to(self.device), mask.to(self.device)).logits
-            sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
-            for k, loss in zip(rows_at, (sums / counts.clamp_min(1)).tolist()):
+            for k, loss in zip(rows_at, self._chunk_losses(items, chunk)):
                 out[k] = loss
             self.forwards += 1
         return out
+
+    def _chunk_losses(self, items: Sequence[tuple[Tensor, Tensor]], chunk: Sequence[Pair]) -> list[float]:
+        length = max(len(items[i][0]) for i, _ in chunk)
+        ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)  # [R, L]
+        labels = torch.full((len(chunk), length), IGNORE_INDEX, dtype=torch.long)  # [R, L]
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)  # [R, L]
+        for row, (i, _) in enumerate(chunk):
+            seq_ids, seq_labels = items[i]
+            ids[row, : len(seq_ids)], labels[row, : len(seq_ids)], mask[row, : len(seq_ids)] = seq_ids, seq_labels, 1
+        weights = torch.stack([self.weights(route) for _, route in chunk])  # [R, D]
+        switched_on = [d for d, on in zip(self.stacks.domains, (weights > 0).any(0).tolist()) if on]
+        if switched_on:
+            scope = self.stacks.routing("routed", domains=switched_on, weights=weights.to(self.device))
+        else:
+            scope = self.stacks.base_only()
+        with scope:
+            logits = self.stacks(ids.to(self.device), mask.to(self.device)).logits
+        sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
+        return (sums / counts.clamp_min(1)).tolist()
 
 
 class DiscoveryCache:
