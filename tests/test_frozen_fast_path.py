@@ -183,7 +183,9 @@ def test_discovery_runs_only_the_stacks_its_routes_switch_on():
     model = _family_model("llama")
     model.load_frozen_stack(_family_stack_tensors(model, seed=3), "code")  # stacks: [chat, code, code]
     ids = torch.randint(3, 64, (7,), generator=torch.Generator().manual_seed(4))
-    items = [(ids, ids.clone())]
+    labels = ids.clone()
+    labels[:4] = -100  # a prompt: the LM head runs from the first answer token on
+    items = [(ids, labels)]
     oracle = RouteLossOracle(model, pad_id=0, chat_domain=None, max_rows=1)
     layer = next(iter(model.layers.values()))
     seen = []
@@ -194,6 +196,6 @@ def test_discovery_runs_only_the_stacks_its_routes_switch_on():
         weights = torch.tensor([[1.0 if d in route else 0.0 for d in model.domains]])
         with torch.no_grad(), model.routed(weights):  # every stack computed, zero weights included
             logits = model(ids[None]).logits
-        expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:]).item()
+        expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[1:]).item()  # -100 ignored
         assert loss == pytest.approx(expected, rel=1e-5)
     assert seen == [[(1, 2)], [(0,)], []]

@@ -27,6 +27,7 @@ the fingerprint and invalidates the lines).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -173,9 +174,20 @@ class RouteLossOracle:
         self.stacks, self.pad_id, self.max_rows, self.device = stacks, pad_id, max_rows, device
         self.chat_domain, self.chat_floor = chat_domain, chat_floor
         self.forwards = 0
+        self._keeps_logits: bool | None = None
 
     def weights(self, route) -> Tensor:
         return route_weights(route, self.stacks.domains, self.chat_domain, self.chat_floor)
+
+    def _answer_logits(self, labels: Tensor) -> dict:
+        """``{logits_to_keep: N}`` so the LM head runs only from the first answer token on (where the
+        model takes that argument): with prompts longer than answers it is most of the head."""
+        if self._keeps_logits is None:
+            self._keeps_logits = "logits_to_keep" in inspect.signature(self.stacks.model.forward).parameters
+        answered = (labels != IGNORE_INDEX).any(0).nonzero()  # host tensor: no device sync
+        if not self._keeps_logits or not len(answered) or int(answered[0]) < 1:
+            return {}
+        return {"logits_to_keep": labels.shape[1] - int(answered[0]) + 1}
 
     @torch.no_grad()
     def losses(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[float]:
@@ -208,8 +220,11 @@ class RouteLossOracle:
             scope = self.stacks.routing("routed", domains=switched_on, weights=weights.to(self.device))
         else:
             scope = self.stacks.base_only()
+        keep = self._answer_logits(labels)
+        if keep:
+            labels = labels[:, length - keep["logits_to_keep"] :]
         with scope:
-            logits = self.stacks(ids.to(self.device), mask.to(self.device)).logits
+            logits = self.stacks(ids.to(self.device), mask.to(self.device), **keep).logits
         sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
         return (sums / counts.clamp_min(1)).tolist()
 
