@@ -157,8 +157,8 @@ def floors(args: argparse.Namespace) -> dict[str, float]:
     floor["decode_ungated5_vs_hf"] = 1 / (1 + 5 * floor["bytes_per_bf16_stack_vs_base"])
     # Discovery: per route runs all 5 stacks on every token and the LM head on every position;
     # the oracle runs each batch's switched-on stacks and the head from the first answer token.
-    tokens, answer, routes = args.prompt_tokens + args.answer_tokens, args.answer_tokens, discovery_routes(5)
-    on = statistics.mean(len(r) for r in routes)
+    tokens, answer = args.prompt_tokens + args.answer_tokens, args.answer_tokens
+    on = discovery_stacks_on()
     per_route = tokens * (base - head + 5 * stack + attention(tokens)) + tokens * head
     batched = tokens * (base - head + on * stack + attention(tokens)) + (answer + 1) * head
     floor["discovery_vs_per_route"] = per_route / batched
@@ -290,12 +290,16 @@ def bench_decode(base: nn.Module, routed: BrainstacksModel, ungated: Brainstacks
 
         return step
 
-    fns = {"hf": hf, "routed": ours_decode(routed, lambda: routed.routed(weights)), "ungated5": ours_decode(ungated, ungated.ungated)}
+    fns = {
+        "hf": hf, "routed": ours_decode(routed, lambda: routed.routed(weights)), "ungated5": ours_decode(ungated, ungated.ungated),
+        "base_only": ours_decode(ungated, ungated.base_only),  # our decode loop, no stack: the loop's own cost
+    }
     samples = paired(fns, args.decode_rounds, 1, sync)
     return {
         "prompt_tokens": args.prompt_tokens, "new_tokens": new,
         "decode_routed_vs_hf": ratio(samples, "routed", "hf", invert=True),
         "decode_ungated5_vs_hf": ratio(samples, "ungated5", "hf", invert=True),
+        "decode_base_only_vs_hf": ratio(samples, "base_only", "hf", invert=True),
         "hf_tokens_per_s": new / statistics.median(samples["hf"]["wall"]),
     }
 
@@ -303,6 +307,17 @@ def bench_decode(base: nn.Module, routed: BrainstacksModel, ungated: Brainstacks
 def discovery_routes(domains: int) -> list[frozenset]:
     names = DOMAINS[:domains]
     return [frozenset()] + [frozenset([d]) for d in names] + [frozenset(names[:2]), frozenset(names[2:4])]
+
+
+def discovery_stacks_on(groups_per_forward: int = 2) -> float:
+    """Mean number of stacks a discovery row runs: the oracle orders routes by domain position and a
+    forward runs the union of its route groups' switched-on domains (chat floor included)."""
+    routes = sorted(discovery_routes(5), key=lambda r: sorted(DOMAINS.index(d) for d in r))
+    counts = []
+    for start in range(0, len(routes), groups_per_forward):
+        union = sum(route_weights(r, DOMAINS[:5], DOMAINS[0]) for r in routes[start : start + groups_per_forward])
+        counts += [int((union > 0).sum())] * len(routes[start : start + groups_per_forward])
+    return statistics.mean(counts)
 
 
 def bench_discovery(model: BrainstacksModel, args, sync) -> dict:
@@ -316,7 +331,8 @@ def bench_discovery(model: BrainstacksModel, args, sync) -> dict:
         items.append((ids, labels))
     routes = discovery_routes(5)
     pairs = [(i, r) for i in range(len(items)) for r in routes]
-    oracle = RouteLossOracle(model, pad_id=0, chat_domain=DOMAINS[0], max_rows=64, device=args.device)
+    # Two route groups per forward, as the router phase's defaults give (32 examples, 64 rows).
+    oracle = RouteLossOracle(model, pad_id=0, chat_domain=DOMAINS[0], max_rows=2 * len(items), device=args.device)
     ids = torch.stack([it[0] for it in items]).to(args.device)
     labels = torch.stack([it[1] for it in items]).to(args.device)
 
@@ -330,7 +346,7 @@ def bench_discovery(model: BrainstacksModel, args, sync) -> dict:
 
     samples = paired({"per_route": per_route, "batched": lambda: oracle.losses(items, pairs)}, args.discovery_rounds, 1, sync)
     return {
-        "examples": len(items), "routes": len(routes), "rows": len(pairs), "tokens_per_row": length, "answer_tokens": args.answer_tokens,
+        "examples": len(items), "routes": len(routes), "rows": len(pairs), "rows_per_forward": oracle.max_rows, "tokens_per_row": length, "answer_tokens": args.answer_tokens,
         "discovery_vs_per_route": ratio(samples, "batched", "per_route", invert=True),
     }
 
@@ -369,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt_tokens", type=int, default=32, help="prompt length for decode and discovery rows")
     parser.add_argument("--answer_tokens", type=int, default=16, help="answer length of a discovery example")
     parser.add_argument("--decode_tokens", type=int, default=24, help="greedy tokens per decode call")
-    parser.add_argument("--discovery_examples", type=int, default=2, help="examples scored per discovery call (x 8 routes)")
+    parser.add_argument("--discovery_examples", type=int, default=4, help="examples scored per discovery call (x 8 routes; 2 routes' rows per forward)")
     parser.add_argument("--rounds", type=int, default=10, help="paired rounds for training and forward rows")
     parser.add_argument("--decode_rounds", type=int, default=6, help="paired rounds for decode")
     parser.add_argument("--discovery_rounds", type=int, default=4, help="paired rounds for discovery")
