@@ -97,13 +97,14 @@ def test_cache_follows_stacks_selection_and_to():
 
 
 def test_cache_built_under_inference_mode_does_not_break_training():
-    layer = _layer(frozen=["chat"]).train()
+    layer = _layer(frozen=["chat"], config=_config(frozen_dtype="bfloat16")).train()
     x = torch.randn(2, 5, D_IN)
-    with torch.inference_mode():
+    with torch.inference_mode():  # Lightning's validation
         layer(x)
     xg = x.clone().requires_grad_(True)
     layer(xg).sum().backward()
     assert xg.grad is not None
+    assert len(layer._operand_cache) == 1  # one copy serves both modes
 
 
 def test_routed_flattened_rows_equal_batched_rows():

@@ -263,10 +263,18 @@ class StackedLinear(nn.Module):
         folded into it (exact for rsLoRA's default s = 4, a power of two); the stored buffers and
         the stack files keep the unscaled ``B``. Dropped when stacks change and on ``.to()``.
         """
-        key = (selection, dtype, device, torch.is_inference_mode_enabled())
+        key = (selection, dtype, device)
         operands = self._operand_cache.get(key)
         if operands is not None:
             return operands
+        with torch.inference_mode(False):  # built under validation's inference mode, still usable in training
+            operands = self._build_operands(selection, dtype, device)
+        while len(self._operand_cache) >= _CACHED_SELECTIONS:
+            self._operand_cache.pop(next(iter(self._operand_cache)))
+        self._operand_cache[key] = operands
+        return operands
+
+    def _build_operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _FrozenOperands:
         first, last = selection[0], selection[-1] + 1
         contiguous = selection == tuple(range(first, last))
         if contiguous:
@@ -280,12 +288,7 @@ class StackedLinear(nn.Module):
         scale = self.config.scale
         if copied:
             w_out, scale = w_out * scale, 1.0
-        domains = tuple(self.frozen_domains[i] for i in selection)
-        operands = _FrozenOperands(w_in, w_out, scale, domains)
-        while len(self._operand_cache) >= _CACHED_SELECTIONS:
-            self._operand_cache.pop(next(iter(self._operand_cache)))
-        self._operand_cache[key] = operands
-        return operands
+        return _FrozenOperands(w_in, w_out, scale, tuple(self.frozen_domains[i] for i in selection))
 
     def _drop_operands(self) -> None:
         self._operand_cache.clear()
