@@ -16,9 +16,10 @@ least ``chat_floor`` (0.20), in discovery exactly as at inference, so a route is
 the weights it will be served with.
 
 Many routes are scored in ONE forward: every (example, route) pair is a row of the batch with
-its own routing-weight row (``stacks.routed(weights)``, exact per sample). Rows are grouped by
-route, and a forward runs only the stacks of the domains its rows switch on (a domain with
-weight 0 in every row of the batch is skipped, not multiplied by zero). Results are cached
+its own routing-weight row (``stacks.routed(weights)``, exact per sample). A forward runs only
+the stacks of the domains its rows switch on (a domain with weight 0 in every row of the batch is
+skipped, not multiplied by zero) and the LM head only from the first answer token on; rows are
+ordered by length or grouped by route, whichever costs fewer multiply-adds (``_plan``). Results are cached
 per domain in ``RUN/router/discovery/<domain>.jsonl`` (rewritten atomically after every
 chunk; already-done examples are skipped on a rerun; a change of stacks or settings changes
 the fingerprint and invalidates the lines).
@@ -192,19 +193,50 @@ class RouteLossOracle:
     @torch.no_grad()
     def losses(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[float]:
         """``items[i] = (ids [L_i], labels [L_i])``; returns one mean answer loss per pair."""
-        # Rows grouped by route, then by length: a batch then spans few routes, so only the
-        # stacks those routes switch on run (a zero weight would still cost the full stack),
-        # and rows of one route pad as little as possible.
-        position = {d: i for i, d in enumerate(self.stacks.domains)}
-        order = sorted(range(len(pairs)), key=lambda k: (sorted(position.get(d, len(position)) for d in pairs[k][1]), len(items[pairs[k][0]][0])))
         out = [0.0] * len(pairs)
-        for start in range(0, len(order), self.max_rows):
-            rows_at = order[start : start + self.max_rows]
+        for rows_at in self._plan(items, pairs):
             chunk = [pairs[k] for k in rows_at]
             for k, loss in zip(rows_at, self._chunk_losses(items, chunk)):
                 out[k] = loss
             self.forwards += 1
         return out
+
+    def _plan(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[list[int]]:
+        """Rows per forward (at most ``max_rows`` each), the cheapest of a few orderings.
+
+        Sorting rows by length pads least; grouping them by route lets a forward skip the stacks
+        no row of it switches on. Which wins depends on the lengths, the routes and how much a
+        stack costs next to the base, so each candidate is priced in multiply-adds per padded
+        token (base projections + LM head + the switched-on domains' stacks) on the host.
+        """
+        lengths = [len(items[i][0]) for i, _ in pairs]
+        position = {d: i for i, d in enumerate(self.stacks.domains)}
+        routes = [tuple(sorted(position.get(d, len(position)) for d in route)) for _, route in pairs]
+        base, per_stack = self._token_costs()
+        stacks_of = {d: sum(info.domain == d for info in self.stacks.frozen_stacks) for d in self.stacks.domains}
+        on_cache: dict[tuple, int] = {}
+
+        def cost(chunk: list[int]) -> float:
+            key = tuple(sorted({pairs[k][1] for k in chunk}, key=sorted))
+            if key not in on_cache:
+                on = (torch.stack([self.weights(route) for route in key]) > 0).any(0).tolist()
+                on_cache[key] = sum(stacks_of[d] for d, flag in zip(self.stacks.domains, on) if flag)
+            return len(chunk) * max(lengths[k] for k in chunk) * (base + on_cache[key] * per_stack)
+
+        plans = []
+        for bucket in (1, 16, None):  # None: by route first, then length
+            order = sorted(range(len(pairs)), key=lambda k: (lengths[k] // bucket if bucket else 0, routes[k], lengths[k]))
+            plans.append([order[start : start + self.max_rows] for start in range(0, len(order), self.max_rows)])
+        return min(plans, key=lambda plan: sum(cost(chunk) for chunk in plan))
+
+    def _token_costs(self) -> tuple[float, float]:
+        """Multiply-adds per token: the base's projections and LM head, and one frozen stack."""
+        cfg = self.stacks.stack_config
+        shapes = self.stacks.layer_shapes().values()
+        head = self.stacks.model.get_output_embeddings()
+        base = sum(i * o for i, o in shapes) + (head.weight.numel() if head is not None else 0)
+        per_stack = sum((cfg.experts * (cfg.rank + 1)) * i + cfg.experts * cfg.rank * o for i, o in shapes)
+        return float(base), float(per_stack)
 
     def _chunk_losses(self, items: Sequence[tuple[Tensor, Tensor]], chunk: Sequence[Pair]) -> list[float]:
         length = max(len(items[i][0]) for i, _ in chunk)
