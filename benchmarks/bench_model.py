@@ -45,6 +45,7 @@ from brainstacks_pl.routing.discovery import RouteLossOracle, route_weights
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DOMAINS = [f"d{i}" for i in range(10)]
+ROWS = ("train", "forward", "decode", "discovery")
 GOALS = {
     "train_1active_vs_peft": ("<=", 1.05),
     "train_4frozen_vs_0frozen": ("<= floor +", 0.01),
@@ -355,6 +356,8 @@ def bench_discovery(model: BrainstacksModel, args, sync) -> dict:
 def verdicts(results: dict, floor: dict) -> dict:
     out = {}
     for key, (op, goal) in GOALS.items():
+        if key not in results:
+            continue
         value = results[key]["cpu"]["median"] if isinstance(results[key], dict) else results[key]
         bound = floor[key] + goal if op.startswith("<= floor") else goal
         ok = value >= bound if op == ">=" else value <= bound
@@ -389,6 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=10, help="paired rounds for training and forward rows")
     parser.add_argument("--decode_rounds", type=int, default=6, help="paired rounds for decode")
     parser.add_argument("--discovery_rounds", type=int, default=4, help="paired rounds for discovery")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="which rows to measure")
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.json"), help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -398,13 +402,16 @@ def main(argv: list[str] | None = None) -> dict:
     start, load = time.perf_counter(), os.getloadavg()
     base = build_base(args)
     results: dict = {}
-    results.update(bench_training(base, args, sync))
+    if "train" in args.rows:
+        results.update(bench_training(base, args, sync))
     inference = {S: ours(base, S, False, args) for S in (1, 5, 10)}
-    results.update(bench_forward(base, inference, args.infer_tokens, args.rounds, args, sync))
-    results.update(bench_forward(base, inference, 1, 3 * args.rounds, args, sync))
-    routed = ours(base, 2, False, args)
-    results.update(bench_decode(base, routed, inference[5], args, sync))
-    results.update(bench_discovery(inference[5], args, sync))
+    if "forward" in args.rows:
+        results.update(bench_forward(base, inference, args.infer_tokens, args.rounds, args, sync))
+        results.update(bench_forward(base, inference, 1, 3 * args.rounds, args, sync))
+    if "decode" in args.rows:
+        results.update(bench_decode(base, ours(base, 2, False, args), inference[5], args, sync))
+    if "discovery" in args.rows:
+        results.update(bench_discovery(inference[5], args, sync))
     floor = floors(args)
     report = {
         "benchmark": "bench_model",
@@ -435,7 +442,10 @@ def print_report(report: dict) -> None:
     for key, r in report["results"].items():
         if key.startswith("forward_") and key not in report["verdicts"]:
             print(f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f} {report['floors'][key]:>7.3f}")
-    print(f"saved MiB: {report['results']['saved_bytes_MiB']}, operand cache MiB (4 frozen): {report['results']['operand_cache_MiB_4frozen']:.1f}")
+    if "saved_bytes_MiB" in report["results"]:
+        print(f"saved MiB: {report['results']['saved_bytes_MiB']}, operand cache MiB (4 frozen): {report['results']['operand_cache_MiB_4frozen']:.1f}")
+    if "decode_base_only_vs_hf" in report["results"]:
+        print(f"our decode loop without stacks vs HF generate: {report['results']['decode_base_only_vs_hf']['cpu']['median']:.3f}x tokens/s")
 
 
 if __name__ == "__main__":
