@@ -224,7 +224,8 @@ class StackedLinear(nn.Module):
         Public so that measurements (the null-space collection) can read a layer's frozen
         contribution from its input without recomputing the base projection.
         """
-        return self._add_frozen(self._per_sample(x) if self.context.mode == "routed" else x)
+        delta = self._add_frozen(self._per_sample(x) if self.context.mode == "routed" else x)
+        return None if delta is None else delta.reshape(*x.shape[:-1], self.d_out)
 
     def _add_frozen(self, x: Tensor, result: Tensor | None = None) -> Tensor | None:
         """``result`` plus the selected frozen stacks' delta (just the delta when ``result`` is None).
