@@ -181,14 +181,16 @@ class RouteLossOracle:
         return route_weights(route, self.stacks.domains, self.chat_domain, self.chat_floor)
 
     def _answer_logits(self, labels: Tensor) -> dict:
-        """``{logits_to_keep: N}`` so the LM head runs only from the first answer token on (where the
-        model takes that argument): with prompts longer than answers it is most of the head."""
+        """``{logits_to_keep: positions}`` so the LM head runs only from the token before the first
+        answer token on (where the model takes that argument): with prompts longer than answers it
+        is most of the head. Positions as a tensor, not a count: Hugging Face then gathers a
+        contiguous copy, where a count slices a strided view that the head's GEMM runs slower on."""
         if self._keeps_logits is None:
             self._keeps_logits = "logits_to_keep" in inspect.signature(self.stacks.model.forward).parameters
         answered = (labels != IGNORE_INDEX).any(0).nonzero()  # host tensor: no device sync
         if not self._keeps_logits or not len(answered) or int(answered[0]) < 1:
             return {}
-        return {"logits_to_keep": labels.shape[1] - int(answered[0]) + 1}
+        return {"logits_to_keep": torch.arange(int(answered[0]) - 1, labels.shape[1], device=self.device)}
 
     @torch.no_grad()
     def losses(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[float]:
@@ -254,7 +256,7 @@ class RouteLossOracle:
             scope = self.stacks.base_only()
         keep = self._answer_logits(labels)
         if keep:
-            labels = labels[:, length - keep["logits_to_keep"] :]
+            labels = labels[:, int(keep["logits_to_keep"][0]) :]
         with scope:
             logits = self.stacks(ids.to(self.device), mask.to(self.device), **keep).logits
         sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
