@@ -202,3 +202,27 @@ def test_discovery_runs_only_the_stacks_its_routes_switch_on():
         expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[1:]).item()  # -100 ignored
         assert_fp32_equivalent(loss, expected, TINY_MODEL_DEPTH, f"route {sorted(route)}")
     assert seen == [[(1, 2)], [(0,)], []]
+
+
+def test_uncached_frozen_stacks_keep_only_stored_tensors_for_backward():
+    layer = _layer(frozen=["chat", "code", "math"], config=_config(frozen_dtype="bfloat16")).train()
+    layer.context.cache_frozen = False
+    x = torch.randn(3, 4, D_IN, generator=torch.Generator().manual_seed(1))
+    upstream = torch.randn(3, 4, D_OUT, generator=torch.Generator().manual_seed(2))
+    saved = []
+    xg = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(xg)
+    (out * upstream).sum().backward()
+    rows_in, rows_out = 3 * (3 * 4 + 3), 3 * 3 * 4  # three stacks' [A | W_r] rows and B columns
+    stack_shapes = {(rows_in, D_IN), (D_IN, rows_in), (rows_out, D_OUT), (D_OUT, rows_out)}
+    weights = [t for t in saved if tuple(t.shape) in stack_shapes]
+    assert len(weights) == 2 and all(t.dtype == torch.bfloat16 for t in weights), [(t.shape, t.dtype) for t in weights]
+    assert all(operands.w_in.dtype == torch.bfloat16 for operands in layer._operand_cache.values())
+    x64 = x.double().requires_grad_(True)
+    reference = _float64_reference(layer, x64)
+    (reference * upstream.double()).sum().backward()
+    assert_matches_float64(out, reference, LAYER_DEPTH, "uncached forward")
+    assert_matches_float64(xg.grad, x64.grad, 2 * LAYER_DEPTH, "uncached input gradient")
+    layer.context.mode, layer.context.active_domains = "isolated", frozenset({"chat", "math"})  # a gathered pick
+    assert_matches_float64(layer(x), _float64_reference(layer, x), LAYER_DEPTH, "uncached gathered pick")

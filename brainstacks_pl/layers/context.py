@@ -44,6 +44,10 @@ class StackContext:
     reference policy is the same model without it (``BrainstacksModel.active_off()``)."""
     noise_generator: "torch.Generator | None" = None
     """Source of the active stack's gating noise (seeded per epoch so resumed runs replay it)."""
+    cache_frozen: bool = True
+    """Keep the selected frozen stacks cast to the compute dtype between calls (fast; a persistent
+    copy where storage and compute dtypes differ, e.g. bf16 stacks on a fp32 CPU base). False casts
+    them on every call and in backward instead: no copy held, slower (``bench_model.py``)."""
     stack_selection_cache: dict = field(default_factory=dict, repr=False)
     """(mode, domains, frozen domains) -> selected stack positions; cleared when stacks change."""
     _routed_cache: tuple = field(default_factory=lambda: (None, {}), repr=False)

@@ -82,6 +82,24 @@ class _FrozenOperands(NamedTuple):
     """What the gates still multiply by: 1.0 when the LoRA scale is folded into ``w_out``."""
     domains: tuple[str, ...]
     """Domain of each selected stack (columns of the routing weights)."""
+    cast_per_call: bool = False
+    """``w_in``/``w_out`` are the stored tensors, cast inside ``_CastMatmul`` on every call
+    (``StackContext.cache_frozen`` False: no persistent compute-dtype copy)."""
+
+
+class _CastMatmul(torch.autograd.Function):
+    """``a @ w.to(a.dtype)`` that keeps the stored ``w`` for backward and casts it again there,
+    so autograd holds no compute-dtype copy of a frozen stack between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return a @ w.to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (w,) = ctx.saved_tensors
+        return grad @ w.to(grad.dtype).T, None
 
 
 # Selections whose operands stay cached per layer: routed serving uses one, training plus
@@ -239,7 +257,10 @@ class StackedLinear(nn.Module):
             return result
         operands = self._operands(selection, x.dtype, x.device)
         experts, rank = self.config.experts, self.config.rank
-        fused = F.linear(x, operands.w_in)  # [..., S*(E*r+E)]
+        if operands.cast_per_call:
+            fused = _CastMatmul.apply(x, operands.w_in.T)  # [..., S*(E*r+E)]
+        else:
+            fused = F.linear(x, operands.w_in)  # [..., S*(E*r+E)]
         fused = fused.unflatten(-1, (len(selection), experts * rank + experts))  # [..., S, E*r+E]
         mid, logits = fused.split([experts * rank, experts], dim=-1)  # [..., S, E*r], [..., S, E]
         coef = top_k_gates(logits, self.config.top_k)  # [..., S, E]
@@ -249,8 +270,9 @@ class StackedLinear(nn.Module):
         elif operands.scale != 1.0:
             coef = coef * operands.scale
         mid = (mid.unflatten(-1, (experts, rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
-        if result is None:
-            return mid @ operands.w_out  # [..., d_out]
+        if result is None or operands.cast_per_call:
+            delta = _CastMatmul.apply(mid, operands.w_out) if operands.cast_per_call else mid @ operands.w_out  # [..., d_out]
+            return delta if result is None else result + delta.to(result.dtype).reshape(result.shape)
         if result.dtype == mid.dtype and result.is_contiguous():
             return torch.addmm(result.reshape(-1, self.d_out), mid.reshape(-1, mid.shape[-1]), operands.w_out).view(result.shape)
         return result + (mid @ operands.w_out).to(result.dtype).reshape(result.shape)
@@ -264,18 +286,20 @@ class StackedLinear(nn.Module):
         folded into it (exact for rsLoRA's default s = 4, a power of two); the stored buffers and
         the stack files keep the unscaled ``B``. Dropped when stacks change and on ``.to()``.
         """
-        key = (selection, dtype, device)
+        cast_per_call = not self.context.cache_frozen and self.frozen_in.dtype != dtype
+        key = (selection, dtype, device, cast_per_call)
         operands = self._operand_cache.get(key)
         if operands is not None:
             return operands
         with torch.inference_mode(False):  # built under validation's inference mode, still usable in training
-            operands = self._build_operands(selection, dtype, device)
+            operands = self._build_operands(selection, self.frozen_in.dtype if cast_per_call else dtype, device, fold=not cast_per_call)
+        operands = operands._replace(cast_per_call=cast_per_call)
         while len(self._operand_cache) >= _CACHED_SELECTIONS:
             self._operand_cache.pop(next(iter(self._operand_cache)))
         self._operand_cache[key] = operands
         return operands
 
-    def _build_operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _FrozenOperands:
+    def _build_operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device, fold: bool = True) -> _FrozenOperands:
         first, last = selection[0], selection[-1] + 1
         contiguous = selection == tuple(range(first, last))
         if contiguous:
@@ -287,7 +311,7 @@ class StackedLinear(nn.Module):
         w_in = w_in.reshape(-1, self.d_in).to(device=device, dtype=dtype)  # [S*(E*r+E), d_in]
         w_out = w_out.reshape(-1, self.d_out).to(device=device, dtype=dtype)  # [S*E*r, d_out]
         scale = self.config.scale
-        if copied:
+        if copied and fold:  # never into a half-precision copy: that would round differently
             w_out, scale = w_out * scale, 1.0
         return _FrozenOperands(w_in, w_out, scale, tuple(self.frozen_domains[i] for i in selection))
 
