@@ -127,7 +127,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    from brainstacks_pl.demo_base import resolve_model_name
+    from brainstacks_pl.assets import resolve_model_name
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_name("brainstacks-demo"))
     stacks = demo_stacks()
