@@ -19,7 +19,7 @@ round (paired) and the median, min and max over rounds are reported, for process
 to other processes on a shared machine) and wall time. Each row also gets its floor: the FLOP ratio
 (training, T=256, discovery) or the bytes-read ratio (T=1, decode), computed from the shapes.
 
-    python benchmarks/bench_model.py                 # CPU, fp32, 1 thread, 2 layers: ~6-9 min on 2 cores
+    python benchmarks/bench_model.py                 # CPU, fp32, 1 thread, 2 layers: ~5 min on 2 cores
     python benchmarks/bench_model.py --device cuda --dtype bfloat16 [--nf4] --out benchmarks/results/model_cuda.json
 """
 

@@ -226,3 +226,13 @@ def test_uncached_frozen_stacks_keep_only_stored_tensors_for_backward():
     assert_matches_float64(xg.grad, x64.grad, 2 * LAYER_DEPTH, "uncached input gradient")
     layer.context.mode, layer.context.active_domains = "isolated", frozenset({"chat", "math"})  # a gathered pick
     assert_matches_float64(layer(x), _float64_reference(layer, x), LAYER_DEPTH, "uncached gathered pick")
+
+
+def test_routing_weights_written_in_place_are_read_again():
+    layer = _layer(frozen=["chat", "code"])
+    x = torch.randn(2, 5, D_IN)
+    weights = torch.ones(2, len(DOMAINS))
+    layer.context.mode, layer.context.weights = "routed", weights
+    layer(x)
+    weights.zero_()
+    assert torch.equal(layer(x), layer.base_layer(x) + 0.0)

@@ -33,8 +33,7 @@ class StackContext:
     """The domain set for ``isolated`` mode; in ``routed`` mode, when not empty, only these domains'
     stacks run (the caller promises every other domain has weight 0 in every row)."""
     weights: Tensor | None = None
-    """[batch, n_domains] per-sample routing weights for ``routed`` mode. Read once per scope:
-    set a new tensor rather than writing into this one while it is in use."""
+    """[batch, n_domains] per-sample routing weights for ``routed`` mode."""
     aux_losses: list[Tensor] | None = None
     """When a list, each layer's active stack appends its load-balance loss here."""
     expert_fractions: list[Tensor] | None = None
@@ -83,8 +82,8 @@ class StackContext:
         if weights is None:
             raise RuntimeError("routed mode needs a [batch, n_domains] weights tensor")
         source, columns = self._routed_cache
-        if source is not weights:
-            source, columns = weights, {}
+        if source is not weights or columns.get("version") != weights._version:  # a new tensor, or written in place
+            source, columns = weights, {"version": weights._version}
             self._routed_cache = (source, columns)
         key = (domains, scale, dtype, device)
         picked = columns.get(key)
