@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, assert_matches_float64
+from test_stacked_linear import D_IN, D_OUT, DOMAINS, _config, _layer, _OpRecorder, _stack_tensors
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -16,9 +18,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from brainstacks_pl import BrainstacksModel, MoELoRA, StackConfig, StackContext, StackedLinear
-from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, assert_matches_float64
-from test_stacked_linear import D_IN, D_OUT, DOMAINS, _OpRecorder, _config, _layer, _stack_tensors
+from brainstacks_pl import BrainstacksModel, MoELoRA, StackConfig, StackedLinear
 
 # One layer: D_IN products in each GEMM row, plus up to 3 stacks x 12 rank columns in the B GEMM.
 LAYER_DEPTH = D_IN + 3 * 12 + 4

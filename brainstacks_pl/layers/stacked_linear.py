@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.context import StackContext
-from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
 from brainstacks_pl.layers.dtensor import full_tensor
+from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
 
 __all__ = ["StackedLinear", "linear_shape", "UnsupportedLayerError"]
 
