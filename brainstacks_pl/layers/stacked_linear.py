@@ -13,19 +13,26 @@ Frozen stacks are selected by domain on the host (the domain of each stack is a 
 list), never by reading a device tensor, so no ``.item()`` sync happens in ``forward``.
 Selecting the same stacks always runs the same GEMMs on the same operands, which is what
 makes "as-frozen" evaluation bit-identical however many stacks were added later.
+
+Speed: the selected stacks' operands are cast to the compute dtype once and cached per
+(selection, dtype) with the LoRA scale folded into the cached ``B`` (never into the stored
+buffers or files), so a forward does no casts and autograd keeps references to the cache,
+not per-call copies; the last GEMM adds into the base output (``addmm``). Routed mode takes
+``[B, T, d]`` inputs and the ``[B*T, d]`` ones that models such as OPT feed their MLP.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.context import StackContext
-from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
 from brainstacks_pl.layers.dtensor import full_tensor
+from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
 
 __all__ = ["StackedLinear", "linear_shape", "UnsupportedLayerError"]
 
@@ -64,6 +71,42 @@ def linear_shape(layer: nn.Module, name: str = "") -> tuple[int, int]:
     )
 
 
+class _FrozenOperands(NamedTuple):
+    """The selected frozen stacks, ready for the two GEMMs."""
+
+    w_in: Tensor
+    """[S*(E*r+E), d_in] ``[A | W_r]`` rows of every selected stack, compute dtype."""
+    w_out: Tensor
+    """[S*E*r, d_out] their ``B^T``, compute dtype, times ``config.scale`` unless ``scale`` is it."""
+    scale: float
+    """What the gates still multiply by: 1.0 when the LoRA scale is folded into ``w_out``."""
+    domains: tuple[str, ...]
+    """Domain of each selected stack (columns of the routing weights)."""
+    cast_per_call: bool = False
+    """``w_in``/``w_out`` are the stored tensors, cast inside ``_CastMatmul`` on every call
+    (``StackContext.cache_frozen`` False: no persistent compute-dtype copy)."""
+
+
+class _CastMatmul(torch.autograd.Function):
+    """``a @ w.to(a.dtype)`` that keeps the stored ``w`` for backward and casts it again there,
+    so autograd holds no compute-dtype copy of a frozen stack between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return a @ w.to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (w,) = ctx.saved_tensors
+        return grad @ w.to(grad.dtype).T, None
+
+
+# Selections whose operands stay cached per layer: routed serving uses one, training plus
+# as-frozen validation two; more would hold one more copy of the stacks each.
+_CACHED_SELECTIONS = 2
+
+
 def _storage_dtype(config: StackConfig) -> torch.dtype:
     return getattr(torch, config.frozen_dtype)
 
@@ -88,8 +131,8 @@ class StackedLinear(nn.Module):
         # Stacks live in stack files, not in this module's state_dict: buffers are non-persistent.
         self.register_buffer("frozen_in", torch.empty(0, experts * rank + experts, self.d_in, dtype=dtype, device=device), persistent=False)  # [S, E*r+E, d_in]
         self.register_buffer("frozen_Bt", torch.empty(0, experts * rank, self.d_out, dtype=dtype, device=device), persistent=False)  # [S, E*r, d_out]
-        self.register_buffer("frozen_domain_index", torch.empty(0, dtype=torch.long, device=device), persistent=False)  # [S]
         self.register_buffer("null_basis", torch.empty(self.d_out, 0, device=device), persistent=False)  # [d_out, K]
+        self._operand_cache: dict[tuple, _FrozenOperands] = {}
 
     # ------------------------------------------------------------------ stack management
     @property
@@ -131,22 +174,20 @@ class StackedLinear(nn.Module):
                 raise KeyError(f"layer '{self.name}': stack tensors lack '{key}'")
             if tuple(tensors[key].shape) != shape:
                 raise ValueError(f"layer '{self.name}': stack tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape}")
+        self.context.domain_index(domain)  # raises for an unknown domain
         dtype, device = _storage_dtype(self.config), self.frozen_in.device
         rows = tensors["in_proj"][: experts * rank + experts].to(device=device, dtype=dtype)  # drop W_n: no noise once frozen
         self.frozen_in = torch.cat([self.frozen_in, rows.unsqueeze(0)])
         self.frozen_Bt = torch.cat([self.frozen_Bt, tensors["B"].T.to(device=device, dtype=dtype).unsqueeze(0)])
-        index = torch.tensor([self.context.domain_index(domain)], device=device)
-        self.frozen_domain_index = torch.cat([self.frozen_domain_index, index])
         self.frozen_domains.append(domain)
-        self.context.stack_selection_cache.clear()
+        self._drop_operands()
 
     def clear_frozen(self) -> None:
         """Drop every frozen stack (inference swaps in the routed domains' stacks on demand)."""
         self.frozen_in = self.frozen_in[:0].clone()
         self.frozen_Bt = self.frozen_Bt[:0].clone()
-        self.frozen_domain_index = self.frozen_domain_index[:0].clone()
         self.frozen_domains = []
-        self.context.stack_selection_cache.clear()
+        self._drop_operands()
 
     def set_null_basis(self, basis: Tensor | None) -> None:
         """Set V ([d_out, K], orthonormal columns) that the active stack must not write into."""
@@ -162,40 +203,38 @@ class StackedLinear(nn.Module):
         context = self.context
         if context.mode == "base":
             return result
-        frozen = self._frozen_delta(x.detach() if self.config.detach_frozen_input else x)
-        if frozen is not None:
-            result = result + frozen.to(result.dtype)
+        routed = context.mode == "routed"
+        xs = self._per_sample(x) if routed else x  # routed: [B, T, d_in], whatever layout the model feeds
+        result = self._add_frozen(xs.detach() if self.config.detach_frozen_input else xs, result)
         if self.active is not None and context.active_enabled and context.selects(self.active_domain):
             basis = self.null_basis if self.null_space_mode == "delta" else None
-            out = self.active(x, basis, context.noise_generator)
+            out = self.active(xs, basis, context.noise_generator)
             delta = out.delta
-            if context.mode == "routed":
-                index = torch.tensor([context.domain_index(self.active_domain)], device=x.device)
-                delta = delta * self._sample_weights(index, x).squeeze(-1)  # [B, 1, 1] broadcast
+            if routed:
+                weight = context.routed_columns((self.active_domain,), 1.0, delta.dtype, delta.device)  # [B, 1]
+                delta = delta * weight.unsqueeze(-1)  # [B, T, d_out] * [B, 1, 1]
             if context.aux_losses is not None:
                 context.aux_losses.append(out.aux_loss)
             if context.expert_fractions is not None:
                 context.expert_fractions.append(out.expert_fraction)
-            result = result + delta.to(result.dtype)
+            result = result + delta.to(result.dtype).reshape(result.shape)
         return result
 
-    def _selected(self) -> slice | list[int] | None:
-        selected = [i for i, domain in enumerate(self.frozen_domains) if self.context.selects(domain)]
-        if not selected:
-            return None
-        if selected == list(range(selected[0], selected[-1] + 1)):
-            return slice(selected[0], selected[-1] + 1)  # contiguous: a view, no copy
-        return selected
+    def _per_sample(self, x: Tensor) -> Tensor:
+        """``x`` as ``[B, T, d_in]`` with B the rows of the routing weights.
 
-    def _sample_weights(self, domain_index: Tensor, x: Tensor) -> Tensor:
-        """[B, 1, S, 1] routing weights for stacks of the given domain indices (x is [B, T, d])."""
+        Most models feed ``[B, T, d]``; some (OPT's MLP) flatten the tokens to ``[B*T, d]``
+        first, batch-major, which is undone here so each row gets its own sample's weights.
+        """
         weights = self.context.weights
         if weights is None:
             raise RuntimeError("routed mode needs a [batch, n_domains] weights tensor")
-        if x.dim() != 3 or weights.shape[0] != x.shape[0]:
-            raise ValueError(f"routed mode: weights of shape {tuple(weights.shape)} do not match a batch of shape {tuple(x.shape)}")
-        picked = weights.to(device=x.device, dtype=x.dtype).index_select(1, domain_index)  # [B, S]
-        return picked[:, None, :, None]
+        batch = weights.shape[0]
+        if x.dim() >= 3 and x.shape[0] == batch:
+            return x.flatten(1, -2)
+        if x.dim() == 2 and batch and x.shape[0] % batch == 0:
+            return x.unflatten(0, (batch, -1))
+        raise ValueError(f"routed mode: weights of shape {tuple(weights.shape)} do not match a batch of shape {tuple(x.shape)}")
 
     def frozen_delta(self, x: Tensor) -> Tensor | None:
         """The summed output of the frozen stacks the current routing selects ([..., d_out]), or None.
@@ -203,28 +242,86 @@ class StackedLinear(nn.Module):
         Public so that measurements (the null-space collection) can read a layer's frozen
         contribution from its input without recomputing the base projection.
         """
-        return self._frozen_delta(x)
+        delta = self._add_frozen(self._per_sample(x) if self.context.mode == "routed" else x)
+        return None if delta is None else delta.reshape(*x.shape[:-1], self.d_out)
 
-    def _frozen_delta(self, x: Tensor) -> Tensor | None:
-        selection = self._selected()
-        if selection is None:
-            return None
+    def _add_frozen(self, x: Tensor, result: Tensor | None = None) -> Tensor | None:
+        """``result`` plus the selected frozen stacks' delta (just the delta when ``result`` is None).
+
+        Kernels per call: one A GEMM, the top-k gate for all stacks at once (topk, softmax,
+        scatter), one multiply (gate x routing weight already folded per scope), and one B GEMM
+        that also adds the result (``addmm``) -- no casts, no host-built tensors.
+        """
+        selection = self.context.selection(self.frozen_domains)
+        if not selection:
+            return result
+        operands = self._operands(selection, x.dtype, x.device)
         experts, rank = self.config.experts, self.config.rank
-        if isinstance(selection, slice):
-            w_in, w_out, domains = self.frozen_in[selection], self.frozen_Bt[selection], self.frozen_domain_index[selection]
+        if operands.cast_per_call:
+            fused = _CastMatmul.apply(x, operands.w_in.T)  # [..., S*(E*r+E)]
+        else:
+            fused = F.linear(x, operands.w_in)  # [..., S*(E*r+E)]
+        fused = fused.unflatten(-1, (len(selection), experts * rank + experts))  # [..., S, E*r+E]
+        mid, logits = fused.split([experts * rank, experts], dim=-1)  # [..., S, E*r], [..., S, E]
+        coef = top_k_gates(logits, self.config.top_k)  # [..., S, E]
+        if self.context.mode == "routed":
+            weights = self.context.routed_columns(operands.domains, operands.scale, x.dtype, x.device)  # [B, S]
+            coef = coef * weights.view(weights.shape[0], *[1] * (coef.dim() - 3), weights.shape[1], 1)  # [B, T, S, E]
+        elif operands.scale != 1.0:
+            coef = coef * operands.scale
+        mid = (mid.unflatten(-1, (experts, rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
+        if result is None or operands.cast_per_call:
+            delta = _CastMatmul.apply(mid, operands.w_out) if operands.cast_per_call else mid @ operands.w_out  # [..., d_out]
+            return delta if result is None else result + delta.to(result.dtype).reshape(result.shape)
+        if result.dtype == mid.dtype and result.is_contiguous():
+            return torch.addmm(result.reshape(-1, self.d_out), mid.reshape(-1, mid.shape[-1]), operands.w_out).view(result.shape)
+        return result + (mid @ operands.w_out).to(result.dtype).reshape(result.shape)
+
+    def _operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _FrozenOperands:
+        """The selected stacks' GEMM operands in the compute dtype, built once per (selection, dtype).
+
+        A cast or gathered copy is made once and kept (a view when nothing needs copying), so no
+        forward casts the half-precision buffers again and autograd saves the cached tensors by
+        reference instead of a fresh copy per call. Where ``B`` is copied anyway the LoRA scale is
+        folded into it (exact for rsLoRA's default s = 4, a power of two); the stored buffers and
+        the stack files keep the unscaled ``B``. Dropped when stacks change and on ``.to()``.
+        """
+        cast_per_call = not self.context.cache_frozen and self.frozen_in.dtype != dtype
+        key = (selection, dtype, device, cast_per_call)
+        operands = self._operand_cache.get(key)
+        if operands is not None:
+            return operands
+        with torch.inference_mode(False):  # built under validation's inference mode, still usable in training
+            operands = self._build_operands(selection, self.frozen_in.dtype if cast_per_call else dtype, device, fold=not cast_per_call)
+        operands = operands._replace(cast_per_call=cast_per_call)
+        while len(self._operand_cache) >= _CACHED_SELECTIONS:
+            self._operand_cache.pop(next(iter(self._operand_cache)))
+        self._operand_cache[key] = operands
+        return operands
+
+    def _build_operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device, fold: bool = True) -> _FrozenOperands:
+        first, last = selection[0], selection[-1] + 1
+        contiguous = selection == tuple(range(first, last))
+        if contiguous:
+            w_in, w_out = self.frozen_in[first:last], self.frozen_Bt[first:last]  # views
         else:
             index = torch.tensor(selection, device=self.frozen_in.device)
             w_in, w_out = self.frozen_in.index_select(0, index), self.frozen_Bt.index_select(0, index)
-            domains = self.frozen_domain_index.index_select(0, index)
-        num = w_in.shape[0]
-        fused = x @ w_in.reshape(-1, self.d_in).to(x.dtype).T  # [..., S*(E*r+E)]
-        fused = fused.unflatten(-1, (num, experts * rank + experts))  # [..., S, E*r+E]
-        mid, logits = fused.split([experts * rank, experts], dim=-1)  # [..., S, E*r], [..., S, E]
-        coef = top_k_gates(logits, self.config.top_k) * self.config.scale  # [..., S, E]
-        if self.context.mode == "routed":
-            coef = coef * self._sample_weights(domains, x)  # [B, T, S, E]
-        mid = (mid.unflatten(-1, (experts, rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
-        return mid @ w_out.reshape(-1, self.d_out).to(x.dtype)  # [..., d_out]
+        copied = not contiguous or self.frozen_Bt.dtype != dtype or self.frozen_Bt.device != device
+        w_in = w_in.reshape(-1, self.d_in).to(device=device, dtype=dtype)  # [S*(E*r+E), d_in]
+        w_out = w_out.reshape(-1, self.d_out).to(device=device, dtype=dtype)  # [S*E*r, d_out]
+        scale = self.config.scale
+        if copied and fold:  # never into a half-precision copy: that would round differently
+            w_out, scale = w_out * scale, 1.0
+        return _FrozenOperands(w_in, w_out, scale, tuple(self.frozen_domains[i] for i in selection))
+
+    def _drop_operands(self) -> None:
+        self._operand_cache.clear()
+        self.context.stack_selection_cache.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        self._operand_cache.clear()  # .to()/.half()/...: rebuilt from the moved buffers on next use
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, frozen={self.num_frozen}, active={self.active_domain!r}"

@@ -16,7 +16,10 @@ least ``chat_floor`` (0.20), in discovery exactly as at inference, so a route is
 the weights it will be served with.
 
 Many routes are scored in ONE forward: every (example, route) pair is a row of the batch with
-its own routing-weight row (``stacks.routed(weights)``, exact per sample). Results are cached
+its own routing-weight row (``stacks.routed(weights)``, exact per sample). A forward runs only
+the stacks of the domains its rows switch on (a domain with weight 0 in every row of the batch is
+skipped, not multiplied by zero) and the LM head only from the first answer token on; rows are
+ordered by length or grouped by route, whichever costs fewer multiply-adds (``_plan``). Results are cached
 per domain in ``RUN/router/discovery/<domain>.jsonl`` (rewritten atomically after every
 chunk; already-done examples are skipped on a rerun; a change of stacks or settings changes
 the fingerprint and invalidates the lines).
@@ -25,6 +28,7 @@ the fingerprint and invalidates the lines).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -171,34 +175,92 @@ class RouteLossOracle:
         self.stacks, self.pad_id, self.max_rows, self.device = stacks, pad_id, max_rows, device
         self.chat_domain, self.chat_floor = chat_domain, chat_floor
         self.forwards = 0
+        self._keeps_logits: bool | None = None
 
     def weights(self, route) -> Tensor:
         return route_weights(route, self.stacks.domains, self.chat_domain, self.chat_floor)
 
+    def _answer_logits(self, labels: Tensor) -> dict:
+        """``{logits_to_keep: positions}`` so the LM head runs only from the token before the first
+        answer token on (where the model takes that argument): with prompts longer than answers it
+        is most of the head. Positions as a tensor, not a count: Hugging Face then gathers a
+        contiguous copy, where a count slices a strided view that the head's GEMM runs slower on."""
+        if self._keeps_logits is None:
+            self._keeps_logits = "logits_to_keep" in inspect.signature(self.stacks.model.forward).parameters
+        answered = (labels != IGNORE_INDEX).any(0).nonzero()  # host tensor: no device sync
+        if not self._keeps_logits or not len(answered) or int(answered[0]) < 1:
+            return {}
+        return {"logits_to_keep": torch.arange(int(answered[0]) - 1, labels.shape[1], device=self.device)}
+
     @torch.no_grad()
     def losses(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[float]:
         """``items[i] = (ids [L_i], labels [L_i])``; returns one mean answer loss per pair."""
-        # Rows sorted by length (stable) so each forward pads as little as possible.
-        order = sorted(range(len(pairs)), key=lambda k: len(items[pairs[k][0]][0]))
         out = [0.0] * len(pairs)
-        for start in range(0, len(order), self.max_rows):
-            rows_at = order[start : start + self.max_rows]
+        for rows_at in self._plan(items, pairs):
             chunk = [pairs[k] for k in rows_at]
-            length = max(len(items[i][0]) for i, _ in chunk)
-            ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)  # [R, L]
-            labels = torch.full((len(chunk), length), IGNORE_INDEX, dtype=torch.long)  # [R, L]
-            mask = torch.zeros((len(chunk), length), dtype=torch.long)  # [R, L]
-            for row, (i, _) in enumerate(chunk):
-                seq_ids, seq_labels = items[i]
-                ids[row, : len(seq_ids)], labels[row, : len(seq_ids)], mask[row, : len(seq_ids)] = seq_ids, seq_labels, 1
-            weights = torch.stack([self.weights(route) for _, route in chunk]).to(self.device)  # [R, D]
-            with self.stacks.routed(weights):
-                logits = self.stacks(ids.to(self.device), mask.to(self.device)).logits
-            sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
-            for k, loss in zip(rows_at, (sums / counts.clamp_min(1)).tolist()):
+            for k, loss in zip(rows_at, self._chunk_losses(items, chunk)):
                 out[k] = loss
             self.forwards += 1
         return out
+
+    def _plan(self, items: Sequence[tuple[Tensor, Tensor]], pairs: Sequence[Pair]) -> list[list[int]]:
+        """Rows per forward (at most ``max_rows`` each), the cheapest of a few orderings.
+
+        Sorting rows by length pads least; grouping them by route lets a forward skip the stacks
+        no row of it switches on. Which wins depends on the lengths, the routes and how much a
+        stack costs next to the base, so each candidate is priced in multiply-adds per padded
+        token (base projections + LM head + the switched-on domains' stacks) on the host.
+        """
+        lengths = [len(items[i][0]) for i, _ in pairs]
+        position = {d: i for i, d in enumerate(self.stacks.domains)}
+        routes = [tuple(sorted(position.get(d, len(position)) for d in route)) for _, route in pairs]
+        base, per_stack = self._token_costs()
+        stacks_of = {d: sum(info.domain == d for info in self.stacks.frozen_stacks) for d in self.stacks.domains}
+        on_cache: dict[tuple, int] = {}
+
+        def cost(chunk: list[int]) -> float:
+            key = tuple(sorted({pairs[k][1] for k in chunk}, key=sorted))
+            if key not in on_cache:
+                on = (torch.stack([self.weights(route) for route in key]) > 0).any(0).tolist()
+                on_cache[key] = sum(stacks_of[d] for d, flag in zip(self.stacks.domains, on) if flag)
+            return len(chunk) * max(lengths[k] for k in chunk) * (base + on_cache[key] * per_stack)
+
+        plans = []
+        for bucket in (1, 16, None):  # None: by route first, then length
+            order = sorted(range(len(pairs)), key=lambda k: (lengths[k] // bucket if bucket else 0, routes[k], lengths[k]))
+            plans.append([order[start : start + self.max_rows] for start in range(0, len(order), self.max_rows)])
+        return min(plans, key=lambda plan: sum(cost(chunk) for chunk in plan))
+
+    def _token_costs(self) -> tuple[float, float]:
+        """Multiply-adds per token: the base's projections and LM head, and one frozen stack."""
+        cfg = self.stacks.stack_config
+        shapes = self.stacks.layer_shapes().values()
+        head = self.stacks.model.get_output_embeddings()
+        base = sum(i * o for i, o in shapes) + (head.weight.numel() if head is not None else 0)
+        per_stack = sum((cfg.experts * (cfg.rank + 1)) * i + cfg.experts * cfg.rank * o for i, o in shapes)
+        return float(base), float(per_stack)
+
+    def _chunk_losses(self, items: Sequence[tuple[Tensor, Tensor]], chunk: Sequence[Pair]) -> list[float]:
+        length = max(len(items[i][0]) for i, _ in chunk)
+        ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)  # [R, L]
+        labels = torch.full((len(chunk), length), IGNORE_INDEX, dtype=torch.long)  # [R, L]
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)  # [R, L]
+        for row, (i, _) in enumerate(chunk):
+            seq_ids, seq_labels = items[i]
+            ids[row, : len(seq_ids)], labels[row, : len(seq_ids)], mask[row, : len(seq_ids)] = seq_ids, seq_labels, 1
+        weights = torch.stack([self.weights(route) for _, route in chunk])  # [R, D]
+        switched_on = [d for d, on in zip(self.stacks.domains, (weights > 0).any(0).tolist()) if on]
+        if switched_on:
+            scope = self.stacks.routing("routed", domains=switched_on, weights=weights.to(self.device))
+        else:
+            scope = self.stacks.base_only()
+        keep = self._answer_logits(labels)
+        if keep:
+            labels = labels[:, int(keep["logits_to_keep"][0]) :]
+        with scope:
+            logits = self.stacks(ids.to(self.device), mask.to(self.device), **keep).logits
+        sums, counts = per_sample_lm_loss(logits, labels.to(self.device))
+        return (sums / counts.clamp_min(1)).tolist()
 
 
 class DiscoveryCache:
