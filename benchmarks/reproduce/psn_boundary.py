@@ -23,7 +23,7 @@ import yaml
 
 from common import Bench, add_training_flags, domains_flag, fmt, parser, read_forgetting, read_manifest, training_overrides
 
-from brainstacks_pl.demo_base import resolve_model_name
+from brainstacks_pl.assets import resolve_model_name
 
 
 def random_base(model_name: str, out: Path, seed: int) -> Path:
