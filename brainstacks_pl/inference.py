@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE
 from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel

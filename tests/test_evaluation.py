@@ -162,7 +162,7 @@ def test_task_yaml_answers_by_index_letter_or_text_and_few_shot(tmp_path):
     shots, examples = load_examples(task)
     assert [e.answer for e in shots + examples] == [0, 1, 0]
     context = build_context(examples[0], shots, "Q: {prompt}\nA: ")
-    assert context == "Q: 1+1?\nA: 2\n\nQ: 2+1?\nA: "
+    assert context == "Q: User: 1+1?\nA: 2\n\nQ: User: 2+1?\nA: "
     with pytest.raises(ValueError, match="unknown fields"):
         load_task(write_task(tmp_path, "bad", rows, colums={}))
     with pytest.raises(ValueError, match="type must be"):

@@ -216,3 +216,21 @@ def test_chat_session_commands_and_errors_keep_the_session_going(run_dir):
     assert "route: chat" in text and "error: unknown command /bogus" in text and "error: usage: /temp" in text
     assert "max new tokens: 2" in text and "mode: base" in text and "resident stacks:" in text
     assert "error: usage: /mode" in text and "greedy decoding" in text
+
+
+def test_chat_sends_the_conversation_and_its_first_turn_routes_like_generate(generator):
+    session = inference_cli.ChatSession(generator, "routed", max_new_tokens=2, out=io.StringIO())
+    first = session.conversation("Hi, I'm Tom.")
+    assert first == "Hi, I'm Tom."
+    assert generator.route(["User: Hi, I'm Tom."])[0].probs == generator.route([first])[0].probs
+    session.handle("Hi, I'm Tom.")
+    assert [role for role, _ in session.history] == ["User", "Assistant"]
+    second = session.conversation("And you?")
+    assert second.startswith("User: Hi, I'm Tom.\nAssistant: ") and second.endswith("\nUser: And you?")
+    assert "tokens/s]" in session.out.getvalue()
+    session.max_new_tokens = generator.context_length - 8  # no room for the history: it is dropped
+    assert session.conversation("And you?") == "And you?"
+    session.handle("/reset")
+    assert session.history == []
+    session.handle("/help")
+    assert "/route TEXT" in session.out.getvalue() and "``" not in session.out.getvalue()
