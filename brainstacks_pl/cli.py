@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
-from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, phase_callbacks
+from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, flatten_settings, phase_callbacks
 
 __all__ = ["BrainstacksCLI", "cli_main", "run_fit", "main", "CurriculumProgressBar"]
 
@@ -125,7 +125,9 @@ class BrainstacksCLI(LightningCLI):
             )
             return Trainer(**config)
 
-        return PhaseContext(run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced)
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        settings = flatten_settings(config.clone().as_dict()) if config is not None else {}
+        return PhaseContext(run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced, settings=settings)
 
     @staticmethod
     def _shared_logger(configured, run_dir: Path) -> Logger | None:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.optim import stack_optimizers
-from brainstacks_pl.phase import stack_seed
+from brainstacks_pl.phase import record_settings, stack_seed
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.storage import Manifest, StackRecord
 
@@ -138,12 +138,31 @@ class AlignmentModule(L.LightningModule):
             if self.domain not in stacks.domains:
                 raise ValueError(f"domain {self.domain!r} is not in this run; its domains are {stacks.domains}")
             done = [r for r in run.records(self.domain) if r.phase == self.phase]
-            if len(done) >= self.max_phase_stacks:
-                log.info("%s: %d %s stack(s) of %s exist (max_phase_stacks=%d); nothing to do", run.root, len(done), self.phase, self.domain, self.max_phase_stacks)
-                return
-            self._train_one_stack(run, context, datamodule)
+            rerun = len(done) >= self.max_phase_stacks
+            if not rerun:
+                record_settings(run.manifest, f"{self.phase}:{self.domain}", context.settings)
+                self._train_one_stack(run, context, datamodule)
         finally:
             run.release_lock()
+        if run.is_writer:
+            self.print_summary(run, context.settings, rerun)
+
+    def print_summary(self, run, settings: dict, rerun: bool) -> None:
+        """Before/after on the held-out set and the stack file of this phase's last stack."""
+        from brainstacks_pl.report import print_phase_summary, rerun_note
+
+        records = [r for r in run.records(self.domain) if r.phase == self.phase]
+        entries = [e for e in run.manifest.extra.get("alignment", []) if e["phase"] == self.phase and e["domain"] == self.domain]
+        entry = entries[-1] if entries else {"before": {}, "after": {}}
+        rows = [(k, entry["before"].get(k), entry["after"].get(k)) for k in dict.fromkeys([*entry["before"], *entry["after"]])]
+        artifacts = {"stack": run.root / records[-1].file} if records else {}
+        notes = []
+        if rerun:
+            what = f"{self.phase} of {self.domain} ({len(records)} stack(s), max_phase_stacks={self.max_phase_stacks}) in {run.root}"
+            notes.append(rerun_note(what, run.manifest, f"{self.phase}:{self.domain}", settings))
+        served = entry.get("served")
+        title = f"{self.phase} on {self.domain}: held-out before / after" + (f" (served as: {served})" if served else "")
+        print_phase_summary(title, rows, artifacts, notes)
 
     def _train_one_stack(self, run, context, datamodule) -> StackRecord:
         stacks = self.stacks
