@@ -27,7 +27,8 @@ def print_forgetting_report(forgetting: ForgettingMatrix, run_dir: Path, logger=
         console.print(table)
     console.print(f"run directory: {run_dir}  (manifest.json, stacks/, forgetting_matrix.json)")
     if logger is not None:
-        console.print(f"TensorBoard logs: {logger.log_dir}  ->  tensorboard --logdir {logger.log_dir}")
+        root = Path(logger.log_dir).parent if Path(logger.log_dir).parent.name == "tensorboard" else Path(logger.log_dir)
+        console.print(f"TensorBoard logs: {logger.log_dir} (this phase; one run per fit below it)  ->  tensorboard --logdir {root}")
 
 
 def _cell(value) -> str:

@@ -101,6 +101,9 @@ class RouterModule(L.LightningModule):
         seed: Seed of the router initialisation and the shuffle.
     """
 
+    phase: ClassVar[str] = "router"
+    """The phase's name (its TensorBoard run is ``tensorboard/router``)."""
+
     phase_callbacks: ClassVar[tuple[str, ...]] = ()
     """No SFT callback applies: the router is not a stack (no boosting, null space or best-stack
     guard); the phase keeps its own best epoch (``self.best``)."""

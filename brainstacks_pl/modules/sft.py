@@ -10,7 +10,7 @@ frozen stacks from their files.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import lightning as L
 import torch
@@ -49,6 +49,9 @@ class StackSFTModule(L.LightningModule):
         seed: Seed of stack initialisation and of the per-epoch gating noise.
         log_expert_utilisation_every: Log per-expert utilisation every N training steps (0 = never).
     """
+
+    phase: ClassVar[str] = "sft"
+    """The phase's name (its TensorBoard run is ``tensorboard/sft``)."""
 
     def __init__(
         self,
