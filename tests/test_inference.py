@@ -234,3 +234,26 @@ def test_chat_sends_the_conversation_and_its_first_turn_routes_like_generate(gen
     assert session.history == []
     session.handle("/help")
     assert "/route TEXT" in session.out.getvalue() and "``" not in session.out.getvalue()
+
+
+def test_alignment_serving_scopes_route_like_generate(generator, run_dir):
+    """DPO / GRPO train in the served configuration: the routed scope's weights are exactly
+    what ``generate`` serves for the same prompts; as-frozen is the domain and earlier ones."""
+    from brainstacks_pl.modules.serving import ServedConfiguration, prompt_rows
+
+    set_bias(generator, [3.0, -3.0, 3.0])
+    served = ServedConfiguration(generator.stacks, "math", "routed", generator)
+    prompts = ["What is 2+2?", "Hi, I'm Tom."]
+    encoded = [generator.encode(p) for p in prompts]
+    expected = generator.weight_matrix(generator.route(prompts))
+    assert torch.equal(served.weights(encoded), expected)
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([[99] * (width - len(e)) + e for e in encoded])  # left-padded, as GRPO's prompts
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    assert prompt_rows(ids, mask) == encoded
+    with served.scope(encoded, repeat=2, tile=1):
+        ctx = generator.stacks.context
+        assert ctx.mode == "routed" and torch.equal(ctx.weights, expected.repeat_interleave(2, 0))
+    with ServedConfiguration(generator.stacks, "code", "as_frozen").scope():
+        assert generator.stacks.context.mode == "isolated" and generator.stacks.context.active_domains == {"chat", "code"}
+    assert generator.stacks.context.mode == "ungated"
