@@ -57,9 +57,9 @@ def print_phase_summary(title: str, rows: Sequence[tuple[str, Any, Any]], artifa
     else:
         console.print(title)
     for what, where in artifacts.items():
-        console.print(f"{what}: {where}")
+        console.print(f"{what}: {where}", soft_wrap=True, highlight=False)  # a path stays one line
     for note in notes:
-        console.print(note)
+        console.print(note, soft_wrap=True, highlight=False)
 
 
 def rerun_note(what: str, manifest, key: str, settings: dict) -> str:
