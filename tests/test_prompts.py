@@ -70,3 +70,13 @@ def test_no_demo_domain_can_be_told_apart_by_its_prompt_format():
 @pytest.mark.parametrize("template", ["{prompt}", "Q: {prompt}\nA: "])
 def test_custom_templates_keep_the_canonical_body(template):
     assert format_prompt("User: hi", template) == template.replace("{prompt}", "User: hi")
+
+
+def test_the_http_server_renders_conversations_like_chat_and_generate():
+    pytest.importorskip("pydantic")
+    from brainstacks_pl.serve.schema import Message, chat_prompt
+
+    lone = [Message(role="user", content="Hi, I'm Tom.")]
+    assert chat_prompt(lone) == "Hi, I'm Tom." and format_prompt(chat_prompt(lone)) == format_prompt("Hi, I'm Tom.")
+    convo = [Message(role="developer", content="Be brief."), Message(role="user", content="Hi"), Message(role="assistant", content="Hello!"), Message(role="user", content="Bye")]
+    assert format_prompt(chat_prompt(convo)) == format_prompt([("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye")])
