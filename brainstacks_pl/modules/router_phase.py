@@ -27,7 +27,7 @@ from brainstacks_pl.progress import Progress
 from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
-from brainstacks_pl.routing.rows import RouterRow, split_by_prompt
+from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
 from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
@@ -172,8 +172,6 @@ class RouterPhase:
 
     def held_out(self, val, features) -> dict[str, float]:
         """The router's validation BCE and selection scores (the numbers its best epoch is chosen by)."""
-        from brainstacks_pl.modules.router import selection_scores
-
         domains = self.module.domain_names
         probs = self.predict([r.prompt for r in val], features).double()  # [N, D]
         targets = torch.tensor([r.target for r in val], dtype=torch.float64)  # [N, D]
