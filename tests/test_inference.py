@@ -257,3 +257,17 @@ def test_alignment_serving_scopes_route_like_generate(generator, run_dir):
     with ServedConfiguration(generator.stacks, "code", "as_frozen").scope():
         assert generator.stacks.context.mode == "isolated" and generator.stacks.context.active_domains == {"chat", "code"}
     assert generator.stacks.context.mode == "ungated"
+
+
+def test_gap_auroc_and_best_gate_on_hand_values_and_a_run(run_dir, capsys):
+    from brainstacks_pl.routing.gap import auroc, best_gate, out_of_domain_prompts
+
+    assert auroc([0.9, 0.8], [0.1, 0.85]) == 0.75 and auroc([0.5], [0.5]) == 0.5
+    assert best_gate([0.9, 0.8, 0.3], [0.1, 0.2]) == {"gate": 0.3, "tpr": 1.0, "fpr": 0.0, "youden_j": 1.0}
+    assert len(out_of_domain_prompts()) >= 30
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "gap_auroc.py"))
+    result = script["main"](["--run", str(run_dir), "--tasks", "chat_mc,math_mc"])
+    assert result["n_in_domain"] == 80 and result["n_out_of_domain"] == len(out_of_domain_prompts())
+    assert 0.0 <= result["auroc"] <= 1.0 and "gap AUROC" in capsys.readouterr().out
