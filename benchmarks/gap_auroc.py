@@ -27,12 +27,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     generator = RoutedGenerator.from_run(args.run, require_router=True)
     in_domain = list(dict.fromkeys(ex.prompt for task in resolve_tasks(args.tasks) for ex in load_examples(task)[1]))
-    result = {"run": args.run, "in_domain_source": f"tasks {args.tasks}", "out_of_domain_source": "brainstacks_pl/data/demo/out_of_domain.jsonl",
-              **measure_gap(generator, in_domain, out_of_domain_prompts())}
+    result = {
+        "run": args.run,
+        "in_domain_source": f"tasks {args.tasks}",
+        "out_of_domain_source": "brainstacks_pl/data/demo/out_of_domain.jsonl",
+        **measure_gap(generator, in_domain, out_of_domain_prompts()),
+    }
     best = result["best_gate"]
-    print(f"gap AUROC {result['auroc']:.3f} ({result['n_in_domain']} in-domain vs {result['n_out_of_domain']} out-of-domain prompts)")
-    print(f"gate {result['gate']:.2f}: {result['gate_in_domain_passes']:.0%} of in-domain prompts pass, "
-          f"the gap fires on {result['gate_out_of_domain_fires']:.0%} of out-of-domain prompts")
+    print(
+        f"gap AUROC {result['auroc']:.3f} ({result['n_in_domain']} in-domain vs {result['n_out_of_domain']} out-of-domain prompts)"
+    )
+    print(
+        f"gate {result['gate']:.2f}: {result['gate_in_domain_passes']:.0%} of in-domain prompts pass, "
+        f"the gap fires on {result['gate_out_of_domain_fires']:.0%} of out-of-domain prompts"
+    )
     print(f"best gate {best['gate']:.3f}: TPR {best['tpr']:.0%}, FPR {best['fpr']:.0%}")
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")

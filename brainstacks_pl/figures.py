@@ -8,14 +8,25 @@ TensorBoard images") says how to read each one.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = ["matrix_figure", "forgetting_figure", "routing_figure", "spectrum_figure", "similarity_figure", "log_figure"]
 
 
-def _heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], fmt: str, vmin=None, vmax=None, cmap: str = "viridis", annotate: bool = True):
+def _heatmap(
+    ax,
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    fmt: str,
+    vmin=None,
+    vmax=None,
+    cmap: str = "viridis",
+    annotate: bool = True,
+):
     """One labelled heatmap on ``ax``; NaN cells are left blank. Returns the image (for a colour bar)."""
     masked = np.ma.masked_invalid(np.asarray(matrix, dtype=float))
     image = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -29,7 +40,9 @@ def _heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], f
                     continue
                 value = float(masked[i, j])
                 dark = (value - lo) / max(hi - lo, 1e-12) < 0.5  # viridis: dark at the low end
-                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                ax.text(
+                    j, i, format(value, fmt), ha="center", va="center", fontsize=8, color="white" if dark else "black"
+                )
     return image
 
 
@@ -40,8 +53,17 @@ def _figure(width: float, height: float):
 
 
 def matrix_figure(
-    matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str, ylabel: str,
-    colorbar: str, fmt: str = ".3f", vmin=None, vmax=None, cmap: str = "viridis",
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    colorbar: str,
+    fmt: str = ".3f",
+    vmin=None,
+    vmax=None,
+    cmap: str = "viridis",
 ):
     """A heatmap of ``matrix`` [len(rows), len(cols)] with labelled axes, cell values and a colour bar."""
     fig = _figure(2.8 + 0.9 * max(len(cols), 3), 1.4 + 0.5 * max(len(rows), 3))
@@ -105,7 +127,9 @@ def spectrum_figure(spectra: dict[str, Sequence[float]], domain: str):
             matrix[row, : values.size] = np.log10(values / values[0] + 1e-12)
     fig = _figure(3.0 + min(width, 64) * 0.12, 1.4 + 0.22 * max(len(names), 2))
     ax = fig.add_subplot()
-    image = _heatmap(ax, matrix, names, [str(i) if i % 8 == 0 else "" for i in range(width)], ".1f", cmap="magma", annotate=False)
+    image = _heatmap(
+        ax, matrix, names, [str(i) if i % 8 == 0 else "" for i in range(width)], ".1f", cmap="magma", annotate=False
+    )
     ax.tick_params(axis="y", labelsize=6)
     ax.set_title(f"null space before {domain}: singular value spectrum per layer", fontsize=10)
     ax.set_xlabel("singular direction index (0 = strongest)")
@@ -117,8 +141,16 @@ def spectrum_figure(spectra: dict[str, Sequence[float]], domain: str):
 def similarity_figure(similarity: np.ndarray, sources: Sequence[str], domain: str):
     """Mean over layers of how much the earlier domains' protected subspaces overlap."""
     return matrix_figure(
-        similarity, sources, sources, f"null space before {domain}:\ncross-domain subspace similarity",
-        "earlier domain", "earlier domain", "overlap (0 orthogonal, 1 same)", fmt=".2f", vmin=0.0, vmax=1.0,
+        similarity,
+        sources,
+        sources,
+        f"null space before {domain}:\ncross-domain subspace similarity",
+        "earlier domain",
+        "earlier domain",
+        "overlap (0 orthogonal, 1 same)",
+        fmt=".2f",
+        vmin=0.0,
+        vmax=1.0,
     )
 
 

@@ -9,7 +9,7 @@ SLURM log alike) at a bounded rate: at most one line every ``interval`` seconds,
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -24,7 +24,14 @@ def _duration(seconds: float) -> str:
 class Progress:
     """``label: done/total (pct), elapsed, ~remaining`` lines, at most one per ``interval`` s."""
 
-    def __init__(self, label: str, total: int, interval: float = 10.0, emit: Callable[[str], None] = rank_zero_info, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        interval: float = 10.0,
+        emit: Callable[[str], None] = rank_zero_info,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.total, self.interval, self.emit, self.clock = label, total, interval, emit, clock
         self.done = 0
         self.started = self.last = clock()
@@ -41,5 +48,7 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         left = f", ~{_duration((self.total - self.done) / rate)} left" if rate > 0 and not finished else ""
         share = f" ({self.done / self.total:.0%})" if self.total else ""
-        self.emit(f"{self.label}: {self.done}/{self.total}{share}, {_duration(elapsed)}{left}{f' [{note}]' if note else ''}")
+        self.emit(
+            f"{self.label}: {self.done}/{self.total}{share}, {_duration(elapsed)}{left}{f' [{note}]' if note else ''}"
+        )
         self.lines += 1

@@ -17,8 +17,8 @@ import torch
 from transformers import AutoTokenizer
 
 from brainstacks_pl import BrainstacksModel, StackConfig, storage
-from brainstacks_pl.data.prompts import format_prompt
 from brainstacks_pl.assets import resolve_model_name
+from brainstacks_pl.data.prompts import format_prompt
 
 EXAMPLES = [("What is 12 times 7?", "12 x 7 = 84.\n#### 84"), ("What is 9 plus 15?", "9 + 15 = 24.\n#### 24")]
 
@@ -58,7 +58,9 @@ def main(steps: int = 10, out_dir: str | None = None) -> dict[str, float]:
         loss.backward()
         optimizer.step()
         first = out.loss.item() if first is None else first
-        print(f"step {step}: loss {out.loss.item():.4f}  aux_loss {out.aux_loss.item():.3f} (x {config.aux_coeff} = {config.aux_coeff * out.aux_loss.item():.4f})")
+        print(
+            f"step {step}: loss {out.loss.item():.4f}  aux_loss {out.aux_loss.item():.3f} (x {config.aux_coeff} = {config.aux_coeff * out.aux_loss.item():.4f})"
+        )
 
     tensors = stacks.freeze_stack()  # frozen, half precision; returns the stack's tensors
     path = Path(out_dir or tempfile.mkdtemp()) / "math-r0.safetensors"

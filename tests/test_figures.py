@@ -28,14 +28,19 @@ def test_forgetting_figure_labels_every_panel_and_cell_and_has_a_colour_bar():
     for ax in panels:
         assert _ticks(ax, "x") == DOMAINS and ax.get_xlabel() == "domain evaluated"
     assert _ticks(panels[0], "y") == DOMAINS and panels[0].get_ylabel() == "after training domain"
-    assert sorted(_texts(panels[0])) == sorted(["1.500", "1.250", "2.000", "1.750", "2.500", "3.000"])  # NaN cells blank
+    assert sorted(_texts(panels[0])) == sorted(
+        ["1.500", "1.250", "2.000", "1.750", "2.500", "3.000"]
+    )  # NaN cells blank
 
 
 def test_routing_similarity_and_spectrum_figures_are_labelled(tmp_path):
-    report = {"domains": DOMAINS, "per_source": {
-        "chat": {"n": 4, "oracle": {"chat": 0.75, "base": 0.25}, "router": {"chat": 1.0}},
-        "math": {"n": 4, "oracle": {"chat+math": 1.0}, "router": {"math": 0.5, "chat+math": 0.5}},
-    }}
+    report = {
+        "domains": DOMAINS,
+        "per_source": {
+            "chat": {"n": 4, "oracle": {"chat": 0.75, "base": 0.25}, "router": {"chat": 1.0}},
+            "math": {"n": 4, "oracle": {"chat+math": 1.0}, "router": {"math": 0.5, "chat+math": 0.5}},
+        },
+    }
     fig = routing_figure(report)
     oracle, router = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert _ticks(oracle, "y") == ["chat", "math"] and _ticks(router, "x") == DOMAINS
@@ -46,11 +51,13 @@ def test_routing_similarity_and_spectrum_figures_are_labelled(tmp_path):
     sim = similarity_figure(np.eye(2), ["chat", "code"], "math")
     assert _ticks(sim.axes[0], "x") == ["chat", "code"] and _texts(sim.axes[0]) == ["1.00", "0.00", "0.00", "1.00"]
     spec = spectrum_figure({"layers.0.q_proj": [4.0, 2.0, 1.0], "layers.0.v_proj": [1.0]}, "math")
-    assert _ticks(spec.axes[0], "y") == ["layers.0.q_proj", "layers.0.v_proj"] and spec.axes[0].get_xlabel().startswith("singular")
+    assert _ticks(spec.axes[0], "y") == ["layers.0.q_proj", "layers.0.v_proj"] and spec.axes[0].get_xlabel().startswith(
+        "singular"
+    )
     assert len(spec.axes) == 2  # the heatmap and its colour bar
 
-    from torch.utils.tensorboard import SummaryWriter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
 
     logger = type("L", (), {"experiment": SummaryWriter(str(tmp_path))})()
     assert log_figure(logger, "router/selection", fig) and not log_figure(object(), "x", fig)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_dpo import dpo_args
+from test_grpo import grpo_args
+from test_router import REPO, router_args, sft_run  # noqa: F401  (sft_run: the tiny SFT run fixture)
 
 from brainstacks_pl import inference_cli
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.evaluation import run_eval
-from test_dpo import dpo_args
-from test_grpo import grpo_args
-from test_router import REPO, router_args, sft_run  # noqa: F401  (sft_run: the tiny SFT run fixture)
 
 pty = pytest.importorskip("pty")  # POSIX only (the pseudo-terminal part)
 
@@ -35,7 +35,10 @@ def _flat(text: str) -> str:
 
 def _generate(run: Path, prompt: str) -> str:
     out = io.StringIO()
-    assert inference_cli.main(["generate", "--run", str(run), "--prompt", prompt, "--max_new_tokens", "3"], stdout=out) == 0
+    assert (
+        inference_cli.main(["generate", "--run", str(run), "--prompt", prompt, "--max_new_tokens", "3"], stdout=out)
+        == 0
+    )
     return out.getvalue()
 
 
@@ -83,14 +86,32 @@ def test_the_readme_journey_on_a_tiny_run(sft_run, tmp_path, capsys, caplog, mon
     caplog.set_level(logging.INFO)
 
     # SFT ran in the fixture; a rerun with a changed setting says it is finished and ignores it.
-    cli_main([
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"), "--trainer.default_root_dir", str(run),
-        "--model.model_name_or_path", json.loads((run / "manifest.json").read_text())["base_model_id"],
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "96", "--data.batch_size", "4", "--data.max_val_examples", "8",
-        '--data.domains=[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]',
-        "--boosting.max_rounds", "1",
-    ])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--trainer.default_root_dir",
+            str(run),
+            "--model.model_name_or_path",
+            json.loads((run / "manifest.json").read_text())["base_model_id"],
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.max_seq_len",
+            "96",
+            "--data.batch_size",
+            "4",
+            "--data.max_val_examples",
+            "8",
+            '--data.domains=[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]',
+            "--boosting.max_rounds",
+            "1",
+        ]
+    )
     out = _flat(capsys.readouterr().out)
     assert "SFT: each domain's validation loss" in out and f"stacks: {run / 'stacks'}" in out
     assert "already finished, nothing to do" in out and "trainer.max_epochs: 1 -> 2" in out
@@ -106,7 +127,12 @@ def test_the_readme_journey_on_a_tiny_run(sft_run, tmp_path, capsys, caplog, mon
     assert raw == typed and _route_line(raw).startswith("route: ")
 
     # chat on a pseudo-terminal: the first turn routes like generate; tokens/s; plain /help.
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1", "TERM": "dumb"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "TERM": "dumb",
+    }
     term = Terminal([sys.executable, "-m", "brainstacks_pl", "chat", "--run", str(run), "--max_new_tokens", "3"], env)
     try:
         term.read_until(r"/help for commands")
@@ -134,9 +160,15 @@ def test_the_readme_journey_on_a_tiny_run(sft_run, tmp_path, capsys, caplog, mon
     assert "grpo on math" in out and "served as: routed by the trained router" in out
     assert re.search(rf"stack: {re.escape(str(run / 'stacks'))}/math-r\d\.safetensors", out)
     alignment = json.loads((run / "manifest.json").read_text())["extra"]["alignment"]
-    assert [(a["phase"], a["served"]) for a in alignment] == [("dpo", "routed by the trained router"), ("grpo", "routed by the trained router")]
+    assert [(a["phase"], a["served"]) for a in alignment] == [
+        ("dpo", "routed by the trained router"),
+        ("grpo", "routed by the trained router"),
+    ]
 
     # evaluate: chance per task, intervals, a winner, and where the results are.
-    assert run_eval.main(["--run", str(run), "--tasks", "demo", "--limit", "2", "--batch_size", "8", "--no_tensorboard"]) == 0
+    assert (
+        run_eval.main(["--run", str(run), "--tasks", "demo", "--limit", "2", "--batch_size", "8", "--no_tensorboard"])
+        == 0
+    )
     out = _flat(capsys.readouterr().out)
     assert "chance" in out and "winner" in out and f"results: {run / 'eval' / 'results.json'}" in out

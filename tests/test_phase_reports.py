@@ -22,7 +22,11 @@ def test_progress_lines_are_rate_limited_and_the_last_one_always_shows():
 
 
 def test_settings_are_flattened_compared_and_named_on_a_rerun():
-    config = {"config": ["a.yaml"], "trainer": {"max_epochs": 2, "default_root_dir": "runs/x"}, "model": {"init_args": {"lr": 0.1}}}
+    config = {
+        "config": ["a.yaml"],
+        "trainer": {"max_epochs": 2, "default_root_dir": "runs/x"},
+        "model": {"init_args": {"lr": 0.1}},
+    }
     flat = flatten_settings(config)
     assert flat == {"trainer.max_epochs": 2, "model.init_args.lr": 0.1}
     manifest = SimpleNamespace(extra={})
@@ -31,11 +35,19 @@ def test_settings_are_flattened_compared_and_named_on_a_rerun():
     assert settings_note(manifest, "sft", flat) == "same settings as the finished run"
     changed = {**flat, "trainer.max_epochs": 3}
     assert changed_settings(flat, changed) == ["trainer.max_epochs"]
-    assert settings_note(manifest, "sft", changed) == "changed settings ignored (the phase is finished): trainer.max_epochs: 2 -> 3"
+    assert (
+        settings_note(manifest, "sft", changed)
+        == "changed settings ignored (the phase is finished): trainer.max_epochs: 2 -> 3"
+    )
 
 
 def test_phase_summary_table_has_before_after_and_artifacts(capsys):
-    print_phase_summary("dpo on chat", [("val_loss", 0.693, 0.338), ("reward_accuracy", 0.0, None)], {"stack": "runs/demo/stacks/chat-r2.safetensors"}, ["a note"])
+    print_phase_summary(
+        "dpo on chat",
+        [("val_loss", 0.693, 0.338), ("reward_accuracy", 0.0, None)],
+        {"stack": "runs/demo/stacks/chat-r2.safetensors"},
+        ["a note"],
+    )
     out = capsys.readouterr().out
     assert "dpo on chat" in out and "0.693" in out and "0.338" in out and "-" in out
     assert "stack: runs/demo/stacks/chat-r2.safetensors" in out and "a note" in out

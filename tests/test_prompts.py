@@ -18,7 +18,9 @@ PREFIX = DEFAULT_PROMPT_TEMPLATE.split("{prompt}")[0]
 def test_a_user_turn_renders_the_same_from_every_format():
     rows = {
         "alpaca": {"instruction": "What is 12 times 7?", "input": "", "output": "84"},
-        "messages": {"messages": [{"role": "user", "content": "What is 12 times 7?"}, {"role": "assistant", "content": "84"}]},
+        "messages": {
+            "messages": [{"role": "user", "content": "What is 12 times 7?"}, {"role": "assistant", "content": "84"}]
+        },
         "prompt_completion": {"prompt": "What is 12 times 7?", "completion": "84"},
         "question_answer": {"question": "What is 12 times 7?", "answer": "84"},
     }
@@ -27,9 +29,17 @@ def test_a_user_turn_renders_the_same_from_every_format():
 
 
 def test_role_prefixed_text_reads_back_as_turns_and_rendering_is_idempotent():
-    assert format_prompt("User: Hi, I'm Tom.") == format_prompt("Hi, I'm Tom.") == format_prompt([("user", "Hi, I'm Tom.")])
+    assert (
+        format_prompt("User: Hi, I'm Tom.")
+        == format_prompt("Hi, I'm Tom.")
+        == format_prompt([("user", "Hi, I'm Tom.")])
+    )
     convo = "User: Hi, I'm Ana.\nAssistant: Hello Ana!\nUser: What can you do?\nList it."
-    assert parse_turns(convo) == [("User", "Hi, I'm Ana."), ("Assistant", "Hello Ana!"), ("User", "What can you do?\nList it.")]
+    assert parse_turns(convo) == [
+        ("User", "Hi, I'm Ana."),
+        ("Assistant", "Hello Ana!"),
+        ("User", "What can you do?\nList it."),
+    ]
     assert render_turns(convo) == convo and prompt_text(convo) == convo
     assert format_prompt(format_prompt_body := render_turns("Plain question?")) == format_prompt(format_prompt_body)
     assert prompt_text("User: only one turn") == "only one turn"
@@ -78,5 +88,12 @@ def test_the_http_server_renders_conversations_like_chat_and_generate():
 
     lone = [Message(role="user", content="Hi, I'm Tom.")]
     assert chat_prompt(lone) == "Hi, I'm Tom." and format_prompt(chat_prompt(lone)) == format_prompt("Hi, I'm Tom.")
-    convo = [Message(role="developer", content="Be brief."), Message(role="user", content="Hi"), Message(role="assistant", content="Hello!"), Message(role="user", content="Bye")]
-    assert format_prompt(chat_prompt(convo)) == format_prompt([("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye")])
+    convo = [
+        Message(role="developer", content="Be brief."),
+        Message(role="user", content="Hi"),
+        Message(role="assistant", content="Hello!"),
+        Message(role="user", content="Bye"),
+    ]
+    assert format_prompt(chat_prompt(convo)) == format_prompt(
+        [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye")]
+    )

@@ -45,8 +45,14 @@ Turn = tuple[str, str]
 """``(role, content)`` with role one of ``System``, ``User``, ``Assistant``."""
 
 ROLE_NAMES = {
-    "system": "System", "developer": "System", "user": "User", "human": "User",
-    "assistant": "Assistant", "gpt": "Assistant", "model": "Assistant", "bot": "Assistant",
+    "system": "System",
+    "developer": "System",
+    "user": "User",
+    "human": "User",
+    "assistant": "Assistant",
+    "gpt": "Assistant",
+    "model": "Assistant",
+    "bot": "Assistant",
 }
 _ROLE_LINE_RE = re.compile(r"^(System|User|Human|Assistant):[ \t]?", re.MULTILINE)
 

@@ -18,7 +18,8 @@ model nobody serves (issue 17: GRPO on math moved no served metric).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -44,7 +45,7 @@ class ServedConfiguration:
         self._cache: dict[tuple[int, ...], list[float]] = {}
 
     @classmethod
-    def for_run(cls, stacks, tokenizer, manifest, run_root, domain: str, serve: str = "auto") -> "ServedConfiguration":
+    def for_run(cls, stacks, tokenizer, manifest, run_root, domain: str, serve: str = "auto") -> ServedConfiguration:
         """The configuration for ``domain`` of the run in ``run_root`` (loads its router if used)."""
         if serve not in SERVE_MODES:
             raise ValueError(f"serve must be one of {SERVE_MODES}, got {serve!r}")
@@ -56,13 +57,17 @@ class ServedConfiguration:
         from brainstacks_pl.routing.artifact import load_router
 
         if not has_router:
-            raise ValueError(f"serve: routed needs a trained router in {run_root}; train one (configs/router_demo.yaml) or set serve: as_frozen")
+            raise ValueError(
+                f"serve: routed needs a trained router in {run_root}; train one (configs/router_demo.yaml) or set serve: as_frozen"
+            )
         router, info = load_router(run_root, manifest)
         was_training = stacks.training
         generator = RoutedGenerator(stacks, tokenizer, manifest, run_root, router, info)
         stacks.train(was_training)  # RoutedGenerator puts the model in eval mode; the phase decides
         if domain not in generator.router_domains:
-            raise ValueError(f"serve: routed, but the router does not know domain {domain!r} (its domains: {generator.router_domains}); set serve: as_frozen")
+            raise ValueError(
+                f"serve: routed, but the router does not know domain {domain!r} (its domains: {generator.router_domains}); set serve: as_frozen"
+            )
         return cls(stacks, domain, mode, generator)
 
     def describe(self) -> str:

@@ -11,8 +11,9 @@ directory with the demo's held-out evaluation prompts and ``data/demo/out_of_dom
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["OUT_OF_DOMAIN_PROMPTS", "auroc", "best_gate", "gap_scores", "measure_gap", "out_of_domain_prompts"]
 
@@ -56,7 +57,9 @@ def measure_gap(generator, in_domain: Sequence[str], out_of_domain: Sequence[str
     pos, neg = gap_scores(generator, in_domain), gap_scores(generator, out_of_domain)
     gate = generator.gate_threshold
     return {
-        "n_in_domain": len(pos), "n_out_of_domain": len(neg), "auroc": auroc(pos, neg),
+        "n_in_domain": len(pos),
+        "n_out_of_domain": len(neg),
+        "auroc": auroc(pos, neg),
         "gate": gate,
         "gate_in_domain_passes": sum(p >= gate for p in pos) / len(pos),
         "gate_out_of_domain_fires": sum(n < gate for n in neg) / len(neg),
