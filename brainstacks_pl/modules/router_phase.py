@@ -172,8 +172,9 @@ class RouterPhase:
 
     def held_out(self, val, features) -> dict[str, float]:
         """The router's validation BCE and selection scores (the numbers its best epoch is chosen by)."""
-        domains = self.module.domain_names
+        domains, was_training = self.module.domain_names, self.module.router.training
         probs = self.predict([r.prompt for r in val], features).double()  # [N, D]
+        self.module.router.train(was_training)  # predict() switches to eval; the fit must keep its dropout
         targets = torch.tensor([r.target for r in val], dtype=torch.float64)  # [N, D]
         routes = torch.tensor([[1.0 if d in r.route else 0.0 for d in domains] for r in val])  # [N, D]
         bce = torch.nn.functional.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), targets).item()
