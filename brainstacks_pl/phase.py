@@ -66,7 +66,9 @@ class PhaseContext:
     the user's callbacks and exactly the forced callbacks in ``callbacks``."""
     datamodule: L.LightningDataModule | None
     logger: Logger | None
-    """The one logger shared by every fit of the phase (one TensorBoard directory)."""
+    """The phase's logger (``RUN/tensorboard/<phase>``: phase-level figures and numbers); each
+    fit's trainer logs into its own run below it (``<phase>/<fit>``), unless the user configured
+    a logger, which every fit then shares."""
     callbacks: dict[str, L.Callback]
     """The forced callbacks this phase uses (``phase_callbacks``), by config key."""
     settings: dict[str, Any] = field(default_factory=dict)
