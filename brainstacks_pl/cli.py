@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
-from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, phase_callbacks
+from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, flatten_settings, phase_callbacks
 
 __all__ = ["BrainstacksCLI", "cli_main", "run_fit", "main", "CurriculumProgressBar"]
 
@@ -98,7 +98,9 @@ class BrainstacksCLI(LightningCLI):
     def phase_context(self, model: L.LightningModule, datamodule) -> PhaseContext:
         run_dir = Path(self.trainer.default_root_dir)
         trainer_config = dict(vars(self._get(self.config_init, "trainer")))
-        logger = self._shared_logger(trainer_config.get("logger"), run_dir)
+        phase = phase_log_name(model)
+        logger = self._shared_logger(trainer_config.get("logger"), run_dir, phase)
+        own_logger = isinstance(logger, TensorBoardLogger) and trainer_config.get("logger") in (None, True)
         parsed = [self._get(self.config_init, key) for key in FORCED_CALLBACKS]
         forced = {key: self._get(self.config_init, key) for key in phase_callbacks(model)}
         # LightningCLI appends every forced callback and SaveConfigCallback to this list in place.
@@ -111,9 +113,13 @@ class BrainstacksCLI(LightningCLI):
         def trainer_factory(work_dir: Path) -> Trainer:
             config = copy.copy(trainer_config)
             config.update({key: copy.deepcopy(value) for key, value in self._pristine_trainer_args.items()})
+            # Each fit (an SFT round, the router fit, an alignment round) logs into its own run
+            # ``tensorboard/<phase>/<fit>``: its step axis starts at 0 and its val_loss means one thing.
+            fit_name = Path(work_dir).name if Path(work_dir).parent.name == "rounds" else "fit"
+            fit_logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=f"{phase}/{fit_name}", default_hp_metric=False) if own_logger else logger
             config.update(
                 default_root_dir=str(work_dir),
-                logger=logger if logger is not None else False,
+                logger=fit_logger if fit_logger is not None else False,
                 enable_checkpointing=True,
                 callbacks=[
                     *user_callbacks,
@@ -125,15 +131,26 @@ class BrainstacksCLI(LightningCLI):
             )
             return Trainer(**config)
 
-        return PhaseContext(run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced)
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        settings = flatten_settings(config.clone().as_dict()) if config is not None else {}
+        return PhaseContext(run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced, settings=settings)
 
     @staticmethod
-    def _shared_logger(configured, run_dir: Path) -> Logger | None:
+    def _shared_logger(configured, run_dir: Path, phase: str) -> Logger | None:
+        """The phase's own logger (``tensorboard/<phase>``: forgetting matrix, null space, router
+        report, before/after); a logger the user configured is used as it is."""
         if configured is False:
             return None
         if configured is None or configured is True:
-            return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+            return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=phase, default_hp_metric=False)
         return configured[0] if isinstance(configured, list) else configured
+
+
+def phase_log_name(model: L.LightningModule) -> str:
+    """``sft``, ``router``, ``dpo-chat``, ``grpo-math``...: the phase's TensorBoard run name."""
+    phase = getattr(model, "phase", None) or type(model).__name__.removesuffix("Module").lower()
+    domain = getattr(model, "domain", None)
+    return f"{phase}-{domain}" if isinstance(domain, str) and domain else phase
 
 
 def cli_main(args: list[str] | None = None) -> BrainstacksCLI:

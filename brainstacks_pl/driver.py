@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
-from brainstacks_pl.phase import DomainStart, stack_seed
+from brainstacks_pl.phase import DomainStart, record_settings, stack_seed
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
 
@@ -54,8 +54,12 @@ class CurriculumDriver:
         self.logger = logger
         self.domain_hooks = domain_hooks or []
         self.forgetting = ForgettingMatrix(self.run.root / "forgetting_matrix.json")
+        self.trained: list[str] = []
+        """Domains this call trained (empty: the run was already finished)."""
 
-    def run_all(self) -> Manifest:
+    def run_all(self, settings: dict | None = None) -> Manifest:
+        """Train every unfinished domain; ``settings`` (the phase's options) are recorded in the
+        manifest when this call finishes the curriculum."""
         stacks = self.module.build()
         self.datamodule.setup("fit")
         self.run.acquire_lock()
@@ -69,6 +73,10 @@ class CurriculumDriver:
                 self._train_domain(domain_index, domain)
                 self.forgetting.evaluate(stacks, self.datamodule, domain, self.module.device, self.logger, write=self.run.is_writer)
                 manifest.completed_domains.append(domain)
+                self.trained.append(domain)
+                self.run.save_manifest()
+            if self.trained and settings:
+                record_settings(manifest, "sft", settings)
                 self.run.save_manifest()
             return manifest
         finally:

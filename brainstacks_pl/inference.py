@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE
 from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
@@ -191,14 +191,17 @@ class RoutedGenerator:
         return ids
 
     # ------------------------------------------------------------------ routing
-    @torch.no_grad()
     def route(self, prompts: Sequence[str]) -> list[RouteDecision]:
         """Run the router once per prompt (one batch) and apply the gate and the chat floor."""
         if self.router is None:
             raise InferenceError("this run has no trained router: use --mode ungated or base, or train one (configs/router_demo.yaml)")
+        return self.route_ids([self.encode(p) for p in prompts])
+
+    @torch.no_grad()
+    def route_ids(self, encoded: Sequence[Sequence[int]]) -> list[RouteDecision]:
+        """``route`` on prompts already encoded as ``[bos] + format_prompt(prompt)`` ids."""
         seq_len = self.info.get("router_seq_len", 256)
-        encoded = [self.encode(p)[:seq_len] for p in prompts]
-        ids, mask = pad_right(encoded, self._pad_id)
+        ids, mask = pad_right([list(e)[:seq_len] for e in encoded], self._pad_id)
         feats = base_features(self.stacks, ids.to(self.device), mask.to(self.device), self.info.get("mid_weight", 0.45))
         probs = self.router.probabilities(feats, mask.to(self.device)).cpu()  # [B, D]
         return [self.decide(dict(zip(self.router_domains, row.tolist()))) for row in probs]

@@ -3,24 +3,39 @@
     brainstacks generate --run RUN --prompt "What is 12 times 7?" [--mode routed|ungated|base]
     brainstacks chat --run RUN
 
-In ``chat`` every line is a prompt unless it starts with ``/``: ``/route TEXT`` shows the
-router's weights without generating, ``/stacks`` the resident stacks and the cache,
-``/mode routed|ungated|base``, ``/greedy``, ``/temp X``, ``/tokens N``, ``/help``, ``/quit``.
-A bad command or a bad prompt prints an error and the session goes on.
+Both send the prompt exactly as training rendered it (``data.prompts.format_prompt``); ``chat``
+sends the conversation so far (``User:`` / ``Assistant:`` turns), so its first turn routes and
+answers exactly like ``generate`` with the same text. ``HELP`` lists chat's commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Sequence, TextIO
 
 from brainstacks_pl.commands import MODES, parse_subcommand
+from brainstacks_pl.data.prompts import Turn, prompt_text
 from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
 from brainstacks_pl.inference import Generation, InferenceError, RouteDecision, RoutedGenerator
+from brainstacks_pl.routing.features import prompt_ids
 from brainstacks_pl.storage import StackFileError
 
-__all__ = ["main", "run_generate", "run_chat", "format_route", "ChatSession"]
+__all__ = ["main", "run_generate", "run_chat", "format_route", "ChatSession", "HELP"]
+
+HELP = """Type a message and press Enter; the conversation so far is sent with it.
+Commands:
+  /route TEXT      show the router's weights for TEXT without generating
+  /stacks          the resident stacks and the stack cache
+  /mode MODE       routed, ungated or base
+  /greedy          greedy decoding
+  /temp X          sample at temperature X (0: greedy)
+  /tokens N        answer with at most N new tokens
+  /reset           forget the conversation so far
+  /help            this text
+  /quit            leave (also /exit or Ctrl-D)
+Up/Down recall earlier lines where the terminal supports it."""
 
 
 def format_route(decision: RouteDecision, gate: float) -> str:
@@ -44,6 +59,24 @@ class ChatSession:
 
     def __init__(self, generator: RoutedGenerator, mode: str = "routed", max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, out: TextIO = sys.stdout):
         self.generator, self.mode, self.max_new_tokens, self.temperature, self.seed, self.out = generator, mode, max_new_tokens, temperature, seed, out
+        self.history: list[Turn] = []
+
+    def conversation(self, line: str) -> str:
+        """The prompt for ``line``: the history and the new user turn, oldest turns dropped
+        until the rendered prompt leaves room for the answer in the model's context."""
+        turns = [*self.history, ("User", line)]
+        gen = self.generator
+        while len(turns) > 1 and gen.context_length is not None and len(prompt_ids(gen.tokenizer, prompt_text(turns), gen.template)) + self.max_new_tokens > gen.context_length:
+            turns = turns[2:]
+        return prompt_text(turns)
+
+    def answer(self, line: str) -> None:
+        start = time.perf_counter()
+        gen = self.generator.generate([self.conversation(line)], self.mode, self.max_new_tokens, self.temperature, self.seed)[0]
+        seconds = time.perf_counter() - start
+        _print_generation(gen, self.generator, self.out)
+        self.say(f"[{len(gen.tokens)} tokens, {len(gen.tokens) / max(seconds, 1e-9):.1f} tokens/s]")
+        self.history += [("User", line), ("Assistant", gen.text.strip())]
 
     def say(self, text: str) -> None:
         print(text, file=self.out)
@@ -54,8 +87,7 @@ class ChatSession:
         if not line.strip():
             return True
         if not line.startswith("/"):
-            gen = self.generator.generate([line], self.mode, self.max_new_tokens, self.temperature, self.seed)[0]
-            _print_generation(gen, self.generator, self.out)
+            self.answer(line)
             return True
         command, _, arg = line[1:].partition(" ")
         arg = arg.strip()
@@ -83,25 +115,45 @@ class ChatSession:
         elif command == "tokens":
             self.max_new_tokens = _number(arg, int, "/tokens N (N >= 1)", minimum=1)
             self.say(f"max new tokens: {self.max_new_tokens}")
+        elif command == "reset":
+            self.history = []
+            self.say("conversation cleared")
         elif command == "help":
-            self.say(__doc__.split("In ``chat``")[1].strip())
+            self.say(HELP)
         else:
             raise InferenceError(f"unknown command /{command}; try /help")
         return True
 
     def run(self, lines: TextIO, interactive: bool = False) -> None:
         self.say(f"brainstacks chat: mode {self.mode}; /help for commands, /quit to leave")
+        read = _line_editor() if interactive and lines is sys.stdin else None
         while True:
-            if interactive:
-                print("> ", end="", file=self.out, flush=True)
-            line = lines.readline()
-            if not line:
-                return
+            if read is not None:
+                try:
+                    line = read("> ")
+                except EOFError:
+                    self.say("")
+                    return
+            else:
+                if interactive:
+                    print("> ", end="", file=self.out, flush=True)
+                line = lines.readline()
+                if not line:
+                    return
             try:
                 if not self.handle(line):
                     return
             except (InferenceError, StackFileError, ValueError) as err:
                 self.say(f"error: {err}")
+
+
+def _line_editor():
+    """``input`` with line editing and history (the standard library's ``readline``) when present."""
+    try:
+        import readline  # noqa: F401  (importing it gives ``input`` editing and Up/Down history)
+    except ImportError:  # Windows without pyreadline: plain input
+        pass
+    return input
 
 
 def _number(text: str, kind, usage: str, minimum: float):

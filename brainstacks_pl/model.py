@@ -21,6 +21,7 @@ from brainstacks_pl.layers.dtensor import assign_, full_tensor
 from brainstacks_pl.layers.context import RoutingMode, StackContext
 from brainstacks_pl.layers.moe_lora import MoELoRA
 from brainstacks_pl.layers.stacked_linear import StackedLinear
+from brainstacks_pl.losses import causal_lm_loss
 
 __all__ = ["BrainstacksModel", "StackForward", "inject_stacks", "load_base_model", "FrozenStackInfo"]
 
@@ -32,6 +33,9 @@ class StackForward(NamedTuple):
     """Sum over layers of the active stack's load-balance losses (0 without an active stack)."""
     expert_fractions: list[Tensor]
     """Per layer, the active stack's [E] expert utilisation (empty unless requested)."""
+    loss: Tensor | None = None
+    """Mean next-token loss on ``labels`` (``-100`` ignored, shifted inside) when they are given.
+    The training objective is ``loss + stack_config.aux_coeff * aux_loss``."""
 
 
 @dataclass
@@ -244,7 +248,7 @@ class BrainstacksModel(nn.Module):
             self.context.active_enabled = saved
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, collect_expert_fractions: bool = False, **kwargs) -> StackForward:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, collect_expert_fractions: bool = False, labels: Tensor | None = None, **kwargs) -> StackForward:
         ctx = self.context
         ctx.aux_losses = []
         ctx.expert_fractions = [] if collect_expert_fractions else None
@@ -254,4 +258,4 @@ class BrainstacksModel(nn.Module):
             fractions = ctx.expert_fractions or []
         finally:
             ctx.aux_losses, ctx.expert_fractions = None, None
-        return StackForward(logits, aux, fractions)
+        return StackForward(logits, aux, fractions, None if labels is None else causal_lm_loss(logits, labels))

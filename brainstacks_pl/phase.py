@@ -17,9 +17,10 @@ measures LM loss on an LM data module, which an alignment phase has neither of.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import lightning as L
 from lightning.pytorch.loggers import Logger
@@ -27,7 +28,13 @@ from lightning.pytorch.loggers import Logger
 if TYPE_CHECKING:
     from brainstacks_pl.run import RunDirectory
 
-__all__ = ["FORCED_CALLBACKS", "DomainStart", "PhaseContext", "phase_callbacks", "stack_seed"]
+__all__ = [
+    "FORCED_CALLBACKS", "DomainStart", "PhaseContext", "phase_callbacks", "stack_seed",
+    "flatten_settings", "changed_settings", "record_settings", "settings_note",
+]
+
+# Settings that say where a phase runs or how it reports, not what it trains.
+_NOT_SETTINGS = ("config", "ckpt_path", "trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 
 FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 """Config keys of the callbacks the CLI parses for every phase."""
@@ -59,9 +66,14 @@ class PhaseContext:
     the user's callbacks and exactly the forced callbacks in ``callbacks``."""
     datamodule: L.LightningDataModule | None
     logger: Logger | None
-    """The one logger shared by every fit of the phase (one TensorBoard directory)."""
+    """The phase's logger (``RUN/tensorboard/<phase>``: phase-level figures and numbers); each
+    fit's trainer logs into its own run below it (``<phase>/<fit>``), unless the user configured
+    a logger, which every fit then shares."""
     callbacks: dict[str, L.Callback]
     """The forced callbacks this phase uses (``phase_callbacks``), by config key."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The phase's resolved options as dotted keys (``flatten_settings``): recorded in the
+    manifest when the phase finishes, compared on a rerun that has nothing to do."""
 
 
 @dataclass(frozen=True)
@@ -78,3 +90,41 @@ class DomainStart:
     run: RunDirectory
     device: Any
     logger: Logger | None
+
+
+def flatten_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 1}}`` -> ``{"model.lr": 1}``, JSON-safe values, bookkeeping keys left out."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in _NOT_SETTINGS:
+            continue
+        if isinstance(value, Mapping):
+            out.update(flatten_settings(value, f"{name}."))
+        else:
+            out[name] = json.loads(json.dumps(value, default=str))
+    return out
+
+
+def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between a finished phase's settings and this run's."""
+    return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
+def record_settings(manifest, key: str, settings: Mapping[str, Any]) -> None:
+    """Keep a finished phase's settings in ``manifest.extra["settings"][key]``."""
+    if settings:
+        manifest.extra.setdefault("settings", {})[key] = dict(settings)
+
+
+def settings_note(manifest, key: str, settings: Mapping[str, Any]) -> str:
+    """What a rerun with nothing to do says about the settings it ignores."""
+    recorded = manifest.extra.get("settings", {}).get(key)
+    if recorded is None or not settings:
+        return "settings of the finished run were not recorded; any changed settings are ignored"
+    changed = changed_settings(recorded, settings)
+    if not changed:
+        return "same settings as the finished run"
+    shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
+    more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+    return f"changed settings ignored (the phase is finished): {shown}{more}"

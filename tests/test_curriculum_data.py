@@ -140,14 +140,22 @@ def test_cross_domain_duplicates_are_dropped_from_later_domain(tmp_path, tokeniz
     a, b = qa_rows("a", 30), qa_rows("b", 30)
     planted = [{"prompt": r["prompt"].upper() + "  ", "completion": r["completion"] + "!"} for r in a[:4]]
     dm = make_dm(tmp_path, tokenizer, {"a": a, "b": b + planted + [b[0]]})
-    with caplog.at_level(logging.INFO, logger="brainstacks_pl.data.curriculum"):
+    with caplog.at_level(logging.INFO):
         dm.setup()
     report = dm.decontamination_report
     assert report["a"]["dropped_cross_domain"] == 0 and report["a"]["kept"] == 30
     assert report["b"]["loaded"] == 35
     assert report["b"]["dropped_cross_domain"] == 4 and report["b"]["dropped_duplicate"] == 1
     assert report["b"]["kept"] == report["b"]["train"] + report["b"]["val"] == 30
-    assert "dropped_cross_domain=4" in caplog.text
+    assert "data 'b': 35 rows loaded, 5 dropped (duplicate 1, cross_domain 4), 27 train / 3 val" in caplog.text
+
+
+def test_a_domain_losing_more_than_a_fifth_of_its_rows_warns(tmp_path, tokenizer):
+    a = qa_rows("a", 30)
+    copies = [{"prompt": r["prompt"], "completion": r["completion"]} for r in a[:12]]
+    dm = make_dm(tmp_path, tokenizer, {"a": a, "b": copies + qa_rows("b", 20)})
+    with pytest.warns(UserWarning, match=r"data 'b': 32 rows loaded, 12 dropped \(cross_domain 12\).*38% of the domain's rows dropped"):
+        dm.setup()
 
 
 def test_decontaminate_off_keeps_everything(tmp_path, tokenizer):

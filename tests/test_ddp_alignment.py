@@ -58,7 +58,7 @@ def run_ddp_phase(run_dir: Path, digests: Path, config: str, *extra: str) -> Non
         f"--trainer.callbacks=[{{class_path: test_ddp_alignment.ActiveStackDigest, init_args: {{out_dir: {digests}}}}}]",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}  # this tree's package, not an installed one
     done = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

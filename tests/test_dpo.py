@@ -202,7 +202,7 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
-    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])

@@ -162,7 +162,7 @@ def test_task_yaml_answers_by_index_letter_or_text_and_few_shot(tmp_path):
     shots, examples = load_examples(task)
     assert [e.answer for e in shots + examples] == [0, 1, 0]
     context = build_context(examples[0], shots, "Q: {prompt}\nA: ")
-    assert context == "Q: 1+1?\nA: 2\n\nQ: 2+1?\nA: "
+    assert context == "Q: User: 1+1?\nA: 2\n\nQ: User: 2+1?\nA: "
     with pytest.raises(ValueError, match="unknown fields"):
         load_task(write_task(tmp_path, "bad", rows, colums={}))
     with pytest.raises(ValueError, match="type must be"):
@@ -297,6 +297,21 @@ def test_brainstacks_evaluate_end_to_end_skips_routed_without_a_router(tiny_run,
     assert results["modes"]["base"]["tasks"]["math_mc"]["gold_mean_logprob"] != results["modes"]["ungated"]["tasks"]["math_mc"]["gold_mean_logprob"]
     assert list((tiny_run / "tensorboard" / "eval").glob("events.out.tfevents.*"))
     assert "math_mc" in printed and "skipped" in printed
+    assert "chance" in printed and "winner" in printed and "Wilson" in printed
+    chances = {name: res["chance"] for name, res in results["modes"]["base"]["tasks"].items()}
+    assert all(c == 0.0 for name, c in chances.items() if results["tasks"][name]["type"] == "gen")
+    assert all(0.0 < c < 1.0 for name, c in chances.items() if results["tasks"][name]["type"] == "mc")
+
+
+def test_wilson_interval_and_winner():
+    # Reference values (Wilson 1927, z = 1.96): 8/10 -> [0.490, 0.943]; 0/40 -> [0, 0.0876].
+    lo, hi = run_eval.wilson_interval(0.8, 10)
+    assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
+    lo, hi = run_eval.wilson_interval(0.0, 40)
+    assert lo == 0.0 and abs(hi - 0.0876) < 1e-3
+    assert run_eval.winner({"base": 0.30, "routed": 0.35}, 40) == "tie"
+    assert run_eval.winner({"base": 0.10, "routed": 0.60, "ungated": 0.20}, 40) == "routed"
+    assert run_eval.winner({"base": 0.5}, 40) == "base"
 
 
 def test_routed_mode_with_a_router_that_never_fires_equals_the_base(tiny_run, tmp_path):

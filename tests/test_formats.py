@@ -38,7 +38,7 @@ def test_messages_prompt_is_everything_before_last_assistant_turn():
         {"role": "assistant", "content": "Blue."},
     ]}
     ex = FORMATS["messages"](row, {})
-    assert ex.prompt == "System: Be brief.\nUser: Hi\nAssistant: Hello!\nUser: Name a color."
+    assert ex.prompt == "User: Be brief.\n\nHi\nAssistant: Hello!\nUser: Name a color."
     assert ex.response == "Blue."
 
 
@@ -48,7 +48,7 @@ def test_messages_sharegpt_keys_and_markup_in_content():
         {"from": "gpt", "value": "<start_of_turn>model\n4<end_of_turn>"},
     ]}
     ex = FORMATS["messages"](row, {})
-    assert (ex.prompt, ex.response) == ("User: What is 2+2?", "4")
+    assert (ex.prompt, ex.response) == ("What is 2+2?", "4")
 
 
 def test_messages_without_assistant_turn_raises():
@@ -67,7 +67,7 @@ def test_generic_column_mapping_works_for_every_format(fmt):
     if fmt == "messages":
         row = {"chat": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
         ex = FORMATS[fmt](row, {"messages": "chat"})
-        assert (ex.prompt, ex.response) == ("User: hi", "yo")
+        assert (ex.prompt, ex.response) == ("hi", "yo")
         return
     ex = FORMATS[fmt]({"query": "Q", "reply": "R"}, {"prompt": "query", "response": "reply"})
     assert (ex.prompt, ex.response) == ("Q", "R")
@@ -140,8 +140,8 @@ def test_strip_chat_tokens_keeps_code_indentation():
 
 
 def test_format_prompt():
-    assert format_prompt("Hi {there}") == "### Prompt:\nHi {there}\n### Response:\n"
+    assert format_prompt("Hi {there}") == "### Prompt:\nUser: Hi {there}\n### Response:\n"
     assert DEFAULT_PROMPT_TEMPLATE == "### Prompt:\n{prompt}\n### Response:\n"
-    assert format_prompt("x", "Q: {prompt}\nA: ") == "Q: x\nA: "
+    assert format_prompt("x", "Q: {prompt}\nA: ") == "Q: User: x\nA: "
     with pytest.raises(ValueError, match="must contain"):
         format_prompt("x", "no placeholder")

@@ -216,3 +216,58 @@ def test_chat_session_commands_and_errors_keep_the_session_going(run_dir):
     assert "route: chat" in text and "error: unknown command /bogus" in text and "error: usage: /temp" in text
     assert "max new tokens: 2" in text and "mode: base" in text and "resident stacks:" in text
     assert "error: usage: /mode" in text and "greedy decoding" in text
+
+
+def test_chat_sends_the_conversation_and_its_first_turn_routes_like_generate(generator):
+    session = inference_cli.ChatSession(generator, "routed", max_new_tokens=2, out=io.StringIO())
+    first = session.conversation("Hi, I'm Tom.")
+    assert first == "Hi, I'm Tom."
+    assert generator.route(["User: Hi, I'm Tom."])[0].probs == generator.route([first])[0].probs
+    session.handle("Hi, I'm Tom.")
+    assert [role for role, _ in session.history] == ["User", "Assistant"]
+    second = session.conversation("And you?")
+    assert second.startswith("User: Hi, I'm Tom.\nAssistant: ") and second.endswith("\nUser: And you?")
+    assert "tokens/s]" in session.out.getvalue()
+    session.max_new_tokens = generator.context_length - 8  # no room for the history: it is dropped
+    assert session.conversation("And you?") == "And you?"
+    session.handle("/reset")
+    assert session.history == []
+    session.handle("/help")
+    assert "/route TEXT" in session.out.getvalue() and "``" not in session.out.getvalue()
+
+
+def test_alignment_serving_scopes_route_like_generate(generator, run_dir):
+    """DPO / GRPO train in the served configuration: the routed scope's weights are exactly
+    what ``generate`` serves for the same prompts; as-frozen is the domain and earlier ones."""
+    from brainstacks_pl.modules.serving import ServedConfiguration, prompt_rows
+
+    set_bias(generator, [3.0, -3.0, 3.0])
+    served = ServedConfiguration(generator.stacks, "math", "routed", generator)
+    prompts = ["What is 2+2?", "Hi, I'm Tom."]
+    encoded = [generator.encode(p) for p in prompts]
+    expected = generator.weight_matrix(generator.route(prompts))
+    assert torch.equal(served.weights(encoded), expected)
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([[99] * (width - len(e)) + e for e in encoded])  # left-padded, as GRPO's prompts
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    assert prompt_rows(ids, mask) == encoded
+    with served.scope(encoded, repeat=2, tile=1):
+        ctx = generator.stacks.context
+        assert ctx.mode == "routed" and torch.equal(ctx.weights, expected.repeat_interleave(2, 0))
+    with ServedConfiguration(generator.stacks, "code", "as_frozen").scope():
+        assert generator.stacks.context.mode == "isolated" and generator.stacks.context.active_domains == {"chat", "code"}
+    assert generator.stacks.context.mode == "ungated"
+
+
+def test_gap_auroc_and_best_gate_on_hand_values_and_a_run(run_dir, capsys):
+    from brainstacks_pl.routing.gap import auroc, best_gate, out_of_domain_prompts
+
+    assert auroc([0.9, 0.8], [0.1, 0.85]) == 0.75 and auroc([0.5], [0.5]) == 0.5
+    assert best_gate([0.9, 0.8, 0.3], [0.1, 0.2]) == {"gate": 0.3, "tpr": 1.0, "fpr": 0.0, "youden_j": 1.0}
+    assert len(out_of_domain_prompts()) >= 30
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "gap_auroc.py"))
+    result = script["main"](["--run", str(run_dir), "--tasks", "chat_mc,math_mc"])
+    assert result["n_in_domain"] == 80 and result["n_out_of_domain"] == len(out_of_domain_prompts())
+    assert 0.0 <= result["auroc"] <= 1.0 and "gap AUROC" in capsys.readouterr().out

@@ -246,7 +246,22 @@ def test_router_phase_end_to_end_after_a_tiny_sft_run(sft_run):
     assert (sft_run / "router" / "discovery" / "math.jsonl").read_text() == before
 
 
-def test_router_phase_refuses_domains_without_stacks(sft_run):
+def test_router_phase_takes_its_domains_from_the_run_and_says_so(sft_run, tmp_path, caplog):
+    """A config listing domains the run has no stacks for (the demo's, after a user's own fit)
+    routes over the run's domains with the data its SFT phase recorded; without that record
+    it is a clear error."""
+    import logging
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run, ignore=shutil.ignore_patterns("router"))
     other = '[{name: chat, path: "demo:chat", max_examples: 40}, {name: code, path: "demo:code", max_examples: 40}]'
-    with pytest.raises((ValueError, Exception), match="no stacks for router domains|code"):
-        cli_main(router_args(sft_run, f"--data.domains={other}"))
+    with caplog.at_level(logging.INFO):
+        cli_main(router_args(run, f"--data.domains={other}", "--trainer.max_epochs", "1"))
+    assert "the config lists ['chat', 'code']" in caplog.text and "routing over the run's domains" in caplog.text
+    assert json.loads((run / "router" / "router.json").read_text())["domains"] == ["chat", "math"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["extra"].pop("settings")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"no stacks for router domains \['code'\].*set data.domains"):
+        cli_main(router_args(run, f"--data.domains={other}"))

@@ -69,7 +69,7 @@ def test_two_domains_two_rounds_write_the_run_directory(finished_run):
         assert record.loss_at_freeze is not None and math.isfinite(record.loss_at_freeze)
         assert record.val_losses, "BestStackCallback history is recorded"
     assert (finished_run / "forgetting_matrix.json").is_file()
-    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((finished_run / "tensorboard").rglob("events.out.tfevents.*"))
     assert not list((finished_run / "rounds").glob("*/checkpoints/*.ckpt")), "round checkpoints are removed once the stack is saved"
 
 
@@ -88,12 +88,20 @@ def test_tensorboard_has_per_stack_curves(finished_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
-    for events in (finished_run / "tensorboard").glob("events.out.tfevents.*"):
+    for events in (finished_run / "tensorboard").rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
-    for expected in ("train/loss/chat/stack0", "train/loss/math/stack1", "val/loss/chat/stack1", "train/aux_loss/chat/stack0", "forgetting/ungated/chat", "forgetting/as_frozen"):
+    for expected in ("train/loss/chat/stack0", "train/loss/math/stack1", "val/loss/chat/stack1", "train/aux_loss/chat/stack0", "forgetting/ungated/chat", "forgetting/matrix"):
         assert any(tag.startswith(expected) for tag in tags), f"{expected} missing from {sorted(tags)}"
+    # Every fit (round) logs into its own run, so its step axis and its val_loss are its own;
+    # the phase-level figures (forgetting matrix) are in the phase's run.
+    tensorboard = finished_run / "tensorboard"
+    runs = {p.parent.relative_to(tensorboard).as_posix() for p in tensorboard.rglob("events.out.tfevents.*")}
+    assert {"sft", "sft/chat-r0", "sft/chat-r1", "sft/math-r0", "sft/math-r1"} <= runs, runs
+    phase = EventAccumulator(str(tensorboard / "sft"))
+    phase.Reload()
+    assert "forgetting/matrix" in phase.Tags()["images"]
 
 
 class SimulatedKill(RuntimeError):

@@ -19,19 +19,9 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.storage import atomic_write_json
 
-__all__ = ["ForgettingMatrix", "heatmap_image"]
+__all__ = ["ForgettingMatrix"]
 
 MODES = ("ungated", "isolated", "as_frozen")
-
-
-def heatmap_image(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
-    """A [3, H, W] uint8 heatmap (blue = low loss, red = high; NaN = grey) for TensorBoard."""
-    finite = np.isfinite(matrix)
-    lo, hi = (matrix[finite].min(), matrix[finite].max()) if finite.any() else (0.0, 1.0)
-    scaled = np.where(finite, (matrix - lo) / max(hi - lo, 1e-12), 0.0)
-    rgb = np.stack([255 * scaled, 64 * np.ones_like(scaled), 255 * (1 - scaled)])
-    rgb[:, ~finite] = 128
-    return np.kron(rgb, np.ones((1, cell, cell))).astype(np.uint8)
 
 
 class ForgettingMatrix:
@@ -79,10 +69,12 @@ class ForgettingMatrix:
     def _log(self, logger, step: int) -> None:
         row = self.data["rows"][-1]
         logger.log_metrics({f"forgetting/{mode}/{domain}": loss for mode in MODES for domain, loss in row[mode].items()}, step=step)
+        from brainstacks_pl.figures import forgetting_figure, log_figure
+
+        after = [r["after"] for r in self.data["rows"]]
+        log_figure(logger, "forgetting/matrix", forgetting_figure({m: self.matrix(m) for m in MODES}, after, self.data["domains"]), step)
         experiment = getattr(logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_image"):
-            for mode in MODES:
-                experiment.add_image(f"forgetting/{mode}", heatmap_image(self.matrix(mode)), global_step=step)
+        if experiment is not None and hasattr(experiment, "add_text"):
             experiment.add_text("forgetting/table", self.to_markdown(), global_step=step)
 
     def to_markdown(self, mode: str = "ungated") -> str:

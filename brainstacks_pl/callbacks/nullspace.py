@@ -35,7 +35,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from brainstacks_pl.callbacks.forgetting import heatmap_image
 from brainstacks_pl.nullspace import collect_frozen_deltas, cosine_similarity_of_subspaces, leak, principal_directions, project_out
 from brainstacks_pl.layers.dtensor import full_tensor
 from brainstacks_pl.phase import DomainStart
@@ -182,16 +181,11 @@ class NullSpaceProjection(Callback):
             for j in range(i + 1, len(sources)):
                 metrics[f"null_space/{domain}/cross_domain/{sources[i]}~{sources[j]}"] = float(similarity[i, j])
         logger.log_metrics(metrics, step=step)
-        experiment = getattr(logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_image"):
-            width = max(len(e["singular_values"]) for e in layers.values()) or 1
-            spectrum = np.full((len(layers), width), np.nan)
-            for row, entry in enumerate(layers.values()):
-                values = np.array(entry["singular_values"])
-                if values.size:
-                    spectrum[row, : values.size] = np.log10(values / values[0] + 1e-12)
-            experiment.add_image(f"null_space/{domain}/spectrum_log10", heatmap_image(spectrum, cell=6), global_step=step)
-            experiment.add_image(f"null_space/{domain}/cross_domain_similarity", heatmap_image(similarity), global_step=step)
+        from brainstacks_pl.figures import log_figure, similarity_figure, spectrum_figure
+
+        spectra = {name: entry["singular_values"] for name, entry in layers.items()}
+        log_figure(logger, f"null_space/{domain}/spectrum_log10", spectrum_figure(spectra, domain), step)
+        log_figure(logger, f"null_space/{domain}/cross_domain_similarity", similarity_figure(similarity, sources, domain), step)
 
     # ------------------------------------------------------------------ the Lightning callback
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -14,9 +14,9 @@ from brainstacks_pl.data.formats import (
     FORMATS,
     Example,
     detect_format,
-    format_prompt,
     strip_chat_tokens,
 )
+from brainstacks_pl.data.prompts import format_prompt, parse_turns, prompt_text, render_turns
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
@@ -31,6 +31,9 @@ __all__ = [
     "detect_format",
     "format_prompt",
     "normalize_text",
+    "parse_turns",
+    "prompt_text",
+    "render_turns",
     "remove_duplicates",
     "split_train_val",
     "strip_chat_tokens",

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from brainstacks_pl.data.batches import (
@@ -75,6 +76,22 @@ class _DomainData:
     train_encoded: Optional[Encoded] = None
     val_encoded: Optional[Encoded] = None
     packed: Optional[dict[str, torch.Tensor]] = None
+
+
+DROP_WARN_FRACTION = 0.2
+"""Decontamination and invalid rows dropping more than this share of a domain's rows warn."""
+
+
+def _report_drops(name: str, counts: dict[str, int]) -> None:
+    """One console line per domain: rows loaded, dropped (and why), kept; a warning above 20%."""
+    dropped = counts["loaded"] - counts["kept"]
+    reasons = ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in counts.items() if k.startswith("dropped_") and v)
+    line = (f"data {name!r}: {counts['loaded']} rows loaded, {dropped} dropped" + (f" ({reasons})" if reasons else "")
+            + f", {counts['train']} train / {counts['val']} val")
+    if counts["loaded"] and dropped / counts["loaded"] > DROP_WARN_FRACTION:
+        rank_zero_warn(f"{line}: {dropped / counts['loaded']:.0%} of the domain's rows dropped (see docs/data.md, decontaminate)")
+    else:
+        rank_zero_info(line)
 
 
 class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
@@ -219,7 +236,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
                 raise ValueError(
                     f"domain {name!r}: no validation examples (needs 2+ distinct prompts): {counts}"
                 )
-            _info(f"domain {name!r}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+            _report_drops(name, counts)
             data[name] = _DomainData(train[name], val[name])
         self._report = report
         return data

@@ -10,10 +10,13 @@ Formats (logical fields, default column names):
 - ``alpaca``: ``instruction``, ``input`` (optional), ``output``;
   prompt = instruction + ("\\n\\n" + input if input).
 - ``messages``: ``messages`` (a list of ``{"role", "content"}`` or ShareGPT ``{"from", "value"}``);
-  every turn before the last assistant turn becomes a role-prefixed line of the prompt
-  ("System: ...", "User: ...", "Assistant: ..."), the last assistant turn is the response.
+  the turns before the last assistant turn are the prompt, the last assistant turn is the response.
 - ``prompt_completion``: ``prompt``, ``completion`` (``response`` is accepted as the column name).
 - ``question_answer``: ``question``, ``answer``.
+
+Every adapter returns the prompt in the compact text form of ``prompts.prompt_text`` (a lone
+user turn as plain text, a conversation as role-prefixed lines), and every consumer renders
+it with ``prompts.format_prompt``: a user turn looks the same whatever format it came from.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text, role_name
+
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
     "Example",
@@ -35,9 +40,6 @@ __all__ = [
     "required_columns",
     "strip_chat_tokens",
 ]
-
-DEFAULT_PROMPT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n"
-
 
 @dataclass
 class Example:
@@ -140,13 +142,7 @@ def alpaca(row: Mapping[str, Any], columns: Mapping[str, str] = _NO_COLUMNS, dom
     extra = _text(_get(row, "alpaca", "input", columns)).strip()
     output = _text(_get(row, "alpaca", "output", columns)).strip()
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
-    return Example(prompt=prompt, response=output, domain=domain)
-
-
-_ROLE_NAMES = {
-    "system": "System", "user": "User", "human": "User",
-    "assistant": "Assistant", "gpt": "Assistant", "model": "Assistant", "bot": "Assistant",
-}
+    return Example(prompt=prompt_text(prompt), response=output, domain=domain)
 
 
 def _turn(turn: Any) -> tuple[str, str]:
@@ -158,20 +154,19 @@ def _turn(turn: Any) -> tuple[str, str]:
         raise ValueError(
             f"format 'messages': a turn needs 'role'/'content' (or 'from'/'value'), got {sorted(turn)}"
         )
-    return _ROLE_NAMES.get(str(role).lower(), str(role).capitalize()), strip_chat_tokens(_text(content))
+    return role_name(str(role)), strip_chat_tokens(_text(content))
 
 
 def messages(row: Mapping[str, Any], columns: Mapping[str, str] = _NO_COLUMNS, domain: str = "") -> Example:
-    """Turns before the last assistant turn -> role-prefixed prompt; the last assistant turn -> response.
+    """Turns before the last assistant turn -> prompt (``prompt_text``); the last assistant turn -> response.
 
-    Chat markup inside a turn's content is stripped here, before the role prefix is added.
+    Chat markup inside a turn's content is stripped here.
     """
     turns = [_turn(t) for t in _get(row, "messages", "messages", columns) or []]
     last = max((i for i, (role, _) in enumerate(turns) if role == "Assistant"), default=None)
     if last is None:
         raise ValueError("format 'messages': the conversation has no assistant turn")
-    prompt = "\n".join(f"{role}: {content}" for role, content in turns[:last])
-    return Example(prompt=prompt, response=turns[last][1], domain=domain)
+    return Example(prompt=prompt_text(turns[:last]), response=turns[last][1], domain=domain)
 
 
 def prompt_completion(
@@ -180,7 +175,7 @@ def prompt_completion(
     """``prompt`` -> ``completion`` (a ``response`` column is accepted when there is no ``completion``)."""
     prompt = _text(_get(row, "prompt_completion", "prompt", columns)).strip()
     completion = _text(_get(row, "prompt_completion", "completion", columns)).strip()
-    return Example(prompt=prompt, response=completion, domain=domain)
+    return Example(prompt=prompt_text(prompt), response=completion, domain=domain)
 
 
 def question_answer(
@@ -189,7 +184,7 @@ def question_answer(
     """``question`` -> ``answer``."""
     question = _text(_get(row, "question_answer", "question", columns)).strip()
     answer = _text(_get(row, "question_answer", "answer", columns)).strip()
-    return Example(prompt=question, response=answer, domain=domain)
+    return Example(prompt=prompt_text(question), response=answer, domain=domain)
 
 
 Adapter = Callable[..., Example]
@@ -231,10 +226,3 @@ def detect_format(column_names: Iterable[str]) -> str:
         f"{', '.join(FORMATS)} and, if the names differ, a column mapping such as "
         "{'prompt': 'query', 'response': 'reply'}"
     )
-
-
-def format_prompt(prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
-    """Insert ``prompt`` into ``template`` at ``{prompt}`` (plain replacement: braces in text are safe)."""
-    if "{prompt}" not in template:
-        raise ValueError(f"prompt_template must contain '{{prompt}}', got {template!r}")
-    return template.replace("{prompt}", prompt)

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 
 from brainstacks_pl.data.curriculum import DEMO_DIR, EpochShuffleSampler
 from brainstacks_pl.data.decontaminate import split_hash
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, format_prompt, strip_chat_tokens
+from brainstacks_pl.data.formats import strip_chat_tokens
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text
 from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.generation import pad_left
 
@@ -102,7 +103,7 @@ def _text(value: Any, field: str) -> str:
     if isinstance(value, list):
         turns = [t for t in value if isinstance(t, Mapping)]
         if field == "prompt":
-            return "\n".join(f"{str(t.get('role', 'user')).capitalize()}: {strip_chat_tokens(str(t.get('content', '')))}" for t in turns)
+            return prompt_text([(str(t.get("role", "user")), strip_chat_tokens(str(t.get("content", "")))) for t in turns])
         answers = [t for t in turns if str(t.get("role", "assistant")) == "assistant"] or turns
         return strip_chat_tokens(str(answers[-1].get("content", ""))) if answers else ""
     return strip_chat_tokens(str(value))

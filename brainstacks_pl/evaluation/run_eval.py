@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from brainstacks_pl.storage import StackFileError, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_task", "evaluate_run", "write_tensorboard", "format_table", "main", "run", "no_router_message"]
+__all__ = ["evaluate_task", "evaluate_run", "write_tensorboard", "format_table", "main", "run", "no_router_message", "wilson_interval", "winner"]
 
 N_SAMPLES = 3
 """Generations kept per task in results.json, for a look at what the model wrote."""
@@ -57,6 +58,7 @@ def evaluate_task(scorer: StackScorer, task: TaskSpec, limit: int | None = None)
         scores = scorer.loglikelihood(requests)
         per_example = [scores[a:b] for a, b in spans]
         result["acc"] = _mean([pick_choice(s, "mean") == ex.answer for s, ex in zip(per_example, examples)])
+        result["chance"] = _mean([1.0 / len(ex.choices) for ex in examples])
         result["acc_sum"] = _mean([pick_choice(s, "sum") == ex.answer for s, ex in zip(per_example, examples)])
         result["gold_mean_logprob"] = _mean([s[ex.answer].mean_logprob for s, ex in zip(per_example, examples)])
     else:
@@ -64,6 +66,7 @@ def evaluate_task(scorer: StackScorer, task: TaskSpec, limit: int | None = None)
         texts = scorer.generate(prompts, routes, task.max_new_tokens, task.stop)
         predicted = [extract_answer(t, task.extract) for t in texts]
         result["acc"] = _mean([answers_match(p, ex.answer, task.extract) for p, ex in zip(predicted, examples)])
+        result["chance"] = 0.0  # an exact-match answer is not guessed by chance
         result["extracted"] = _mean([p is not None for p in predicted])
         result["samples"] = [
             {"prompt": ex.prompt, "output": t, "extracted": p, "gold": ex.answer}
@@ -139,29 +142,65 @@ def write_tensorboard(results: dict[str, Any], log_dir: str | Path) -> None:
         writer.close()
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` examples."""
+    if n <= 0 or p != p:
+        return float("nan"), float("nan")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def winner(accs: dict[str, float], n: int, z: float = 1.96) -> str:
+    """The best mode, or ``tie`` when its lead over the next is within noise (two-proportion
+    z-test at 95%; the modes see the same examples, so this errs towards ``tie``)."""
+    ranked = sorted(((a, m) for m, a in accs.items() if a == a), reverse=True)
+    if not ranked:
+        return "-"
+    if len(ranked) == 1:
+        return ranked[0][1]
+    (p1, best), (p2, _) = ranked[0], ranked[1]
+    se = math.sqrt(max(p1 * (1 - p1) + p2 * (1 - p2), 1e-12) / max(n, 1))
+    return best if p1 - p2 > z * se else "tie"
+
+
 def format_table(results: dict[str, Any]):
-    """A rich ``Table``: one row per task, one accuracy column per mode."""
+    """A rich ``Table``: one row per task: chance level, accuracy per mode with its 95% interval,
+    and which mode won."""
     from rich.table import Table
 
     modes = list(results["modes"])
-    table = Table(title=f"accuracy: {results['run']}")
-    for column in ("task", "domain", "type", "n"):
-        table.add_column(column, no_wrap=True)
+    ok_modes = [m for m in modes if results["modes"][m]["status"] == "ok"]
+    table = Table(
+        title=f"accuracy: {results['run']}",
+        caption="cells: accuracy [95% Wilson interval over n examples]; chance: a uniform guess "
+        "(multiple choice), 0 for exact-match generation; winner: the best mode, tie when its lead is within noise",
+    )
+    for column in ("task", "domain", "type", "n", "chance"):
+        table.add_column(column, no_wrap=column == "task")
     for mode in modes:
         table.add_column(mode, justify="right", no_wrap=True)
+    table.add_column("winner")
 
-    def cell(mode: str, task: str | None) -> str:
+    def cell(mode: str, task: str) -> str:
         entry = results["modes"][mode]
         if entry["status"] != "ok":
             return "skipped"
-        value = entry["mean_acc"] if task is None else entry["tasks"][task]["acc"]
-        return f"{value:.3f}"
+        value, n = entry["tasks"][task]["acc"], entry["tasks"][task]["n"]
+        lo, hi = wilson_interval(value, n)
+        return f"{value:.3f}\n[{lo:.2f}, {hi:.2f}]"
 
-    ok = next((m for m in modes if results["modes"][m]["status"] == "ok"), None)
+    total_n = 0
     for name, spec in results["tasks"].items():
-        n = str(results["modes"][ok]["tasks"][name]["n"]) if ok else "-"
-        table.add_row(name, spec["domain"], spec["type"], n, *(cell(m, name) for m in modes))
-    table.add_row("mean", "", "", "", *(cell(m, None) for m in modes), style="bold")
+        first = results["modes"][ok_modes[0]]["tasks"][name] if ok_modes else {}
+        n, chance = first.get("n", 0), first.get("chance")
+        total_n += n
+        best = winner({m: results["modes"][m]["tasks"][name]["acc"] for m in ok_modes}, n)
+        chance_cell = "-" if chance is None else f"{chance:.3f}"
+        table.add_row(name, spec["domain"], spec["type"], str(n) if ok_modes else "-", chance_cell, *(cell(m, name) for m in modes), best)
+    means = {m: results["modes"][m]["mean_acc"] for m in ok_modes}
+    mean_cells = [f"{means[m]:.3f}" if m in means else "skipped" for m in modes]
+    table.add_row("mean", "", "", str(total_n), "", *mean_cells, winner(means, total_n), style="bold")
     return table
 
 

@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, format_prompt
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt
 from brainstacks_pl.evaluation.scoring import EXTRACTORS
 
 __all__ = ["TaskSpec", "TaskExample", "DEMO_TASKS_DIR", "load_task", "resolve_tasks", "load_examples", "build_context"]

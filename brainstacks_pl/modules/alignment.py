@@ -20,6 +20,7 @@ a rerun after a kill resumes the round from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -33,8 +34,9 @@ from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.optim import stack_optimizers
-from brainstacks_pl.phase import stack_seed
+from brainstacks_pl.phase import record_settings, stack_seed
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.modules.serving import ServedConfiguration
 from brainstacks_pl.storage import Manifest, StackRecord
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,10 @@ class AlignmentModule(L.LightningModule):
         seed: Seed of the stack initialisation (and of GRPO's sampling).
         max_phase_stacks: Stacks of this phase the domain ends up with: a rerun once they exist
             does nothing; raise it to train one more on top.
+        serve: The configuration the stack trains and is measured in, the one it will be served
+            in (``modules/serving.py``): ``auto`` = ``routed`` by the run's trained router when
+            there is one, else ``as_frozen`` (the domain's and earlier domains' stacks);
+            ``ungated`` = every stack on.
     """
 
     phase: ClassVar[str] = ""
@@ -79,6 +85,7 @@ class AlignmentModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         seed: int = 0,
         max_phase_stacks: int = 1,
+        serve: Literal["auto", "routed", "as_frozen", "ungated"] = "auto",
     ):
         super().__init__()
         if max_phase_stacks < 1:
@@ -93,6 +100,8 @@ class AlignmentModule(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.seed = seed
         self.max_phase_stacks = max_phase_stacks
+        self.serve = serve
+        self.serving: ServedConfiguration | None = None
         self.stacks: BrainstacksModel | None = None
         self.stack_config: StackConfig | None = None
         self.tokenizer = None
@@ -112,6 +121,11 @@ class AlignmentModule(L.LightningModule):
             self.stack_config = StackConfig.from_dict(manifest.stack_config)
             self.stacks = BrainstacksModel.from_pretrained(name, self.stack_config, list(manifest.domains), quantization=self.quantization, dtype=self.dtype_name)
         return self.stacks
+
+    def served(self, prompts: list[list[int]] | None = None, repeat: int = 1, tile: int = 1):
+        """The routing scope of a batch as served (``serving.ServedConfiguration.scope``);
+        outside ``run_phase`` (a module driven by hand) the routing is left as it is."""
+        return self.serving.scope(prompts, repeat, tile) if self.serving is not None else contextlib.nullcontext()
 
     def aux_term(self, aux_loss: Tensor) -> Tensor:
         return self.stack_config.aux_coeff * aux_loss
@@ -137,13 +151,33 @@ class AlignmentModule(L.LightningModule):
             run.load_stacks(stacks)
             if self.domain not in stacks.domains:
                 raise ValueError(f"domain {self.domain!r} is not in this run; its domains are {stacks.domains}")
+            self.serving = ServedConfiguration.for_run(stacks, self.tokenizer, run.manifest, run.root, self.domain, self.serve)
             done = [r for r in run.records(self.domain) if r.phase == self.phase]
-            if len(done) >= self.max_phase_stacks:
-                log.info("%s: %d %s stack(s) of %s exist (max_phase_stacks=%d); nothing to do", run.root, len(done), self.phase, self.domain, self.max_phase_stacks)
-                return
-            self._train_one_stack(run, context, datamodule)
+            rerun = len(done) >= self.max_phase_stacks
+            if not rerun:
+                record_settings(run.manifest, f"{self.phase}:{self.domain}", context.settings)
+                self._train_one_stack(run, context, datamodule)
         finally:
             run.release_lock()
+        if run.is_writer:
+            self.print_summary(run, context.settings, rerun)
+
+    def print_summary(self, run, settings: dict, rerun: bool) -> None:
+        """Before/after on the held-out set and the stack file of this phase's last stack."""
+        from brainstacks_pl.report import print_phase_summary, rerun_note
+
+        records = [r for r in run.records(self.domain) if r.phase == self.phase]
+        entries = [e for e in run.manifest.extra.get("alignment", []) if e["phase"] == self.phase and e["domain"] == self.domain]
+        entry = entries[-1] if entries else {"before": {}, "after": {}}
+        rows = [(k, entry["before"].get(k), entry["after"].get(k)) for k in dict.fromkeys([*entry["before"], *entry["after"]])]
+        artifacts = {"stack": run.root / records[-1].file} if records else {}
+        notes = []
+        if rerun:
+            what = f"{self.phase} of {self.domain} ({len(records)} stack(s), max_phase_stacks={self.max_phase_stacks}) in {run.root}"
+            notes.append(rerun_note(what, run.manifest, f"{self.phase}:{self.domain}", settings))
+        served = entry.get("served")
+        title = f"{self.phase} on {self.domain}: held-out before / after" + (f" (served as: {served})" if served else "")
+        print_phase_summary(title, rows, artifacts, notes)
 
     def _train_one_stack(self, run, context, datamodule) -> StackRecord:
         stacks = self.stacks
@@ -177,7 +211,8 @@ class AlignmentModule(L.LightningModule):
             train_seconds=round_seconds(time.monotonic() - started), steps=trainer.global_step,
         )
         run.manifest.extra.setdefault("alignment", []).append(
-            {"phase": self.phase, "domain": self.domain, "round": round, "before": before, "after": after, "nonfinite_steps": self.nonfinite_steps}
+            {"phase": self.phase, "domain": self.domain, "round": round, "served": self.serving.describe() if self.serving else "ungated: every stack",
+             "before": before, "after": after, "nonfinite_steps": self.nonfinite_steps}
         )
         return run.write_stack(tensors, record)
 

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brainstacks_pl.losses import dpo_loss, per_sample_lm_loss
+from brainstacks_pl.losses import IGNORE_INDEX, dpo_loss, per_sample_lm_loss
 from brainstacks_pl.modules.alignment import AlignmentModule
+from brainstacks_pl.modules.serving import prompt_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ class DPOModule(AlignmentModule):
     # ------------------------------------------------------------------ steps
     def _forward_pairs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [2B, L]
-        out = self.stacks(ids, mask)
-        policy = sequence_logps(out.logits, labels)  # [2B]
-        with torch.no_grad(), self.stacks.active_off():
-            reference = sequence_logps(self.stacks(ids, mask).logits, labels)  # [2B]
         half = ids.shape[0] // 2
+        prompts = prompt_rows(ids[:half], (labels[:half] == IGNORE_INDEX) & mask[:half].bool())  # chosen half: bos + prompt
+        with self.served(prompts, tile=2):  # rows: chosen then rejected, same prompts
+            out = self.stacks(ids, mask)
+            policy = sequence_logps(out.logits, labels)  # [2B]
+            with torch.no_grad(), self.stacks.active_off():
+                reference = sequence_logps(self.stacks(ids, mask).logits, labels)  # [2B]
         loss, chosen, rejected = dpo_loss(policy[:half], policy[half:], reference[:half], reference[half:], self.beta, self.label_smoothing)
         return {
             "dpo_loss": loss,

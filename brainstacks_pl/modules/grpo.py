@@ -39,6 +39,7 @@ from torch import Tensor
 from brainstacks_pl.generation import generate
 from brainstacks_pl.losses import group_advantages, grpo_loss
 from brainstacks_pl.modules.alignment import AlignmentModule
+from brainstacks_pl.modules.serving import prompt_rows
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,11 @@ class GRPOModule(AlignmentModule):
         # Seeded by (seed, update, rank): reruns replay the same groups; ranks draw independently.
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank)
         self.stacks.eval()  # no gating noise: the ratio must be 1 at the sampling weights
+        # Every forward of the step (sampling, old / reference / new log-probs) runs as served.
+        with self.served(prompt_rows(prompt_ids, batch["attention_mask"]), repeat=group):
+            return self._grpo_step(batch, optimizer, scheduler, group, prompt_ids, generator)
+
+    def _grpo_step(self, batch, optimizer, scheduler, group: int, prompt_ids: Tensor, generator) -> Tensor | None:
         try:
             with torch.no_grad():
                 sequences, completion_mask = self.sample(prompt_ids.repeat_interleave(group, 0), batch["attention_mask"].repeat_interleave(group, 0), self.max_new_tokens, self.temperature, generator)
@@ -283,7 +289,8 @@ class GRPOModule(AlignmentModule):
 
     # ------------------------------------------------------------------ validation
     def _greedy_rewards(self, batch: dict[str, Any]) -> Tensor | None:
-        sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
+        with self.served(prompt_rows(batch["input_ids"], batch["attention_mask"])):
+            sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
         completions = self.decode(sequences, completion_mask, batch["input_ids"].shape[1])
         # Agreed across ranks like training: a batch skipped on one rank (on_reward_error: skip)
         # is skipped on all, so no rank waits alone in the epoch-end sync of val/reward.
@@ -311,7 +318,8 @@ class GRPOModule(AlignmentModule):
         try:
             for batch in dataloader:
                 batch = {**batch, "input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
-                sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
+                with self.served(prompt_rows(batch["input_ids"], batch["attention_mask"])):
+                    sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
                 completions = self.decode(sequences, completion_mask, batch["input_ids"].shape[1])
                 terms = self.reward_terms(list(batch["prompts"]), completions, dict(batch["columns"]))
                 if terms is None:

@@ -32,26 +32,11 @@ from brainstacks_pl.losses import router_loss
 from brainstacks_pl.optim import lr_factor
 from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.routing.features import collate_features
-from brainstacks_pl.routing.rows import RouterRow, split_by_prompt
+from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RouterModule", "RouterRow", "split_by_prompt", "selection_scores"]
-
-
-def selection_scores(probs: Tensor, routes: Tensor, threshold: float = 0.5) -> dict[str, float]:
-    """Single-domain top-1 accuracy and mixed-set exact match.
-
-    ``routes`` [N, D] is the oracle route (0/1). Single: rows whose route has exactly one
-    domain, correct when the router's argmax is that domain. Mixed: rows with >= 2 domains,
-    correct when ``{d : p_d >= threshold}`` equals the route. An empty group scores 0 (the
-    same for every epoch, so it does not move the best-epoch choice).
-    """
-    size = routes.sum(1)
-    single, mixed = size == 1, size >= 2
-    top1 = (probs[single].argmax(1) == routes[single].argmax(1)).float().mean().item() if single.any() else 0.0
-    exact = ((probs[mixed] >= threshold) == routes[mixed].bool()).all(1).float().mean().item() if mixed.any() else 0.0
-    return {"single_top1": top1, "mixed_exact": exact, "n_single": int(single.sum()), "n_mixed": int(mixed.sum())}
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -100,6 +85,9 @@ class RouterModule(L.LightningModule):
         feature_batch_size: Prompts per base forward when computing router features.
         seed: Seed of the router initialisation and the shuffle.
     """
+
+    phase: ClassVar[str] = "router"
+    """The phase's name (its TensorBoard run is ``tensorboard/router``)."""
 
     phase_callbacks: ClassVar[tuple[str, ...]] = ()
     """No SFT callback applies: the router is not a stack (no boosting, null space or best-stack

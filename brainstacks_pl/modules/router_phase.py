@@ -18,15 +18,16 @@ from dataclasses import asdict
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data.curriculum import encode_examples
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.progress import Progress
 from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
-from brainstacks_pl.routing.rows import RouterRow, split_by_prompt
+from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
 from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
@@ -54,7 +55,7 @@ class RouterPhase:
         with_stacks = {s.domain for s in manifest.stacks}
         missing = [d for d in module.domain_names if d not in with_stacks]
         if missing:
-            raise ValueError(f"{root}: no stacks for router domains {missing}; the run has stacks for {sorted(with_stacks)}")
+            self._use_run_domains(manifest, missing, with_stacks)
         base = module.model_name_or_path or manifest.base_model_id
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name)
@@ -62,6 +63,30 @@ class RouterPhase:
         if getattr(self.datamodule, "tokenizer_name", "set") is None:
             self.datamodule.tokenizer_name = base
         return manifest, stacks
+
+    def _use_run_domains(self, manifest: Manifest, missing: list[str], with_stacks: set[str]) -> None:
+        """The config names domains the run has no stacks for (e.g. the demo's five after a user's
+        own two-domain fit): route over the run's domains instead, with the data its SFT phase
+        used (recorded in the manifest), and say so. Without that record: a clear error."""
+        from brainstacks_pl.data.sources import DomainConfig
+
+        root, data = self.run_dir.root, self.datamodule
+        sft = manifest.extra.get("settings", {}).get("sft", {})
+        recorded = next((v for k, v in sft.items() if k in ("data.domains", "data.init_args.domains")), None)
+        run_domains = [d for d in manifest.domains if d in with_stacks]
+        sources = {d["name"]: d for d in recorded or [] if isinstance(d, dict) and "name" in d}
+        if not run_domains or any(d not in sources for d in run_domains) or not hasattr(data, "domains"):
+            raise ValueError(
+                f"{root}: no stacks for router domains {missing}; the run has stacks for {sorted(with_stacks)}: "
+                f"set data.domains (and model.domains) to those domains and their data"
+            )
+        paths = ", ".join(f"{d}: {sources[d].get('path')}" for d in run_domains)
+        rank_zero_info(
+            f"router domains: the config lists {self.module.domain_names} but {root} has stacks for {run_domains}; "
+            f"routing over the run's domains, with the data its SFT phase used ({paths})"
+        )
+        data.domains = [DomainConfig(**sources[d]) for d in run_domains]
+        self.module.domain_names = list(run_domains)
 
     def _fingerprint(self, manifest: Manifest) -> str:
         data = self.datamodule
@@ -79,17 +104,23 @@ class RouterPhase:
         oracle = RouteLossOracle(stacks, data.pad_id, settings.chat_domain, settings.chat_floor, module.discovery_rows, device)
         fingerprint = self._fingerprint(manifest)
         rows: dict[str, list] = {"train": [], "val": []}
-        for domain in module.domain_names:
-            cache = DiscoveryCache(self.run_dir.root / ROUTER_DIR / "discovery" / f"{domain}.jsonl", fingerprint, write=self.run_dir.is_writer)
-            for split, limit in (("train", module.max_train_examples), ("val", module.max_val_examples)):
-                examples = data.examples(domain, split)[:limit]
-                if not examples:
-                    continue
-                encoded = encode_examples(data.tokenizer, examples, data.max_seq_len, data.prompt_template)
-                items = [encoded.item(i) for i in range(len(encoded))]
-                keys = [example_key(e.prompt, e.response) for e in examples]
-                records = discover_examples(oracle, items, keys, domain, split, cache, settings, module.domain_names, module.discovery_chunk)
-                rows[split].extend(RouterRow(e.prompt, domain, r.target, r.route) for e, r in zip(examples, records))
+        work = [
+            (domain, split, data.examples(domain, split)[:limit])
+            for domain in module.domain_names
+            for split, limit in (("train", module.max_train_examples), ("val", module.max_val_examples))
+        ]
+        progress = Progress("outcome discovery (examples)", sum(len(examples) for _, _, examples in work))
+        caches: dict[str, DiscoveryCache] = {}
+        for domain, split, examples in work:
+            if not examples:
+                continue
+            if domain not in caches:
+                caches[domain] = DiscoveryCache(self.run_dir.root / ROUTER_DIR / "discovery" / f"{domain}.jsonl", fingerprint, write=self.run_dir.is_writer)
+            encoded = encode_examples(data.tokenizer, examples, data.max_seq_len, data.prompt_template)
+            items = [encoded.item(i) for i in range(len(encoded))]
+            keys = [example_key(e.prompt, e.response) for e in examples]
+            records = discover_examples(oracle, items, keys, domain, split, caches[domain], settings, module.domain_names, module.discovery_chunk, progress)
+            rows[split].extend(RouterRow(e.prompt, domain, r.target, r.route) for e, r in zip(examples, records))
         log.info("discovery: %d train + %d val examples, %d batched forwards", len(rows["train"]), len(rows["val"]), oracle.forwards)
         return rows
 
@@ -128,17 +159,29 @@ class RouterPhase:
             d_model = feats[0].shape[-1]
             del stacks  # the base is not needed while the router trains on cached features
             module._build_router(d_model)
+            before = self.held_out(val, features)
             train_loader, val_loader = module.dataloaders(train, val, features)
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
             if module.best:
                 module.router.load_state_dict(module.best["state"])
-            self._finish(train, val, features)
+            self._finish(train, val, features, before)
         finally:
             run.release_lock()
             if run.is_writer:
                 shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _finish(self, train, val, features) -> None:
+    def held_out(self, val, features) -> dict[str, float]:
+        """The router's validation BCE and selection scores (the numbers its best epoch is chosen by)."""
+        domains, was_training = self.module.domain_names, self.module.router.training
+        probs = self.predict([r.prompt for r in val], features).double()  # [N, D]
+        self.module.router.train(was_training)  # predict() switches to eval; the fit must keep its dropout
+        targets = torch.tensor([r.target for r in val], dtype=torch.float64)  # [N, D]
+        routes = torch.tensor([[1.0 if d in r.route else 0.0 for d in domains] for r in val])  # [N, D]
+        bce = torch.nn.functional.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), targets).item()
+        scores = selection_scores(probs, routes, self.module.decision_threshold)
+        return {"val_bce": bce, "single_top1": scores["single_top1"], "mixed_exact": scores["mixed_exact"]}
+
+    def _finish(self, train, val, features, before: dict[str, float]) -> None:
         module, run = self.module, self.run_dir
         best = {k: v for k, v in module.best.items() if k != "state"}
         info = {**module.router_info(), "prompt_template": self.datamodule.prompt_template, "best": best, "train_examples": len(train), "val_examples": len(val)}
@@ -152,3 +195,14 @@ class RouterPhase:
             write_routing_report(run.root / ROUTER_DIR / "routing_report.json", report)
             log_routing_report(self.context.logger, report)
             print_routing_report(report)
+            self._summary(before, self.held_out(val, features), best, len(train), len(val))
+
+    def _summary(self, before: dict[str, float], after: dict[str, float], best: dict, n_train: int, n_val: int) -> None:
+        from brainstacks_pl.report import print_phase_summary
+
+        root = self.run_dir.root
+        epoch = f"best epoch {best['epoch']}" if "epoch" in best else "no validation epoch"
+        title = f"router over {', '.join(self.module.domain_names)}: {n_train} train / {n_val} val examples, untrained vs {epoch}"
+        rows = [(k, before[k], after[k]) for k in before]
+        artifacts = {"router": root / ROUTER_DIR, "routing report": root / ROUTER_DIR / "routing_report.json"}
+        print_phase_summary(title, rows, artifacts)

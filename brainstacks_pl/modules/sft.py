@@ -10,7 +10,7 @@ frozen stacks from their files.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import lightning as L
 import torch
@@ -49,6 +49,9 @@ class StackSFTModule(L.LightningModule):
         seed: Seed of stack initialisation and of the per-epoch gating noise.
         log_expert_utilisation_every: Log per-expert utilisation every N training steps (0 = never).
     """
+
+    phase: ClassVar[str] = "sft"
+    """The phase's name (its TensorBoard run is ``tensorboard/sft``)."""
 
     def __init__(
         self,
@@ -166,15 +169,16 @@ class StackSFTModule(L.LightningModule):
     def run_phase(self, context: PhaseContext) -> None:
         """The whole curriculum: every domain, every boosting round (see ``driver.py``)."""
         from brainstacks_pl.driver import CurriculumDriver
-        from brainstacks_pl.report import print_forgetting_report
+        from brainstacks_pl.report import print_forgetting_report, print_sft_summary
 
         hooks = [context.callbacks["null_space"]] if "null_space" in context.callbacks else []
         driver = CurriculumDriver(
             self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks
         )
-        driver.run_all()
+        manifest = driver.run_all(context.settings)
         if driver.run.is_writer:
             print_forgetting_report(driver.forgetting, driver.run.root, context.logger)
+            print_sft_summary(manifest, driver.run.root, context.settings, rerun=not driver.trained)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -296,15 +296,19 @@ def discover_examples(
     settings: DiscoverySettings,
     domains: Sequence[str] | None = None,
     chunk_size: int = 32,
+    progress=None,
 ) -> list[DiscoveryRecord]:
     """Discover (or read from ``cache``) every example of one domain split, in input order.
 
     ``domains`` are the router's domains (default: the model's); routes are sets of them.
+    ``progress`` (a ``brainstacks_pl.progress.Progress``) is told of every example done.
     """
     domains = list(domains or oracle.stacks.domains)
     todo = [i for i, key in enumerate(keys) if key not in cache.records]
     if len(todo) < len(keys):
         log.info("discovery %s/%s: %d of %d examples cached", source, split, len(keys) - len(todo), len(keys))
+        if progress is not None:
+            progress.update(len(keys) - len(todo), f"{source}/{split}: cached")
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
         sub = [items[i] for i in chunk]
@@ -317,4 +321,6 @@ def discover_examples(
             for i, r in zip(chunk, found)
         ]
         cache.add(records)
+        if progress is not None:
+            progress.update(len(chunk), f"{source}/{split}")
     return [cache.records[key] for key in keys]

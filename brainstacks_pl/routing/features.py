@@ -1,7 +1,7 @@
 """Router inputs: prompt token ids (the SFT prompt template) and base-only features.
 
 The router sees exactly the tokens a stack sees before the answer starts,
-``[bos] + format_prompt(prompt)``, cut to the first ``router_seq_len`` tokens. The base is
+``[bos] + format_prompt(prompt)`` (the one canonical rendering, ``data/prompts.py``), cut to the first ``router_seq_len`` tokens. The base is
 frozen and the features are computed with every stack off, so one prompt's features never
 change during router training: ``compute_features`` runs the base once per unique prompt and
 the router then trains on cached tensors (see docs/router.md for the memory this costs).
@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, format_prompt
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt
 from brainstacks_pl.layers.router import base_features
 
 __all__ = ["prompt_ids", "pad_right", "compute_features", "collate_features"]

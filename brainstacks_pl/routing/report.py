@@ -4,7 +4,7 @@ A route is the set of domains switched on, written ``chat+math`` (``base`` for n
 router's route is ``{d : p_d >= decision_threshold}`` (0.5, the point its BCE targets are
 split at; the inference gate 0.12 is looser on purpose). Output: JSON
 (``RUN/router/routing_report.json``), a TensorBoard image (rows = source domains, columns =
-domains, left block oracle, right block router: how often each domain is on) and a printed
+domains, left panel oracle, right panel router: how often each domain is on) and a printed
 table such as ``medical -> chat+medical 97%``.
 """
 
@@ -14,11 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from brainstacks_pl.storage import atomic_write_json
 
-__all__ = ["route_name", "build_routing_report", "write_routing_report", "print_routing_report", "log_routing_report", "selection_image"]
+__all__ = ["route_name", "build_routing_report", "write_routing_report", "print_routing_report", "log_routing_report"]
 
 
 def route_name(route: Sequence[str]) -> str:
@@ -65,30 +64,13 @@ def print_routing_report(report: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def selection_image(report: dict[str, Any], cell: int = 24) -> np.ndarray:
-    """[3, H, W] uint8: per source (row) how often each domain is on; oracle block | router block."""
-    domains, sources = report["domains"], list(report["per_source"])
-    blocks = []
-    for who in ("oracle", "router"):
-        matrix = np.zeros((len(sources), len(domains)))
-        for i, source in enumerate(sources):
-            for name, share in report["per_source"][source].get(who, {}).items():
-                for j, domain in enumerate(domains):
-                    matrix[i, j] += share if domain in name.split("+") else 0.0
-        blocks.append(matrix)
-    gap = np.full((len(sources), 1), np.nan)
-    full = np.concatenate([blocks[0], gap, blocks[1]], axis=1)
-    rgb = np.stack([255 * np.nan_to_num(full), 64 * np.ones_like(full), 255 * (1 - np.nan_to_num(full))])
-    rgb[:, np.isnan(full)] = 128
-    return np.kron(rgb, np.ones((1, cell, cell))).astype(np.uint8)
-
-
 def log_routing_report(logger, report: dict[str, Any], step: int = 0) -> None:
-    """Image + markdown table in TensorBoard (no-op for loggers without ``experiment.add_image``)."""
-    experiment = getattr(logger, "experiment", None)
-    if experiment is None or not hasattr(experiment, "add_image"):
+    """Figure + markdown table in TensorBoard (no-op for loggers without ``experiment.add_figure``)."""
+    from brainstacks_pl.figures import log_figure, routing_figure
+
+    if not log_figure(logger, "router/selection_oracle_vs_router", routing_figure(report), step):
         return
-    experiment.add_image("router/selection_oracle_vs_router", selection_image(report), global_step=step)
+    experiment = logger.experiment
     lines = ["| source | n | oracle | router | agreement |", "|---|---|---|---|---|"]
     for source, entry in report["per_source"].items():
         agreement = f"{entry['agreement']:.0%}" if "agreement" in entry else ""

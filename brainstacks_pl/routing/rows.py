@@ -1,11 +1,13 @@
-"""Router training rows and the prompt-level split: shared by the router module and its phase."""
+"""Router training rows, the prompt-level split and the selection scores: shared by the router module and its phase."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RouterRow", "split_by_prompt"]
+from torch import Tensor
+
+__all__ = ["RouterRow", "selection_scores", "split_by_prompt"]
 
 
 @dataclass
@@ -22,3 +24,18 @@ def split_by_prompt(train: Sequence[RouterRow], val: Sequence[RouterRow]) -> tup
     """Drop every training row whose prompt is also a validation prompt (no leakage)."""
     held_out = {row.prompt for row in val}
     return [row for row in train if row.prompt not in held_out], list(val)
+
+
+def selection_scores(probs: Tensor, routes: Tensor, threshold: float = 0.5) -> dict[str, float]:
+    """Single-domain top-1 accuracy and mixed-set exact match.
+
+    ``routes`` [N, D] is the oracle route (0/1). Single: rows whose route has exactly one
+    domain, correct when the router's argmax is that domain. Mixed: rows with >= 2 domains,
+    correct when ``{d : p_d >= threshold}`` equals the route. An empty group scores 0 (the
+    same for every epoch, so it does not move the best-epoch choice).
+    """
+    size = routes.sum(1)
+    single, mixed = size == 1, size >= 2
+    top1 = (probs[single].argmax(1) == routes[single].argmax(1)).float().mean().item() if single.any() else 0.0
+    exact = ((probs[mixed] >= threshold) == routes[mixed].bool()).all(1).float().mean().item() if mixed.any() else 0.0
+    return {"single_top1": top1, "mixed_exact": exact, "n_single": int(single.sum()), "n_mixed": int(mixed.sum())}

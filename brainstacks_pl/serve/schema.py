@@ -167,12 +167,12 @@ def parse_request(kind: type[_Sampling], body: object) -> _Sampling:
 
 
 def chat_prompt(messages: list[Message]) -> str:
-    """The conversation as one prompt for the run's prompt template: a lone user message as is
-    (so the server answers exactly what ``brainstacks generate --prompt`` answers), otherwise one
-    ``Role: text`` line per message."""
-    if len(messages) == 1 and messages[0].role == "user":
-        return messages[0].text()
-    return "\n".join(f"{m.role.capitalize()}: {m.text()}" for m in messages)
+    """The conversation as one prompt, in the canonical form every command renders
+    (``data.prompts.prompt_text``): a lone user message as is (so the server answers exactly
+    what ``brainstacks generate --prompt`` answers), otherwise ``Role: text`` turns."""
+    from brainstacks_pl.data.prompts import prompt_text
+
+    return prompt_text([(m.role, m.text()) for m in messages])
 
 
 def model_ids(name: str, domains: list[str], has_router: bool) -> list[str]:

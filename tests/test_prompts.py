@@ -1,0 +1,99 @@
+"""One canonical prompt rendering (data/prompts.py): every format, every consumer, same text."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from brainstacks_pl.data.curriculum import DEMO_DOMAINS, demo_domains
+from brainstacks_pl.data.formats import FORMATS
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, parse_turns, prompt_text, render_turns
+from brainstacks_pl.data.sources import load_examples
+
+PREFIX = DEFAULT_PROMPT_TEMPLATE.split("{prompt}")[0]
+
+
+def test_a_user_turn_renders_the_same_from_every_format():
+    rows = {
+        "alpaca": {"instruction": "What is 12 times 7?", "input": "", "output": "84"},
+        "messages": {
+            "messages": [{"role": "user", "content": "What is 12 times 7?"}, {"role": "assistant", "content": "84"}]
+        },
+        "prompt_completion": {"prompt": "What is 12 times 7?", "completion": "84"},
+        "question_answer": {"question": "What is 12 times 7?", "answer": "84"},
+    }
+    rendered = {fmt: format_prompt(FORMATS[fmt](row, {}).prompt) for fmt, row in rows.items()}
+    assert set(rendered.values()) == {PREFIX + "User: What is 12 times 7?\n### Response:\n"}
+
+
+def test_role_prefixed_text_reads_back_as_turns_and_rendering_is_idempotent():
+    assert (
+        format_prompt("User: Hi, I'm Tom.")
+        == format_prompt("Hi, I'm Tom.")
+        == format_prompt([("user", "Hi, I'm Tom.")])
+    )
+    convo = "User: Hi, I'm Ana.\nAssistant: Hello Ana!\nUser: What can you do?\nList it."
+    assert parse_turns(convo) == [
+        ("User", "Hi, I'm Ana."),
+        ("Assistant", "Hello Ana!"),
+        ("User", "What can you do?\nList it."),
+    ]
+    assert render_turns(convo) == convo and prompt_text(convo) == convo
+    assert format_prompt(format_prompt_body := render_turns("Plain question?")) == format_prompt(format_prompt_body)
+    assert prompt_text("User: only one turn") == "only one turn"
+    # Text that does not start with a role prefix is one user turn, whatever it contains.
+    assert parse_turns("Translate:\nUser: hola") == [("User", "Translate:\nUser: hola")]
+
+
+def test_a_system_message_folds_into_the_first_user_turn():
+    turns = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Name a color.")]
+    assert render_turns(turns) == "User: Be brief.\n\nHi\nAssistant: Hello!\nUser: Name a color."
+    assert render_turns("System: Be brief.\nUser: Hi") == "User: Be brief.\n\nHi"
+    assert render_turns([("system", "Only a system text.")]) == "User: Only a system text."
+
+
+def _skeleton(prompt: str) -> str:
+    """The rendered prompt with every turn's content blanked: its format, nothing else."""
+    return format_prompt([(role, "...") for role, _ in parse_turns(prompt)])
+
+
+def test_no_demo_domain_can_be_told_apart_by_its_prompt_format():
+    """On the bundled demo data every prompt starts with the same template and ``User:`` turn,
+    and every domain's single-turn prompts share one skeleton; only chat has a history
+    (earlier turns), which is the conversation's content rather than its file format."""
+    single = format_prompt("...")
+    skeletons: dict[str, Counter] = {}
+    for cfg in demo_domains(DEMO_DOMAINS):
+        examples, _ = load_examples(cfg)
+        rendered = [format_prompt(ex.prompt) for ex in examples]
+        assert all(r.startswith(PREFIX + "User: ") for r in rendered), cfg.name
+        assert not any(re.search(r"^(System|Human):", r, re.MULTILINE) for r in rendered), cfg.name
+        skeletons[cfg.name] = Counter(_skeleton(ex.prompt) for ex in examples)
+    for name, counts in skeletons.items():
+        # The single-turn skeleton is each domain's most common one: format alone never says "chat".
+        assert counts.most_common(1)[0][0] == single, (name, counts.most_common(3))
+        assert set(counts) - {single} <= {s for s in counts if "Assistant: " in s}, name
+
+
+@pytest.mark.parametrize("template", ["{prompt}", "Q: {prompt}\nA: "])
+def test_custom_templates_keep_the_canonical_body(template):
+    assert format_prompt("User: hi", template) == template.replace("{prompt}", "User: hi")
+
+
+def test_the_http_server_renders_conversations_like_chat_and_generate():
+    pytest.importorskip("pydantic")
+    from brainstacks_pl.serve.schema import Message, chat_prompt
+
+    lone = [Message(role="user", content="Hi, I'm Tom.")]
+    assert chat_prompt(lone) == "Hi, I'm Tom." and format_prompt(chat_prompt(lone)) == format_prompt("Hi, I'm Tom.")
+    convo = [
+        Message(role="developer", content="Be brief."),
+        Message(role="user", content="Hi"),
+        Message(role="assistant", content="Hello!"),
+        Message(role="user", content="Bye"),
+    ]
+    assert format_prompt(chat_prompt(convo)) == format_prompt(
+        [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye")]
+    )
