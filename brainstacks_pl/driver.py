@@ -45,10 +45,11 @@ class CurriculumDriver:
         boosting: ResidualBoosting,
         logger=None,
         domain_hooks: list | None = None,
+        accept_new_base: bool = False,
     ):
         self.module = module
         self.datamodule = datamodule
-        self.run = RunDirectory(run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0)
+        self.run = RunDirectory(run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=accept_new_base)
         self.trainer_factory = trainer_factory
         self.boosting = boosting
         self.logger = logger

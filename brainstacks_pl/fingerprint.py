@@ -65,7 +65,7 @@ def base_location(name_or_path: str) -> str:
 def base_directory(name_or_path: str) -> Path:
     """The local directory holding the base's files: the path itself, the bundled demo base, or
     the Hugging Face cache snapshot of a hub id. A ``BaseModelMismatch`` naming it otherwise."""
-    from brainstacks_pl.demo_base import resolve_model_name
+    from brainstacks_pl.assets import resolve_model_name
 
     path = Path(resolve_model_name(name_or_path)).expanduser()
     if path.is_dir():

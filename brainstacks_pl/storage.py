@@ -37,6 +37,7 @@ __all__ = [
     "check_domain_name",
     "inside",
     "StackFileError",
+    "UnsafeNameError",
     "StackRecord",
     "Manifest",
     "atomic_write_bytes",
@@ -63,10 +64,14 @@ class StackFileError(UserError, ValueError):
     """A stack, basis or manifest file is missing, corrupt, foreign or unsafe."""
 
 
+class UnsafeNameError(UserError, ValueError):
+    """A domain name that could not safely become part of a file name."""
+
+
 def check_domain_name(name: Any, where: str) -> str:
-    """``name`` if it is a safe domain name (``DOMAIN_PATTERN``), else a ``StackFileError``."""
+    """``name`` if it is a safe domain name (``DOMAIN_PATTERN``), else an ``UnsafeNameError``."""
     if not isinstance(name, str) or not DOMAIN_PATTERN.fullmatch(name):
-        raise StackFileError(f"{where}: domain name {name!r} is not allowed (letters, digits, '_' and '-', starting with a letter or digit, at most 64 characters)")
+        raise UnsafeNameError(f"{where}: domain name {name!r} is not allowed (letters, digits, '_' and '-', starting with a letter or digit, at most 64 characters)")
     return name
 
 

@@ -132,7 +132,10 @@ class StackSFTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         loss = self._common_step(batch, "train")
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None:  # every rank skips or none does (a lone skip would pair the others' all-reduce wrongly)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             # Returning None skips backward and the optimizer step: the weights never see it.
             self.nonfinite_steps += 1
             log.warning("non-finite training loss at step %d of %s; step skipped", self.global_step, self.stack_tag)
@@ -173,7 +176,8 @@ class StackSFTModule(L.LightningModule):
 
         hooks = [context.callbacks["null_space"]] if "null_space" in context.callbacks else []
         driver = CurriculumDriver(
-            self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks
+            self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks,
+            accept_new_base=context.accept_new_base,
         )
         manifest = driver.run_all(context.settings)
         if driver.run.is_writer:
