@@ -80,7 +80,7 @@ def load_rows(path: str, split: str = "train", max_examples: Optional[int] = Non
         if not files or None in builders or len(builders) != 1:
             raise ValueError(f"{path!r}: need one or more files of a single type ({', '.join(_BUILDERS)}), got {[p.name for p in files]}")
         builder = builders.pop()
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **builder_options(builder))
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **builder_options(builder, files))
     rows = [dict(row) for row in ds]
     return rows[:max_examples] if max_examples is not None else rows
 
