@@ -61,6 +61,8 @@ class CurriculumDriver:
     def run_all(self, settings: dict | None = None) -> Manifest:
         """Train every unfinished domain; ``settings`` (the phase's options) are recorded in the
         manifest when this call finishes the curriculum."""
+        if Manifest.exists(self.run.root):
+            Manifest.load(self.run.root)  # a damaged run directory fails before the data is prepared
         stacks = self.module.build()
         self.datamodule.setup("fit")
         self.run.acquire_lock()

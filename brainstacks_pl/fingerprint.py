@@ -33,7 +33,7 @@ from typing import Any
 
 from brainstacks_pl.errors import UserError
 
-__all__ = ["BaseModelMismatch", "base_location", "base_directory", "fingerprint", "check_base_model", "ACCEPT_FLAG"]
+__all__ = ["BaseModelMismatch", "base_location", "check_base_exists", "base_directory", "fingerprint", "check_base_model", "ACCEPT_FLAG"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 WHOLE_FILE_BYTES = 32 * 2**20
@@ -62,6 +62,16 @@ def base_location(name_or_path: str) -> str:
     return str(path.resolve()) if path.exists() else name_or_path
 
 
+def check_base_exists(name_or_path: str) -> None:
+    """A name that can only be a local path must exist (transformers would report a missing
+    directory as a malformed hub repo id)."""
+    from brainstacks_pl.demo_base import resolve_model_name
+
+    path = Path(resolve_model_name(name_or_path)).expanduser()
+    if not path.exists() and _looks_like_path(name_or_path):
+        raise BaseModelMismatch(f"base model directory {name_or_path!r} does not exist")
+
+
 def base_directory(name_or_path: str) -> Path:
     """The local directory holding the base's files: the path itself, the bundled demo base, or
     the Hugging Face cache snapshot of a hub id. A ``BaseModelMismatch`` naming it otherwise."""
@@ -72,8 +82,7 @@ def base_directory(name_or_path: str) -> Path:
         return path
     if path.exists():
         raise BaseModelMismatch(f"base model {name_or_path!r} is a file; give the directory written by save_pretrained")
-    if _looks_like_path(name_or_path):
-        raise BaseModelMismatch(f"base model directory {name_or_path!r} does not exist")
+    check_base_exists(name_or_path)
     try:
         from huggingface_hub import snapshot_download
 

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -198,14 +199,17 @@ class RunDirectory:
         for domain in stacks.domains:
             check_domain_name(domain, "the curriculum")
         where = str(self.root / "manifest.json")
+        saved = None
         if Manifest.exists(self.root):
             self.manifest = Manifest.load(self.root)
+            saved = asdict(self.manifest)
             self.manifest.check_compatible(shapes, config, stacks.domains, where=where)
             self.manifest.domains = list(stacks.domains)
         else:
             self.manifest = Manifest(base_model_id=base_location(stacks.base_model_id), layer_shapes=shapes, stack_config=config, domains=list(stacks.domains))
         self.check_base(stacks.base_model_id)
-        self.save_manifest()
+        if asdict(self.manifest) != saved:  # nothing is rewritten that did not change
+            self.save_manifest()
         if self.is_writer:
             self._remove_orphan_temp_files()
             self._remove_finished_round_dirs()

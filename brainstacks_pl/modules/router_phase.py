@@ -61,7 +61,6 @@ class RouterPhase:
         check_base_model(manifest.base_model, base, str(root / "manifest.json"), getattr(self.context, "accept_new_base", False))
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name)
-        stacks.base_model_id = manifest.base_model_id
         if getattr(self.datamodule, "tokenizer_name", "set") is None:
             self.datamodule.tokenizer_name = base
         return manifest, stacks
