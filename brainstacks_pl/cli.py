@@ -187,7 +187,11 @@ def run_fit(argv: list[str]) -> int:
     except UserError:
         raise
     except USER_ERROR_TYPES as err:
-        raise UserError(f"{type(err).__name__}: {err}") from err
+        cause = err
+        while cause is not None and not isinstance(cause, UserError):  # jsonargparse wraps what __init__ raised
+            cause = cause.__cause__ or cause.__context__
+        message = str(cause) if cause is not None else f"{type(err).__name__}: {err}"
+        raise UserError(" ".join(message.split("\n")[:1]) if cause is None else message) from err
     return 0
 
 
