@@ -570,7 +570,7 @@ SPECIFIC: dict[str, Case] = {
     ),
     "fit: --ckpt_path": Case("fit", lambda env: fit(env, "--ckpt_path", str(env.tmp / "x.ckpt")), r"--ckpt_path is not used by this phase"),
     "fit: AdamW lr 5.0, relative base path": Case("fit", _fresh_fit("5.0"), check=_fresh_run_is_finite_and_portable),
-    "fit: AdamW lr 1e6": Case("fit", _fresh_fit("1e6"), check=_fresh_run_is_finite_and_portable),
+    "fit: AdamW lr 1e30 (NaN validation loss)": Case("fit", _fresh_fit("1e30"), check=_fresh_run_is_finite_and_portable),
     # router
     "router: --trainer.max_epochs 0": Case("router", lambda env: router(env, "--trainer.max_epochs", "0"), ZERO_STEPS),
     "router: another base": Case("router", lambda env: router(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH),

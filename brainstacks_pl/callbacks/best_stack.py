@@ -85,7 +85,7 @@ class BestStackCallback(Callback):
                 self._stop(trainer, f"patience ({self.patience} evaluations without improvement)")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if outputs is None and getattr(pl_module, "nonfinite_steps", 0):
+        if (outputs is None or getattr(pl_module, "last_step_skipped", False)) and getattr(pl_module, "nonfinite_steps", 0):
             self.restore(pl_module)  # a non-finite loss: go back to the last good weights
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -21,7 +21,7 @@ from torch import Tensor
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.optim import stack_optimizers
+from brainstacks_pl.optim import SkipNonFiniteSteps, stack_optimizers
 from brainstacks_pl.phase import PhaseContext
 from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["StackSFTModule", "evaluate_loss"]
 
 
-class StackSFTModule(L.LightningModule):
+class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
     """Causal-LM loss on response tokens + ``aux_coeff`` x the summed load-balance losses.
 
     Args:
@@ -130,16 +130,12 @@ class StackSFTModule(L.LightningModule):
                 self.log(f"experts/{tag}/e{expert}", share, on_step=True, on_epoch=False)
         return loss if stage == "train" else task_loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._common_step(batch, "train")
-        finite = bool(torch.isfinite(loss))
-        if self._trainer is not None:  # every rank skips or none does (a lone skip would pair the others' all-reduce wrongly)
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            # Returning None skips backward and the optimizer step: the weights never see it.
+        if self.nonfinite_anywhere(loss):  # every rank skips, or none does (SkipNonFiniteSteps)
             self.nonfinite_steps += 1
             log.warning("non-finite training loss at step %d of %s; step skipped", self.global_step, self.stack_tag)
-            return None
+            return self.skip_step()
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
