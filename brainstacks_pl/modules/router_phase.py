@@ -41,7 +41,7 @@ __all__ = ["RouterPhase"]
 class RouterPhase:
     def __init__(self, module, context):
         self.module, self.context = module, context
-        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0)
+        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=getattr(context, "accept_new_base", False))
         self.datamodule = context.datamodule
 
     # ------------------------------------------------------------------ setup
