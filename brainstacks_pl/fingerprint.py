@@ -62,22 +62,23 @@ def base_location(name_or_path: str) -> str:
     return str(path.resolve()) if path.exists() else name_or_path
 
 
+def _local(name_or_path: str) -> Path:
+    from brainstacks_pl.assets import resolve_model_name
+
+    return Path(resolve_model_name(name_or_path)).expanduser()
+
+
 def check_base_exists(name_or_path: str) -> None:
     """A name that can only be a local path must exist (transformers would report a missing
     directory as a malformed hub repo id)."""
-    from brainstacks_pl.demo_base import resolve_model_name
-
-    path = Path(resolve_model_name(name_or_path)).expanduser()
-    if not path.exists() and _looks_like_path(name_or_path):
+    if _looks_like_path(name_or_path) and not _local(name_or_path).exists():
         raise BaseModelMismatch(f"base model directory {name_or_path!r} does not exist")
 
 
 def base_directory(name_or_path: str) -> Path:
     """The local directory holding the base's files: the path itself, the bundled demo base, or
     the Hugging Face cache snapshot of a hub id. A ``BaseModelMismatch`` naming it otherwise."""
-    from brainstacks_pl.assets import resolve_model_name
-
-    path = Path(resolve_model_name(name_or_path)).expanduser()
+    path = _local(name_or_path)
     if path.is_dir():
         return path
     if path.exists():
