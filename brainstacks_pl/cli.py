@@ -190,8 +190,10 @@ def run_fit(argv: list[str]) -> int:
         cause = err
         while cause is not None and not isinstance(cause, UserError):  # jsonargparse wraps what __init__ raised
             cause = cause.__cause__ or cause.__context__
-        message = str(cause) if cause is not None else f"{type(err).__name__}: {err}"
-        raise UserError(" ".join(message.split("\n")[:1]) if cause is None else message) from err
+        if cause is not None:
+            raise UserError(str(cause)) from err
+        first_line = (str(err).splitlines() or [""])[0]
+        raise UserError(f"{type(err).__name__}: {first_line}") from err
     return 0
 
 

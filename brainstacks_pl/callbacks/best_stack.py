@@ -86,7 +86,7 @@ class BestStackCallback(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if (outputs is None or getattr(pl_module, "last_step_skipped", False)) and getattr(pl_module, "nonfinite_steps", 0):
-            self.restore(pl_module)  # a non-finite loss: go back to the last good weights
+            self.restore_best(pl_module)  # a non-finite loss: go back to the last good weights
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.restore_best(pl_module)

@@ -84,7 +84,7 @@ class ResidualBoosting(Callback):
             # of its last epoch skips the fit loop (no on_train_end): restore here so the best is frozen.
             best.restore_best(pl_module)
         if trainer.global_step == 0:
-            raise UserError(f"{info.domain} round {info.round} took no optimizer step (no training batches, or every loss was non-finite); nothing was frozen")
+            raise UserError(f"{info.domain} round {info.round} took no training step (no training batches); nothing was frozen")
         tensors = stacks.freeze_stack()
         loss_at_freeze = evaluate_loss(stacks, trainer.datamodule.val_dataloader(), pl_module.device)
         record = StackRecord(
