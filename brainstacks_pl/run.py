@@ -132,8 +132,9 @@ class RunDirectory:
     def resume_checkpoint(self, domain: str, round: int) -> str | None:
         """The round's last Lightning checkpoint if it is readable.
 
-        One that fails to load (cut short by a kill, or damaged) is renamed aside to
-        ``last.ckpt.unreadable-<n>`` with a warning, never deleted: the round restarts from scratch.
+        One that fails to load (cut short by a kill, or damaged) is moved aside to
+        ``rounds/<domain>-r<k>.unreadable-<n>.ckpt`` with a warning, never deleted (the round
+        directory goes once its stack is written; this file stays): the round restarts from scratch.
         """
         path = self.round_dir(domain, round) / "checkpoints" / "last.ckpt"
         if not path.is_file():
@@ -142,7 +143,8 @@ class RunDirectory:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             if self.is_writer:
-                aside = next(path.with_name(f"{path.name}.unreadable-{n}") for n in range(1, 10_000) if not path.with_name(f"{path.name}.unreadable-{n}").exists())
+                round_dir = self.round_dir(domain, round)
+                aside = next(p for n in range(1, 10_000) if not (p := round_dir.with_name(f"{round_dir.name}.unreadable-{n}.ckpt")).exists())
                 os.replace(path, aside)
                 log.warning("%s could not be loaded (%s: %s); renamed to %s, the round restarts from its beginning", path, type(err).__name__, err, aside.name)
             return None

@@ -638,8 +638,8 @@ def test_torn_checkpoint_is_renamed_aside_with_a_warning(run_copy, caplog):
     ckpt.write_bytes(b"PK\x03\x04 cut short by a kill")
     with caplog.at_level("WARNING", logger="brainstacks_pl.run"):
         assert RunDirectory(run_copy).resume_checkpoint("math", 1) is None
-    kept = ckpt.with_name("last.ckpt.unreadable-1")
-    handled = not ckpt.exists() and kept.read_bytes() == b"PK\x03\x04 cut short by a kill" and "renamed to last.ckpt.unreadable-1" in caplog.text
+    kept = run_copy / "rounds" / "math-r1.unreadable-1.ckpt"  # beside the round directory, which goes when the round is done
+    handled = not ckpt.exists() and kept.read_bytes() == b"PK\x03\x04 cut short by a kill" and "renamed to math-r1.unreadable-1.ckpt" in caplog.text
     OUTCOMES["handled" if handled else "silent"].append("fit: torn round checkpoint")
     assert handled
 
