@@ -189,8 +189,8 @@ class RoutedGenerator:
 
         root = Path(run_dir)
         device = check_device(device)
-        if dtype not in DTYPES:
-            raise InferenceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if not isinstance(getattr(torch, str(dtype), None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
+            raise InferenceError(f"--dtype must be a floating-point torch dtype such as {', '.join(DTYPES)}, got {dtype!r}")
         manifest = Manifest.load(root)
         base = model_name_or_path or manifest.base_model_id
         # Before loading anything: the base must be the one the stacks were trained on.

@@ -527,7 +527,7 @@ SPECIFIC: dict[str, Case] = {
     # generate
     "generate: --device cuda:99": Case("generate", lambda env: gen(env, "--device", "cuda:99"), r"--device cuda:99: this machine has"),
     "generate: --device tpu": Case("generate", lambda env: gen(env, "--device", "tpu7"), r"--device 'tpu7' is not a torch device"),
-    "generate: --dtype float7": Case("generate", lambda env: gen(env, "--dtype", "float7"), r"--dtype must be one of float32, bfloat16, float16, got 'float7'"),
+    "generate: --dtype float7": Case("generate", lambda env: gen(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype such as float32, bfloat16, float16, got 'float7'"),
     "generate: --run /etc/passwd": Case("generate", lambda env: gen(env, "--run", "/etc/passwd"), r"/etc/passwd: not a run directory"),
     "generate: --run missing": Case("generate", lambda env: gen(env, "--run", str(env.tmp / "nope")), r"nope/manifest\.json: no manifest"),
     "generate: missing base directory": Case("generate", lambda env: gen(env, "--model_name_or_path", str(env.tmp / "no_model")), r"base model directory '.*no_model' does not exist"),
@@ -547,7 +547,7 @@ SPECIFIC: dict[str, Case] = {
     "chat: a Latin-1 byte in a prompt": Case("chat", chat, stdin="caf\udce9\nhello\n", check=lambda env, out: answered_once(env, out) and "error: the prompt is not valid UTF-8" in out.out),
     "chat: bad session commands": Case("chat", chat, stdin="/tokens 0\n/mode bogus\n/nope\nhello\n", check=lambda env, out: answered_once(env, out) and out.out.count("error: ") == 3),
     "chat: --device cuda:99": Case("chat", lambda env: chat(env, "--device", "cuda:99"), r"--device cuda:99"),
-    "chat: --dtype float7": Case("chat", lambda env: chat(env, "--dtype", "float7"), r"--dtype must be one of"),
+    "chat: --dtype float7": Case("chat", lambda env: chat(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype"),
     "chat: another base": Case("chat", lambda env: chat(env, "--model_name_or_path", str(env.other_model)), MISMATCH),
     # evaluate
     "evaluate: read-only run": Case("evaluate", _deny_writes, r"cannot write results under .*/run/eval"),
@@ -555,7 +555,7 @@ SPECIFIC: dict[str, Case] = {
     "evaluate: --limit 0": Case("evaluate", lambda env: evaluate(env, "--limit", "0"), r"--limit must be >= 1"),
     "evaluate: --modes bogus": Case("evaluate", lambda env: evaluate(env, "--modes", "bogus"), r"--modes takes a comma list"),
     "evaluate: unknown task": Case("evaluate", lambda env: evaluate(env, "--tasks", "no_such_task"), r"unknown task"),
-    "evaluate: --dtype float7": Case("evaluate", lambda env: evaluate(env, "--dtype", "float7"), r"--dtype must be one of"),
+    "evaluate: --dtype float7": Case("evaluate", lambda env: evaluate(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype"),
     "evaluate: another base": Case("evaluate", lambda env: evaluate(env, "--model_name_or_path", str(env.other_model)), MISMATCH),
     # fit (SFT curriculum)
     "fit: config domain escapes": Case("fit", lambda env: fit(env, '--data.domains=[{name: "../../outside/escaped", path: "demo:chat", max_examples: 16}]'), r"domain name '\.\./\.\./outside/escaped' is not allowed"),
