@@ -33,7 +33,7 @@ from typing import Any
 
 from brainstacks_pl.errors import UserError
 
-__all__ = ["BaseModelMismatch", "base_location", "check_base_exists", "base_directory", "fingerprint", "check_base_model", "ACCEPT_FLAG"]
+__all__ = ["BaseModelMismatch", "base_location", "check_base_exists", "is_local", "base_directory", "fingerprint", "check_base_model", "ACCEPT_FLAG"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 WHOLE_FILE_BYTES = 32 * 2**20
@@ -66,6 +66,11 @@ def _local(name_or_path: str) -> Path:
     from brainstacks_pl.assets import resolve_model_name
 
     return Path(resolve_model_name(name_or_path)).expanduser()
+
+
+def is_local(name_or_path: str) -> bool:
+    """The base is a local directory (or the bundled demo base), not a hub id."""
+    return _local(name_or_path).exists()
 
 
 def check_base_exists(name_or_path: str) -> None:

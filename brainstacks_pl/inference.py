@@ -29,7 +29,7 @@ from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.errors import UserError
 from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE
-from brainstacks_pl.fingerprint import check_base_model
+from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
@@ -193,10 +193,15 @@ class RoutedGenerator:
             raise InferenceError(f"--dtype must be a floating-point torch dtype such as {', '.join(DTYPES)}, got {dtype!r}")
         manifest = Manifest.load(root)
         base = model_name_or_path or manifest.base_model_id
-        # Before loading anything: the base must be the one the stacks were trained on.
-        manifest.base_model = check_base_model(manifest.base_model, base, str(root / "manifest.json"), accept_new_base)
+        # The base must be the one the stacks were trained on: checked before loading a local base,
+        # after loading (downloading) a hub id that is not cached yet.
+        where, local = str(root / "manifest.json"), is_local(base)
+        if local:
+            manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=quantization, dtype=dtype).to(device)
+        if not local:
+            manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         manifest.check_compatible(stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json"))
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
         router, info = (None, None)
