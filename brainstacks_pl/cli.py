@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
+from brainstacks_pl.errors import UserError
 from brainstacks_pl.phase import FORCED_CALLBACKS, PhaseContext, flatten_settings, phase_callbacks
 
 __all__ = ["BrainstacksCLI", "cli_main", "run_fit", "main", "CurriculumProgressBar"]
@@ -65,6 +66,10 @@ class BrainstacksCLI(LightningCLI):
         parser.add_lightning_class_args(ResidualBoosting, "boosting")
         parser.add_lightning_class_args(NullSpaceProjection, "null_space")
         parser.set_defaults({"trainer.default_root_dir": "runs/brainstacks", "trainer.enable_checkpointing": False})
+        parser.add_argument(
+            "--accept_new_base", type=bool, default=False,
+            help="Resume on a base model whose fingerprint differs from the one the run recorded (a deliberate change; docs/run_directory.md).",
+        )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # A phase builds one Trainer per round from this config. A strategy given as an object
@@ -87,6 +92,7 @@ class BrainstacksCLI(LightningCLI):
             model.domain_names = list(data.domain_names)
 
     def fit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None, **_: Any) -> None:
+        refuse_zero_step_rounds(self.trainer)
         context = self.phase_context(model, datamodule)
         if hasattr(model, "run_phase"):
             if ckpt_path is not None:
@@ -133,7 +139,10 @@ class BrainstacksCLI(LightningCLI):
 
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         settings = flatten_settings(config.clone().as_dict()) if config is not None else {}
-        return PhaseContext(run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced, settings=settings)
+        return PhaseContext(
+            run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced, settings=settings,
+            accept_new_base=bool(config.get("accept_new_base", False)) if config is not None else False,
+        )
 
     @staticmethod
     def _shared_logger(configured, run_dir: Path, phase: str) -> Logger | None:
@@ -153,14 +162,38 @@ def phase_log_name(model: L.LightningModule) -> str:
     return f"{phase}-{domain}" if isinstance(domain, str) and domain else phase
 
 
+def refuse_zero_step_rounds(trainer: Trainer) -> None:
+    """A round that cannot take a step would freeze an untrained stack and mark its domain done."""
+    limit = trainer.limit_train_batches
+    for flag, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps), ("limit_train_batches", limit)):
+        if value == 0:
+            raise UserError(f"--trainer.{flag} 0 would freeze untrained stacks and mark their domains completed; every round needs at least one step")
+
+
 def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
     """Run the CLI; tests pass ``args`` as a list and get the CLI object back."""
     return BrainstacksCLI(args=args)
 
 
+USER_ERROR_TYPES = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+"""What a phase raises on bad input (data files, configs, run directories): converted to a
+``UserError`` at the ``fit`` boundary. ``BRAINSTACKS_DEBUG=1`` still shows the traceback."""
+
+
 def run_fit(argv: list[str]) -> int:
     """``brainstacks fit ...`` (``argv[0] == "fit"``), called by ``brainstacks_pl.commands.main``."""
-    cli_main(argv)
+    try:
+        cli_main(argv)
+    except UserError:
+        raise
+    except USER_ERROR_TYPES as err:
+        cause = err
+        while cause is not None and not isinstance(cause, UserError):  # jsonargparse wraps what __init__ raised
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise UserError(str(cause)) from err
+        first_line = (str(err).splitlines() or [""])[0]
+        raise UserError(f"{type(err).__name__}: {first_line}") from err
     return 0
 
 

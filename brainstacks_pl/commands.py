@@ -34,6 +34,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", help="base compute dtype: float32, bfloat16 or float16")
     p.add_argument("--model_name_or_path", default=None, help="base model (default: the run's base model)")
+    p.add_argument("--accept_new_base", action="store_true", help="use a base whose fingerprint differs from the run's (a deliberate change; docs/run_directory.md)")
 
 
 def _cache_option(p: argparse.ArgumentParser) -> None:

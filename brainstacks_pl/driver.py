@@ -45,10 +45,11 @@ class CurriculumDriver:
         boosting: ResidualBoosting,
         logger=None,
         domain_hooks: list | None = None,
+        accept_new_base: bool = False,
     ):
         self.module = module
         self.datamodule = datamodule
-        self.run = RunDirectory(run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0)
+        self.run = RunDirectory(run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=accept_new_base)
         self.trainer_factory = trainer_factory
         self.boosting = boosting
         self.logger = logger
@@ -60,6 +61,8 @@ class CurriculumDriver:
     def run_all(self, settings: dict | None = None) -> Manifest:
         """Train every unfinished domain; ``settings`` (the phase's options) are recorded in the
         manifest when this call finishes the curriculum."""
+        if Manifest.exists(self.run.root):
+            Manifest.load(self.run.root)  # a damaged run directory fails before the data is prepared
         stacks = self.module.build()
         self.datamodule.setup("fit")
         self.run.acquire_lock()

@@ -16,10 +16,6 @@ from the base alone and ``RouteDecision.capability_gap`` says so.
 
 from __future__ import annotations
 
-from brainstacks_pl.assets import resolve_model_name
-
-from brainstacks_pl.errors import UserError
-
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,8 +25,11 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.errors import UserError
 from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
@@ -40,14 +39,29 @@ from brainstacks_pl.storage import Manifest, StackRecord, load_tensors
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceError", "StackCache", "RouteDecision", "Generation", "RoutedGenerator", "Mode"]
+__all__ = ["InferenceError", "check_device", "StackCache", "RouteDecision", "Generation", "RoutedGenerator", "Mode"]
 
 Mode = Literal["routed", "ungated", "base"]
 MODES = ("routed", "ungated", "base")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class InferenceError(UserError, ValueError):
     """A request that cannot be served (empty prompt, prompt longer than the context, no router...)."""
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device`` if this machine has it; an ``InferenceError`` naming it otherwise."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InferenceError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from err
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        raise InferenceError(f"--device {device}: this machine has no {device.type} device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InferenceError(f"--device {device}: this machine has {torch.cuda.device_count()} cuda device(s)")
+    return device
 
 
 class StackCache:
@@ -164,16 +178,30 @@ class RoutedGenerator:
         quantization: str | None = None,
         cache_bytes: int | None = None,
         require_router: bool = False,
+        accept_new_base: bool = False,
     ) -> "RoutedGenerator":
-        """Base + router of a run directory; no stack is loaded until a request needs it."""
+        """Base + router of a run directory; no stack is loaded until a request needs it.
+
+        ``accept_new_base``: serve on a base whose fingerprint differs from the run's (a deliberate move).
+        """
         from transformers import AutoTokenizer
 
 
         root = Path(run_dir)
+        device = check_device(device)
+        if not isinstance(getattr(torch, str(dtype), None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
+            raise InferenceError(f"--dtype must be a floating-point torch dtype such as {', '.join(DTYPES)}, got {dtype!r}")
         manifest = Manifest.load(root)
         base = model_name_or_path or manifest.base_model_id
+        # The base must be the one the stacks were trained on: checked before loading a local base,
+        # after loading (downloading) a hub id that is not cached yet.
+        where, local = str(root / "manifest.json"), is_local(base)
+        if local:
+            manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=quantization, dtype=dtype).to(device)
+        if not local:
+            manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         manifest.check_compatible(stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json"))
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
         router, info = (None, None)
@@ -185,6 +213,10 @@ class RoutedGenerator:
     def encode(self, prompt: str) -> list[int]:
         if not prompt or not prompt.strip():
             raise InferenceError("empty prompt: give the model something to answer")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:  # bytes that were not UTF-8, kept as surrogates by the terminal reader
+            raise InferenceError(f"the prompt is not valid UTF-8 text (undecodable byte at character {err.start}); check the terminal's encoding") from None
         ids = prompt_ids(self.tokenizer, prompt, self.template)
         if self.context_length is not None and len(ids) >= self.context_length:
             raise InferenceError(f"prompt is {len(ids)} tokens with the template, the model's context is {self.context_length}: shorten it")

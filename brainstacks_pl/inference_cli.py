@@ -170,6 +170,7 @@ def _open_generator(args: argparse.Namespace, require_router: bool) -> RoutedGen
     return RoutedGenerator.from_run(
         args.run, device=args.device, model_name_or_path=args.model_name_or_path, dtype=args.dtype,
         cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20), require_router=require_router,
+        accept_new_base=args.accept_new_base,
     )
 
 
@@ -186,6 +187,8 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
     out = stdout or sys.stdout
     generator = _open_generator(args, require_router=False)
     stream = stdin or sys.stdin
+    if stdin is None and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="surrogateescape")  # a non-UTF-8 byte is one bad prompt, not the end of the session
     if args.mode == "routed" and generator.router is None:
         print("this run has no trained router: chat starts in mode ungated", file=out)
         args.mode = "ungated"

@@ -59,6 +59,9 @@ def load_base_model(
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 
+    from brainstacks_pl.fingerprint import check_base_exists
+
+    check_base_exists(name_or_path)
     torch_dtype = getattr(torch, dtype)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if quantization == "nf4":

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Settings that say where a phase runs or how it reports, not what it trains.
-_NOT_SETTINGS = ("config", "ckpt_path", "trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+_NOT_SETTINGS = ("config", "ckpt_path", "accept_new_base", "trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 
 FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 """Config keys of the callbacks the CLI parses for every phase."""
@@ -74,6 +74,8 @@ class PhaseContext:
     settings: dict[str, Any] = field(default_factory=dict)
     """The phase's resolved options as dotted keys (``flatten_settings``): recorded in the
     manifest when the phase finishes, compared on a rerun that has nothing to do."""
+    accept_new_base: bool = False
+    """``--accept_new_base true``: the run's base model may have changed (``fingerprint.py``)."""
 
 
 @dataclass(frozen=True)

@@ -10,29 +10,32 @@ Layout::
     RUN/tensorboard/                   TensorBoard event files
 
 Only global rank 0 writes; every rank reads. A lock file keeps a second process from
-writing into the same run directory at the same time.
+writing into the same run directory at the same time. Every path built from a name (a domain
+from the manifest or the config) is checked to stay inside the run directory, and nothing is
+deleted that the run did not write: a checkpoint that fails to load is renamed aside.
 """
 
 from __future__ import annotations
-
-from brainstacks_pl.errors import UserError
 
 import json
 import logging
 import os
 import shutil
 import socket
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from brainstacks_pl.errors import UserError
+from brainstacks_pl.fingerprint import base_location, check_base_model
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.storage import Manifest, StackRecord, load_tensors, save_tensors, serialize_tensors, sha256_bytes
+from brainstacks_pl.storage import Manifest, StackRecord, check_domain_name, inside, load_tensors, save_tensors, serialize_tensors, sha256_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunDirectory", "RunLockedError"]
+__all__ = ["RunDirectory", "RunLockedError", "NonFiniteStackError"]
 
 
 class RunLockedError(UserError, RuntimeError):
@@ -97,33 +100,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class NonFiniteStackError(UserError, FloatingPointError):
+    """A stack about to be written has NaN or inf weights (training diverged)."""
+
+
 class RunDirectory:
-    def __init__(self, root: str | Path, is_writer: bool = True):
+    """A run directory; ``accept_new_base`` lets ``open`` take a base whose fingerprint differs."""
+
+    def __init__(self, root: str | Path, is_writer: bool = True, accept_new_base: bool = False):
         self.root = Path(root)
         self.is_writer = is_writer
+        self.accept_new_base = accept_new_base
         self.manifest: Manifest | None = None
 
     # ------------------------------------------------------------------ paths
+    def _named(self, *parts: str, domain: str) -> Path:
+        """``root/parts...`` for a name derived from ``domain``, checked to stay inside the run."""
+        check_domain_name(domain, str(self.root))
+        return inside(self.root, "/".join(parts), str(self.root))
+
     def stack_path(self, domain: str, round: int) -> Path:
-        return self.root / "stacks" / f"{domain}-r{round}.safetensors"
+        return self._named("stacks", f"{domain}-r{int(round)}.safetensors", domain=domain)
 
     def null_space_path(self, domain: str) -> Path:
         """The null-space bases a domain's stacks were projected against (measurements beside it as .json)."""
-        return self.root / "null_space" / f"{domain}.safetensors"
+        return self._named("null_space", f"{domain}.safetensors", domain=domain)
 
     def round_dir(self, domain: str, round: int) -> Path:
-        return self.root / "rounds" / f"{domain}-r{round}"
+        return self._named("rounds", f"{domain}-r{int(round)}", domain=domain)
 
     def resume_checkpoint(self, domain: str, round: int) -> str | None:
-        """The round's last Lightning checkpoint if it is readable; a torn one is discarded."""
+        """The round's last Lightning checkpoint if it is readable.
+
+        One that fails to load (cut short by a kill, or damaged) is moved aside to
+        ``rounds/<domain>-r<k>.unreadable-<n>.ckpt`` with a warning, never deleted (the round
+        directory goes once its stack is written; this file stays): the round restarts from scratch.
+        """
         path = self.round_dir(domain, round) / "checkpoints" / "last.ckpt"
         if not path.is_file():
             return None
         try:
             torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a checkpoint cut short by a kill: the round restarts from scratch
+        except Exception as err:
             if self.is_writer:
-                path.unlink(missing_ok=True)
+                round_dir = self.round_dir(domain, round)
+                aside = next(p for n in range(1, 10_000) if not (p := round_dir.with_name(f"{round_dir.name}.unreadable-{n}.ckpt")).exists())
+                os.replace(path, aside)
+                log.warning("%s could not be loaded (%s: %s); renamed to %s, the round restarts from its beginning", path, type(err).__name__, err, aside.name)
             return None
         return str(path)
 
@@ -175,17 +198,35 @@ class RunDirectory:
     def open(self, stacks: BrainstacksModel) -> Manifest:
         """Load (and check) the manifest of an earlier run, or start a new one."""
         shapes, config = stacks.layer_shapes(), stacks.stack_config.to_dict()
+        for domain in stacks.domains:
+            check_domain_name(domain, "the curriculum")
+        where = str(self.root / "manifest.json")
+        saved = None
         if Manifest.exists(self.root):
             self.manifest = Manifest.load(self.root)
-            self.manifest.check_compatible(shapes, config, stacks.domains, where=str(self.root / "manifest.json"))
+            saved = asdict(self.manifest)
+            self.manifest.check_compatible(shapes, config, stacks.domains, where=where)
             self.manifest.domains = list(stacks.domains)
         else:
-            self.manifest = Manifest(base_model_id=stacks.base_model_id, layer_shapes=shapes, stack_config=config, domains=list(stacks.domains))
-        self.save_manifest()
+            self.manifest = Manifest(base_model_id=base_location(stacks.base_model_id), layer_shapes=shapes, stack_config=config, domains=list(stacks.domains))
+        self.check_base(stacks.base_model_id)
+        if asdict(self.manifest) != saved:  # nothing is rewritten that did not change
+            self.save_manifest()
         if self.is_writer:
             self._remove_orphan_temp_files()
             self._remove_finished_round_dirs()
         return self.manifest
+
+    def check_base(self, name_or_path: str) -> None:
+        """Compare the base being used with the one the run records (``fingerprint.py``); keep the
+        new location of a moved base; record the fingerprint of a run from before fingerprints."""
+        if not name_or_path:  # a model built in memory (tests, notebooks): nothing on disk to compare
+            return
+        previous = self.manifest.base_model
+        self.manifest.base_model = check_base_model(previous, name_or_path, str(self.root / "manifest.json"), self.accept_new_base)
+        if previous.get("fingerprint") and previous.get("fingerprint") != self.manifest.base_model["fingerprint"]:
+            log.warning("%s: base model replaced by %s (--accept_new_base); stacks trained on %s", self.root, self.manifest.base_model["location"], previous.get("location"))
+        self.manifest.base_model_id = self.manifest.base_model["location"]
 
     def _remove_finished_round_dirs(self) -> None:
         """Round directories (checkpoints) of stacks the manifest already lists.
@@ -228,6 +269,12 @@ class RunDirectory:
     def write_stack(self, tensors: dict[str, Tensor], record: StackRecord) -> StackRecord:
         """Write a frozen stack file and list it in the manifest (file first, then manifest)."""
         path = self.stack_path(record.domain, record.round)
+        bad = [key for key, value in tensors.items() if not value.is_floating_point() or not bool(torch.isfinite(value).all())]
+        if bad:
+            raise NonFiniteStackError(
+                f"the {record.phase} stack {record.domain}-r{record.round} has non-finite weights in {bad[:3]}; nothing was written "
+                "(training diverged: lower the learning rate or enable gradient clipping)"
+            )
         record.file = str(path.relative_to(self.root))
         metadata = {"domain": record.domain, "round": str(record.round), "base_model_id": self.manifest.base_model_id, "phase": record.phase}
         if self.is_writer:

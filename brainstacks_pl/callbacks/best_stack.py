@@ -1,10 +1,13 @@
 """BestStackCallback: keep the best-validation snapshot of the active stack within a round.
 
-A new best validation loss snapshots the active stack. A loss more than ``spike_threshold``
-above the best (or a non-finite one) restores the snapshot and ends the round; so do
-``patience`` evaluations without improvement. When the round ends for any reason the best
-snapshot is restored, so the stack that gets frozen is the best one seen. The snapshot is
-part of the callback state, hence of Lightning checkpoints: a resumed round keeps it.
+The round's starting point is the first candidate: it is snapshotted before the first step,
+so a loss that is NaN from the first validation on (a diverging learning rate) goes back to
+it, never forward with NaN weights. A new best validation loss snapshots the active stack. A
+loss more than ``spike_threshold`` above the best (or a non-finite one) restores the snapshot
+and ends the round; so do ``patience`` evaluations without improvement. When the round ends
+after at least one validation, or with non-finite weights, the best snapshot is restored, so
+the stack that gets frozen is the best one seen. The snapshot is part of the callback state,
+hence of Lightning checkpoints: a resumed round keeps it.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class BestStackCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped_reason is not None:
             trainer.should_stop = True  # resumed from a checkpoint written after the round had stopped
+        if self.best_state is None and trainer.global_step == 0:
+            self.snapshot(pl_module)  # the starting point: the candidate of last resort (best stays inf)
 
     def snapshot(self, pl_module: L.LightningModule) -> None:
         self.best_state = {k: v.cpu() for k, v in pl_module.stacks.active_state_dict().items()}
@@ -80,11 +85,18 @@ class BestStackCallback(Callback):
                 self._stop(trainer, f"patience ({self.patience} evaluations without improvement)")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if outputs is None and getattr(pl_module, "nonfinite_steps", 0):
-            self.restore(pl_module)  # a non-finite loss: go back to the last good weights
+        if (outputs is None or getattr(pl_module, "last_step_skipped", False)) and getattr(pl_module, "nonfinite_steps", 0):
+            self.restore_best(pl_module)  # a non-finite loss: go back to the last good weights
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.restore(pl_module)
+        self.restore_best(pl_module)
+
+    def restore_best(self, pl_module: L.LightningModule) -> None:
+        """Put the best snapshot back if a validation chose it or the weights went non-finite
+        (a round without any validation keeps its trained, finite weights)."""
+        finite = all(bool(torch.isfinite(v).all()) for v in pl_module.stacks.active_state_dict().values())
+        if self.history or not finite:
+            self.restore(pl_module)
 
     def _stop(self, trainer: L.Trainer, reason: str) -> None:
         self.stopped_reason = reason

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.run import RunDirectory
+from brainstacks_pl.errors import UserError
 from brainstacks_pl.storage import StackRecord
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class ResidualBoosting(Callback):
         if best is not None:
             # Normally done by BestStackCallback.on_train_end, but a round resumed from the checkpoint
             # of its last epoch skips the fit loop (no on_train_end): restore here so the best is frozen.
-            best.restore(pl_module)
+            best.restore_best(pl_module)
+        if trainer.global_step == 0:
+            raise UserError(f"{info.domain} round {info.round} took no training step (no training batches); nothing was frozen")
         tensors = stacks.freeze_stack()
         loss_at_freeze = evaluate_loss(stacks, trainer.datamodule.val_dataloader(), pl_module.device)
         record = StackRecord(

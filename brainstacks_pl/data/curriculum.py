@@ -53,6 +53,7 @@ from brainstacks_pl.data.sources import (
     resolve_files,
 )
 from brainstacks_pl.data.tokenizer import TokenizerMixin
+from brainstacks_pl.storage import check_domain_name
 
 __all__ = [
     "DEMO_DIR", "DEMO_DOMAINS", "CurriculumDataModule", "DomainConfig", "Encoded", "EpochShuffleSampler",
@@ -132,7 +133,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
     ) -> None:
         super().__init__()
         domains = [d if isinstance(d, DomainConfig) else DomainConfig(**d) for d in domains]
-        names = [d.name for d in domains]
+        names = [check_domain_name(d.name, "data.domains") for d in domains]
         if not domains:
             raise ValueError("CurriculumDataModule needs at least one domain")
         duplicates = sorted({n for n in names if names.count(n) > 1})

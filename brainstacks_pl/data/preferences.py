@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from brainstacks_pl.data.curriculum import DEMO_DIR, EpochShuffleSampler
 from brainstacks_pl.data.decontaminate import split_hash
 from brainstacks_pl.data.formats import strip_chat_tokens
+from brainstacks_pl.data.sources import builder_options
 from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text
 from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.generation import pad_left
@@ -78,7 +79,8 @@ def load_rows(path: str, split: str = "train", max_examples: Optional[int] = Non
         builders = {_BUILDERS.get(p.suffix.lower()) for p in files}
         if not files or None in builders or len(builders) != 1:
             raise ValueError(f"{path!r}: need one or more files of a single type ({', '.join(_BUILDERS)}), got {[p.name for p in files]}")
-        ds = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
+        builder = builders.pop()
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **builder_options(builder, files))
     rows = [dict(row) for row in ds]
     return rows[:max_examples] if max_examples is not None else rows
 

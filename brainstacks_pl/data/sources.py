@@ -146,6 +146,20 @@ def _check_text_file(domain: str, path: Path) -> bool:
     return has_text
 
 
+def builder_options(builder: str, files: Sequence[Path]) -> dict:
+    """CSV cells are read as text: type inference would turn a column of integer answers with one
+    empty cell into floats ("2" -> "2.0") and empty cells into NaN."""
+    if builder != "csv":
+        return {}
+    import csv
+
+    import datasets
+
+    with open(files[0], newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return {"features": datasets.Features({name: datasets.Value("string") for name in header}), "keep_default_na": False}
+
+
 def open_dataset(cfg: DomainConfig):
     import datasets  # heavy import, only when data is actually loaded
 
@@ -168,7 +182,7 @@ def open_dataset(cfg: DomainConfig):
     if builder != "parquet" and not any([_check_text_file(cfg.name, p) for p in files]):
         raise ValueError(f"domain {cfg.name!r}: no examples in {where} (empty file)")
     try:
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split=cfg.split)
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split=cfg.split, **builder_options(builder, files))
     except UnicodeDecodeError as err:
         raise ValueError(f"domain {cfg.name!r}: {where} is not valid UTF-8: {err}") from err
     except Exception as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -215,11 +216,16 @@ def run(args: argparse.Namespace) -> int:
         raise InferenceError(f"--modes takes a comma list of {', '.join(MODES)}; got {args.modes!r}")
     if args.limit is not None and args.limit < 1:
         raise InferenceError(f"--limit must be >= 1, got {args.limit}")
+    output = Path(args.output) if args.output else Path(args.run) / "eval" / "results.json"
+    # Fail before scoring, not after: results that cannot be written would be lost.
+    for target in [output.parent] + ([] if args.no_tensorboard else [Path(args.run) / "tensorboard" / "eval"]):
+        _check_writable(target)
     try:
         tasks = resolve_tasks(args.tasks)
         results = evaluate_run(
             args.run, tasks, modes, args.limit, args.batch_size,
             device=args.device, dtype=args.dtype, quantization=args.quantization, model_name_or_path=args.model_name_or_path,
+            accept_new_base=args.accept_new_base,
         )
     except (FileNotFoundError, ValueError) as err:
         if isinstance(err, UserError):
@@ -228,7 +234,6 @@ def run(args: argparse.Namespace) -> int:
     for entry in results["modes"].values():
         if entry["status"] != "ok":
             print(entry["reason"])
-    output = Path(args.output) if args.output else Path(args.run) / "eval" / "results.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output, results)
     if not args.no_tensorboard:
@@ -236,6 +241,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(format_table(results))
     console.print(f"results: {output}")
     return 0
+
+
+def _check_writable(directory: Path) -> None:
+    """``directory`` exists and is writable, or could be created in its nearest existing parent."""
+    existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InferenceError(f"cannot write results under {directory} ({existing} is not a writable directory); give --output elsewhere and --no_tensorboard")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

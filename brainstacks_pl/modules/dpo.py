@@ -22,6 +22,7 @@ from torch import Tensor
 from brainstacks_pl.losses import IGNORE_INDEX, dpo_loss, per_sample_lm_loss
 from brainstacks_pl.modules.alignment import AlignmentModule
 from brainstacks_pl.modules.serving import prompt_rows
+from brainstacks_pl.optim import SkipNonFiniteSteps
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def sequence_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return -sums
 
 
-class DPOModule(AlignmentModule):
+class DPOModule(SkipNonFiniteSteps, AlignmentModule):
     """Sigmoid DPO on the active stack of ``domain``; the reference is the stack switched off.
 
     Args:
@@ -94,12 +95,11 @@ class DPOModule(AlignmentModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         out = self._forward_pairs(batch)
         loss = out["dpo_loss"] + self.aux_term(out["aux_loss"])
-        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
-            # Returning None skips backward and the optimizer step, on every rank alike (one rank
-            # skipping alone would hang the others' all-reduce); BestStackCallback restores.
+        if self.nonfinite_anywhere(loss):
+            # Every rank alike skips the optimizer step (SkipNonFiniteSteps); BestStackCallback restores.
             self.nonfinite_steps += 1
             log.warning("non-finite DPO loss at step %d; step skipped", self.global_step)
-            return None
+            return self.skip_step()
         self._log_step("train", out, batch["input_ids"].shape[0] // 2)
         self.log("train_loss", loss, prog_bar=True)
         return loss

@@ -29,6 +29,7 @@ from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, di
 from brainstacks_pl.routing.features import collate_features, compute_features
 from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
 from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
+from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
 
@@ -40,7 +41,7 @@ __all__ = ["RouterPhase"]
 class RouterPhase:
     def __init__(self, module, context):
         self.module, self.context = module, context
-        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0)
+        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=getattr(context, "accept_new_base", False))
         self.datamodule = context.datamodule
 
     # ------------------------------------------------------------------ setup
@@ -57,9 +58,10 @@ class RouterPhase:
         if missing:
             self._use_run_domains(manifest, missing, with_stacks)
         base = module.model_name_or_path or manifest.base_model_id
+        if is_local(base):  # fail before loading; run.open checks every base again once it is loaded
+            check_base_model(manifest.base_model, base, str(root / "manifest.json"), getattr(self.context, "accept_new_base", False))
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name)
-        stacks.base_model_id = manifest.base_model_id
         if getattr(self.datamodule, "tokenizer_name", "set") is None:
             self.datamodule.tokenizer_name = base
         return manifest, stacks

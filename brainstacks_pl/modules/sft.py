@@ -21,7 +21,7 @@ from torch import Tensor
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.optim import stack_optimizers
+from brainstacks_pl.optim import SkipNonFiniteSteps, stack_optimizers
 from brainstacks_pl.phase import PhaseContext
 from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["StackSFTModule", "evaluate_loss"]
 
 
-class StackSFTModule(L.LightningModule):
+class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
     """Causal-LM loss on response tokens + ``aux_coeff`` x the summed load-balance losses.
 
     Args:
@@ -130,13 +130,12 @@ class StackSFTModule(L.LightningModule):
                 self.log(f"experts/{tag}/e{expert}", share, on_step=True, on_epoch=False)
         return loss if stage == "train" else task_loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._common_step(batch, "train")
-        if not torch.isfinite(loss):
-            # Returning None skips backward and the optimizer step: the weights never see it.
+        if self.nonfinite_anywhere(loss):  # every rank skips, or none does (SkipNonFiniteSteps)
             self.nonfinite_steps += 1
             log.warning("non-finite training loss at step %d of %s; step skipped", self.global_step, self.stack_tag)
-            return None
+            return self.skip_step()
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -173,7 +172,8 @@ class StackSFTModule(L.LightningModule):
 
         hooks = [context.callbacks["null_space"]] if "null_space" in context.callbacks else []
         driver = CurriculumDriver(
-            self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks
+            self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks,
+            accept_new_base=context.accept_new_base,
         )
         manifest = driver.run_all(context.settings)
         if driver.run.is_writer:

@@ -76,6 +76,7 @@ def build(args: argparse.Namespace):
         model_name_or_path=args.model_name_or_path,
         dtype=args.dtype,
         cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20),
+        accept_new_base=args.accept_new_base,
     )
     engine = BatchEngine(generator, max_batch=args.max_batch, max_queue=args.max_queue)
     settings = ServeSettings(
