@@ -64,6 +64,11 @@ class StackLayout:
         return slice(self.router.stop, self.router.stop + self.experts)
 
     @property
+    def in_rows(self) -> int:
+        """Rows of ``in_proj``: ``A | W_r | W_n``."""
+        return self.noise.stop
+
+    @property
     def frozen_rows(self) -> int:
         """Rows a frozen stack keeps, ``A | W_r`` (no noise once frozen)."""
         return self.router.stop
@@ -76,7 +81,7 @@ class StackLayout:
     @property
     def shapes(self) -> dict[str, tuple[int, int]]:
         """Shape of each stack tensor, keyed by ``TENSOR_NAMES``."""
-        return {"in_proj": (self.noise.stop, self.d_in), "B": (self.d_out, self.mid_width)}
+        return {"in_proj": (self.in_rows, self.d_in), "B": (self.d_out, self.mid_width)}
 
 
 def file_key(layer: str, name: str) -> str:
