@@ -171,21 +171,26 @@ class BrainstacksModel(nn.Module):
         ``where`` names the source in the ``StackFileError`` (the file, when loading one).
         """
         check_shapes(tensors, self.stack_shapes(), where)
-        for name, layer in self.layers.items():
-            layer.push_frozen(layer_tensors(tensors, name), domain)
-        self.frozen_stacks.append(FrozenStackInfo(domain, round))
+        self._push_frozen_stack(tensors, domain, round)
 
     def set_frozen_stacks(self, stacks: list[tuple[dict[str, Tensor], str, int]]) -> None:
         """Replace all frozen stacks by ``[(tensors, domain, round), ...]`` (cleared, then appended).
 
         Routed inference keeps only the selected domains' stacks in the layers' buffers, so
-        device memory follows the request, not the number of stack files on disk.
+        device memory follows the request, not the number of stack files on disk. The tensors
+        were checked when their file was read (``load_tensors`` with ``stack_shapes()``), so a
+        request swaps them in without checking them again.
         """
         for layer in self.layers.values():
             layer.clear_frozen()
         self.frozen_stacks = []
         for tensors, domain, round in stacks:
-            self.load_frozen_stack(tensors, domain, round)
+            self._push_frozen_stack(tensors, domain, round)
+
+    def _push_frozen_stack(self, tensors: dict[str, Tensor], domain: str, round: int) -> None:
+        for name, layer in self.layers.items():
+            layer.push_frozen(layer_tensors(tensors, name), domain)
+        self.frozen_stacks.append(FrozenStackInfo(domain, round))
 
     def active_stacks(self) -> dict[str, MoELoRA]:
         return {name: layer.active for name, layer in self.layers.items() if layer.active is not None}
