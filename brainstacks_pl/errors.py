@@ -8,7 +8,7 @@ shows the traceback of user errors too.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "USER_ERROR_EXIT"]
+__all__ = ["UserError", "StackFileError", "USER_ERROR_EXIT"]
 
 USER_ERROR_EXIT = 2
 """Exit status of a command that stopped on a user error (argparse's convention)."""
@@ -16,3 +16,11 @@ USER_ERROR_EXIT = 2
 
 class UserError(Exception):
     """Bad input, reported as ``error: <message>`` and exit status 2."""
+
+
+class StackFileError(UserError, ValueError):
+    """A stack, basis or manifest file (or stack tensors) missing, corrupt, foreign or unsafe.
+
+    Defined here rather than in ``storage`` so that the stack format (``layers/stack_format.py``),
+    which ``storage`` reads, can raise it too.
+    """

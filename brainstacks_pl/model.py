@@ -20,6 +20,7 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.dtensor import assign_, full_tensor
 from brainstacks_pl.layers.context import RoutingMode, StackContext
 from brainstacks_pl.layers.moe_lora import MoELoRA
+from brainstacks_pl.layers.stack_format import check_shapes, file_key, file_shapes, layer_tensors
 from brainstacks_pl.layers.stacked_linear import StackedLinear
 from brainstacks_pl.losses import causal_lm_loss
 
@@ -157,47 +158,63 @@ class BrainstacksModel(nn.Module):
         tensors = {}
         for name, layer in self.layers.items():
             for key, value in layer.freeze_active().items():
-                tensors[f"{name}.{key}"] = value
+                tensors[file_key(name, key)] = value
         self.frozen_stacks.append(self.active_info)
         self.active_info = None
         return tensors
 
-    def load_frozen_stack(self, tensors: dict[str, Tensor], domain: str, round: int = 0) -> None:
-        """Append a frozen stack from file tensors (shapes are checked per layer)."""
-        missing = [f"{name}.{key}" for name in self.layers for key in ("in_proj", "B") if f"{name}.{key}" not in tensors]
-        if missing:
-            raise KeyError(f"stack tensors lack {len(missing)} entries, e.g. {missing[:3]}")
-        for name, layer in self.layers.items():
-            layer.append_frozen({"in_proj": tensors[f"{name}.in_proj"], "B": tensors[f"{name}.B"]}, domain)
-        self.frozen_stacks.append(FrozenStackInfo(domain, round))
+    def load_frozen_stack(
+        self, tensors: dict[str, Tensor], domain: str, round: int = 0, where: str = "stack tensors"
+    ) -> None:
+        """Append a frozen stack from file tensors, checked once (names, shapes) before any layer changes.
+
+        ``where`` names the source in the ``StackFileError`` (the file, when loading one).
+        """
+        check_shapes(tensors, self.stack_shapes(), where)
+        self._push_frozen_stack(tensors, domain, round)
 
     def set_frozen_stacks(self, stacks: list[tuple[dict[str, Tensor], str, int]]) -> None:
         """Replace all frozen stacks by ``[(tensors, domain, round), ...]`` (cleared, then appended).
 
         Routed inference keeps only the selected domains' stacks in the layers' buffers, so
-        device memory follows the request, not the number of stack files on disk.
+        device memory follows the request, not the number of stack files on disk. The tensors
+        were checked when their file was read (``load_tensors`` with ``stack_shapes()``), so a
+        request swaps them in without checking them again.
         """
         for layer in self.layers.values():
             layer.clear_frozen()
         self.frozen_stacks = []
         for tensors, domain, round in stacks:
-            self.load_frozen_stack(tensors, domain, round)
+            self._push_frozen_stack(tensors, domain, round)
+
+    def _push_frozen_stack(self, tensors: dict[str, Tensor], domain: str, round: int) -> None:
+        for name, layer in self.layers.items():
+            layer.push_frozen(layer_tensors(tensors, name), domain)
+        self.frozen_stacks.append(FrozenStackInfo(domain, round))
 
     def active_stacks(self) -> dict[str, MoELoRA]:
         return {name: layer.active for name, layer in self.layers.items() if layer.active is not None}
 
     def active_state_dict(self) -> dict[str, Tensor]:
         """The trainable tensors of the active stack, keyed ``<layer>.in_proj|B`` (fp32, detached)."""
-        return {f"{name}.{key}": full_tensor(value.detach()).clone() for name, stack in self.active_stacks().items() for key, value in (("in_proj", stack.in_proj), ("B", stack.B))}
+        return {
+            file_key(name, key): full_tensor(value.detach()).clone()
+            for name, stack in self.active_stacks().items()
+            for key, value in stack.stack_tensors().items()
+        }
 
     @torch.no_grad()
     def load_active_state_dict(self, tensors: dict[str, Tensor]) -> None:
         for name, stack in self.active_stacks().items():
-            assign_(stack.in_proj, tensors[f"{name}.in_proj"])
-            assign_(stack.B, tensors[f"{name}.B"])
+            for key, value in stack.stack_tensors().items():
+                assign_(value, tensors[file_key(name, key)])
 
     def layer_shapes(self) -> dict[str, list[int]]:
         return {name: [layer.d_in, layer.d_out] for name, layer in self.layers.items()}
+
+    def stack_shapes(self) -> dict[str, tuple[int, int]]:
+        """Shape of every tensor of this model's stack files (``layers/stack_format.py``)."""
+        return file_shapes(self.layer_shapes(), self.stack_config.experts, self.stack_config.rank)
 
     # ------------------------------------------------------------------ null space
     def set_null_space(self, bases: dict[str, Tensor], mode: str) -> None:

@@ -256,11 +256,15 @@ class RunDirectory:
             self.manifest.save(self.root)
 
     def load_stacks(self, stacks: BrainstacksModel) -> int:
-        """Put every stack the manifest lists into ``stacks`` as frozen (checksums verified)."""
-        shapes = self.manifest.stack_shapes()
+        """Put every stack the manifest lists into ``stacks`` as frozen.
+
+        Each file is checked once: checksum and values here, names and shapes against the
+        model by ``load_frozen_stack`` (a ``StackFileError`` naming the file either way).
+        """
         for record in self.manifest.stacks[len(stacks.frozen_stacks) :]:
-            tensors, _ = load_tensors(self.root / record.file, expected_sha256=record.sha256, expected_shapes=shapes)
-            stacks.load_frozen_stack(tensors, record.domain, record.round)
+            path = self.root / record.file
+            tensors, _ = load_tensors(path, expected_sha256=record.sha256)
+            stacks.load_frozen_stack(tensors, record.domain, record.round, where=str(path))
         return len(self.manifest.stacks)
 
     def records(self, domain: str) -> list[StackRecord]:

@@ -29,7 +29,8 @@ from safetensors.torch import save as safetensors_save
 import torch
 from torch import Tensor
 
-from brainstacks_pl.errors import UserError
+from brainstacks_pl.errors import StackFileError, UserError
+from brainstacks_pl.layers.stack_format import check_shapes, file_shapes
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -58,10 +59,6 @@ DOMAIN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 letters, digits, ``_`` and ``-`` only, at most 64 characters, no path separator, no dot."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class StackFileError(UserError, ValueError):
-    """A stack, basis or manifest file is missing, corrupt, foreign or unsafe."""
 
 
 class UnsafeNameError(UserError, ValueError):
@@ -164,12 +161,7 @@ def load_tensors(
         if not bool(torch.isfinite(tensor).all()):
             raise StackFileError(f"{path}: tensor '{key}' contains NaN or inf; a stack with non-finite weights is never loaded")
     if expected_shapes is not None:
-        missing = sorted(set(expected_shapes) - set(tensors))
-        if missing:
-            raise StackFileError(f"{path}: lacks {len(missing)} tensors this model needs, e.g. {missing[:3]} (stack from another base model?)")
-        for key, shape in expected_shapes.items():
-            if tuple(tensors[key].shape) != tuple(shape):
-                raise StackFileError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, this model needs {tuple(shape)} (stack from another base model or StackConfig?)")
+        check_shapes(tensors, expected_shapes, str(path))
     return tensors, metadata
 
 
@@ -254,12 +246,8 @@ class Manifest:
             raise StackFileError(f"{where}: run completed domains {self.completed_domains} but the curriculum is now {domains}")
 
     def stack_shapes(self) -> dict[str, tuple[int, ...]]:
-        experts, rank = self.stack_config["experts"], self.stack_config["rank"]
-        shapes = {}
-        for name, (d_in, d_out) in self.layer_shapes.items():
-            shapes[f"{name}.in_proj"] = (experts * rank + 2 * experts, d_in)
-            shapes[f"{name}.B"] = (d_out, experts * rank)
-        return shapes
+        """Shape of every tensor a stack file of this run holds (``layers/stack_format.py``)."""
+        return file_shapes(self.layer_shapes, self.stack_config["experts"], self.stack_config["rank"])
 
 
 # ---------------------------------------------------------------------- manifest validation

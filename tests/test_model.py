@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from brainstacks_pl import BrainstacksModel, StackConfig, StackedLinear, load_base_model
-from brainstacks_pl.storage import load_tensors, save_tensors
+from brainstacks_pl.storage import StackFileError, load_tensors, save_tensors
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 DOMAINS = ["chat", "code", "math"]
@@ -154,7 +154,7 @@ def test_freeze_and_reload_gives_the_same_model(tmp_path):
     fresh = _model()
     fresh.load_frozen_stack(load_tensors(tmp_path / "math.safetensors", expected_sha256=sha)[0], "math", round=2)
     assert torch.equal(_logits(fresh, ids), _logits(model, ids))
-    with pytest.raises(KeyError, match="lack"):
+    with pytest.raises(StackFileError, match="lacks"):
         fresh.load_frozen_stack({k: v for k, v in tensors.items() if "q_proj" not in k}, "math")
 
 

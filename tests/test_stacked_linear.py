@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from brainstacks_pl import MoELoRA, StackConfig, StackContext, StackedLinear
+from brainstacks_pl.errors import StackFileError
 from brainstacks_pl.layers.stacked_linear import UnsupportedLayerError
 from numerics import assert_fp32_equivalent, fp32_tolerance
 
@@ -227,9 +228,9 @@ def test_append_frozen_checks_shapes():
     layer = _layer()
     tensors = _stack_tensors(_config(), seed=0)
     tensors["B"] = tensors["B"][:-1]
-    with pytest.raises(ValueError, match=r"'B' has shape \(23, 12\), expected \(24, 12\)"):
+    with pytest.raises(StackFileError, match=r"'B' has shape \(23, 12\), this model needs \(24, 12\)"):
         layer.append_frozen(tensors, "chat")
-    with pytest.raises(KeyError, match="in_proj"):
+    with pytest.raises(StackFileError, match="lacks 1 tensors .*in_proj"):
         layer.append_frozen({"B": tensors["B"]}, "chat")
     assert layer.num_frozen == 0
 

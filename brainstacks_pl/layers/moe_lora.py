@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.dtensor import assign_, full_tensor
+from brainstacks_pl.layers.stack_format import TENSOR_NAMES, StackLayout
 
 __all__ = ["MoELoRA", "MoEOutput", "top_k_gates", "load_balance_loss"]
 
@@ -63,34 +64,37 @@ def load_balance_loss(logits: Tensor, gates: Tensor) -> tuple[Tensor, Tensor]:
 class MoELoRA(nn.Module):
     """One trainable MoE-LoRA delta for a ``d_in -> d_out`` projection.
 
-    Parameters are stacked tensors, not per-expert modules:
-    ``in_proj`` is ``[E*r + 2E, d_in]`` (rows: A_1..A_E, then W_r, then W_n) and ``B`` is
-    ``[d_out, E*r]`` (columns e*r:(e+1)*r belong to expert e).
+    Parameters are stacked tensors, not per-expert modules: ``in_proj`` (rows A_1..A_E, W_r,
+    W_n) and ``B`` (a column block per expert), laid out as ``layers/stack_format.py`` declares.
     """
 
     def __init__(self, d_in: int, d_out: int, config: StackConfig, generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
         self.d_in, self.d_out = d_in, d_out
-        experts, rank = config.experts, config.rank
-        self.in_proj = nn.Parameter(torch.empty(experts * rank + 2 * experts, d_in))
-        self.B = nn.Parameter(torch.zeros(d_out, experts * rank))
+        self.layout = StackLayout.of(d_in, d_out, config)
+        self.in_proj = nn.Parameter(torch.empty(self.layout.shapes["in_proj"]))
+        self.B = nn.Parameter(torch.zeros(self.layout.shapes["B"]))
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        experts, rank = self.config.experts, self.config.rank
+        layout = self.layout
         with torch.no_grad():
             # Kaiming-uniform with a = sqrt(5), as nn.Linear and LoRA initialise A.
             bound = 1.0 / math.sqrt(self.d_in)
-            self.in_proj[: experts * rank].uniform_(-bound, bound, generator=generator)
-            self.in_proj[experts * rank : experts * rank + experts].normal_(0.0, 0.02, generator=generator)
-            self.in_proj[experts * rank + experts :].zero_()
+            self.in_proj[layout.a].uniform_(-bound, bound, generator=generator)
+            self.in_proj[layout.router].normal_(0.0, 0.02, generator=generator)
+            self.in_proj[layout.noise].zero_()
             self.B.zero_()
 
     @property
     def A(self) -> Tensor:
         """[E*r, d_in] the stacked down-projections."""
-        return self.in_proj[: self.config.experts * self.config.rank]
+        return self.in_proj[self.layout.a]
+
+    def stack_tensors(self) -> dict[str, Tensor]:
+        """The stack's parameters keyed by ``TENSOR_NAMES`` (the names a stack file uses)."""
+        return {name: getattr(self, name) for name in TENSOR_NAMES}
 
     def forward(self, x: Tensor, null_basis: Tensor | None = None, noise_generator: torch.Generator | None = None) -> MoEOutput:
         """Delta for ``x`` ([..., d_in]); with ``null_basis`` V ([d_out, K]) the delta is projected off span(V).
@@ -100,7 +104,7 @@ class MoELoRA(nn.Module):
         experts, rank = self.config.experts, self.config.rank
         x = x.to(self.in_proj.dtype)
         fused = F.linear(x, self.in_proj)  # [..., E*r + 2E]
-        mid, logits, noise_logits = fused.split([experts * rank, experts, experts], dim=-1)
+        mid, logits, noise_logits = fused.split(self.layout.row_split, dim=-1)
         if self.training and self.config.noise:
             eps = torch.randn(logits.shape, generator=noise_generator, device=logits.device, dtype=logits.dtype)
             logits = logits + F.softplus(noise_logits) * eps

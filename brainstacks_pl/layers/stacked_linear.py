@@ -33,6 +33,7 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.context import StackContext
 from brainstacks_pl.layers.dtensor import full_tensor
 from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
+from brainstacks_pl.layers.stack_format import StackLayout, check_shapes
 
 __all__ = ["StackedLinear", "linear_shape", "UnsupportedLayerError"]
 
@@ -125,12 +126,13 @@ class StackedLinear(nn.Module):
         self.active_domain: str | None = None
         self.frozen_domains: list[str] = []
         self.null_space_mode = "off"
+        self.layout = StackLayout.of(self.d_in, self.d_out, config)
         device = next(base_layer.parameters()).device
-        experts, rank = config.experts, config.rank
         dtype = _storage_dtype(config)
         # Stacks live in stack files, not in this module's state_dict: buffers are non-persistent.
-        self.register_buffer("frozen_in", torch.empty(0, experts * rank + experts, self.d_in, dtype=dtype, device=device), persistent=False)  # [S, E*r+E, d_in]
-        self.register_buffer("frozen_Bt", torch.empty(0, experts * rank, self.d_out, dtype=dtype, device=device), persistent=False)  # [S, E*r, d_out]
+        rows, width = self.layout.frozen_rows, self.layout.mid_width
+        self.register_buffer("frozen_in", torch.empty(0, rows, self.d_in, dtype=dtype, device=device), persistent=False)  # [S, E*r+E, d_in]
+        self.register_buffer("frozen_Bt", torch.empty(0, width, self.d_out, dtype=dtype, device=device), persistent=False)  # [S, E*r, d_out]
         self.register_buffer("null_basis", torch.empty(self.d_out, 0, device=device), persistent=False)  # [d_out, K]
         self._operand_cache: dict[tuple, _FrozenOperands] = {}
 
@@ -160,23 +162,25 @@ class StackedLinear(nn.Module):
         if self.null_space_mode == "delta":
             self.active.project_out_(self.null_basis)
         dtype = _storage_dtype(self.config)
-        tensors = {"in_proj": full_tensor(self.active.in_proj.detach()).to(dtype).clone(), "B": full_tensor(self.active.B.detach()).to(dtype).clone()}
-        self.append_frozen(tensors, self.active_domain)
+        tensors = {name: full_tensor(t.detach()).to(dtype).clone() for name, t in self.active.stack_tensors().items()}
+        self.push_frozen(tensors, self.active_domain)
         self.active, self.active_domain = None, None
         return tensors
 
     def append_frozen(self, tensors: dict[str, Tensor], domain: str) -> None:
-        """Add a frozen stack from its file tensors (``in_proj`` [E*r+2E, d_in], ``B`` [d_out, E*r])."""
-        experts, rank = self.config.experts, self.config.rank
-        expected = {"in_proj": (experts * rank + 2 * experts, self.d_in), "B": (self.d_out, experts * rank)}
-        for key, shape in expected.items():
-            if key not in tensors:
-                raise KeyError(f"layer '{self.name}': stack tensors lack '{key}'")
-            if tuple(tensors[key].shape) != shape:
-                raise ValueError(f"layer '{self.name}': stack tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape}")
+        """Add a frozen stack from its file tensors, after checking their names and shapes."""
+        check_shapes(tensors, self.layout.shapes, f"layer '{self.name}'")
+        self.push_frozen(tensors, domain)
+
+    def push_frozen(self, tensors: dict[str, Tensor], domain: str) -> None:
+        """Add a frozen stack from tensors already checked against ``self.layout`` (names and shapes).
+
+        For callers that checked a whole stack at once (``BrainstacksModel.load_frozen_stack``)
+        or made the tensors themselves (``freeze_active``): one check per load, not one per layer.
+        """
         self.context.domain_index(domain)  # raises for an unknown domain
         dtype, device = _storage_dtype(self.config), self.frozen_in.device
-        rows = tensors["in_proj"][: experts * rank + experts].to(device=device, dtype=dtype)  # drop W_n: no noise once frozen
+        rows = tensors["in_proj"][: self.layout.frozen_rows].to(device=device, dtype=dtype)  # A | W_r: no noise once frozen
         self.frozen_in = torch.cat([self.frozen_in, rows.unsqueeze(0)])
         self.frozen_Bt = torch.cat([self.frozen_Bt, tensors["B"].T.to(device=device, dtype=dtype).unsqueeze(0)])
         self.frozen_domains.append(domain)
@@ -256,20 +260,20 @@ class StackedLinear(nn.Module):
         if not selection:
             return result
         operands = self._operands(selection, x.dtype, x.device)
-        experts, rank = self.config.experts, self.config.rank
+        layout = self.layout
         if operands.cast_per_call:
             fused = _CastMatmul.apply(x, operands.w_in.T)  # [..., S*(E*r+E)]
         else:
             fused = F.linear(x, operands.w_in)  # [..., S*(E*r+E)]
-        fused = fused.unflatten(-1, (len(selection), experts * rank + experts))  # [..., S, E*r+E]
-        mid, logits = fused.split([experts * rank, experts], dim=-1)  # [..., S, E*r], [..., S, E]
+        fused = fused.unflatten(-1, (len(selection), layout.frozen_rows))  # [..., S, E*r+E]
+        mid, logits = fused.split(layout.row_split[:2], dim=-1)  # [..., S, E*r], [..., S, E]
         coef = top_k_gates(logits, self.config.top_k)  # [..., S, E]
         if self.context.mode == "routed":
             weights = self.context.routed_columns(operands.domains, operands.scale, x.dtype, x.device)  # [B, S]
             coef = coef * weights.view(weights.shape[0], *[1] * (coef.dim() - 3), weights.shape[1], 1)  # [B, T, S, E]
         elif operands.scale != 1.0:
             coef = coef * operands.scale
-        mid = (mid.unflatten(-1, (experts, rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
+        mid = (mid.unflatten(-1, (layout.experts, layout.rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
         if result is None or operands.cast_per_call:
             delta = _CastMatmul.apply(mid, operands.w_out) if operands.cast_per_call else mid @ operands.w_out  # [..., d_out]
             return delta if result is None else result + delta.to(result.dtype).reshape(result.shape)

@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.layers.stack_format import is_active_key
 from brainstacks_pl.optim import stack_optimizers
 from brainstacks_pl.phase import record_settings, stack_seed
 from brainstacks_pl.model import BrainstacksModel
@@ -245,7 +246,7 @@ class AlignmentModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_active_key(k)}
 
 
 def round_seconds(value: float) -> float:

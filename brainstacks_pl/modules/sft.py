@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.layers.stack_format import is_active_key
 from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.optim import SkipNonFiniteSteps, stack_optimizers
@@ -182,4 +183,4 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if ".active." in k}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_active_key(k)}
