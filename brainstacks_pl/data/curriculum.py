@@ -200,8 +200,8 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download hub datasets once (rank 0); local files need nothing."""
         for cfg in self.domains:
-            if resolve_files(cfg) is None:
-                open_dataset(cfg)
+            if resolve_files(cfg.path, cfg.label) is None:
+                open_dataset(cfg.path, cfg.label, cfg.split, cfg.subset)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Load, adapt, decontaminate, split and tokenize every domain (once; later calls are no-ops)."""

@@ -22,7 +22,9 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import TypeVar
 
 from brainstacks_pl.data.formats import Example
 
@@ -40,6 +42,7 @@ __all__ = [
 DECONTAMINATE_MODES = ("drop", "reassign", "off")
 NGRAM = 13
 _NON_WORD_RE = re.compile(r"[^\w]+")
+T = TypeVar("T")
 
 
 def normalize_text(text: str) -> str:
@@ -121,18 +124,20 @@ def split_hash(prompt: str, seed: int = 0) -> float:
 
 
 def split_train_val(
-    examples: Sequence[Example], val_fraction: float, seed: int = 0
-) -> tuple[list[Example], list[Example]]:
+    examples: Sequence[T], val_fraction: float, seed: int = 0, prompt_of: Callable[[T], str] = attrgetter("prompt")
+) -> tuple[list[T], list[T]]:
     """Split by unique prompt: ``split_hash(prompt) < val_fraction`` -> validation.
 
-    Train keeps the input order; validation is sorted by hash (a stable, deterministic order, so
-    any prefix of it is a deterministic subsample). If no prompt falls below the threshold
-    while there are at least two distinct prompts, the prompt with the smallest hash goes to
-    validation (tiny domains only: the one case where the split depends on the other examples).
+    The one split of every phase's data (curriculum examples, preference pairs, GRPO prompts;
+    ``prompt_of`` reads an item's prompt). Train keeps the input order; validation is sorted by
+    hash (a stable, deterministic order, so any prefix of it is a deterministic subsample). If
+    no prompt falls below the threshold while there are at least two distinct prompts, the
+    prompt with the smallest hash goes to validation (tiny data sets only: the one case where
+    the split depends on the other items).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    hashes = [split_hash(ex.prompt, seed) for ex in examples]
+    hashes = [split_hash(prompt_of(ex), seed) for ex in examples]
     threshold = val_fraction
     if val_fraction > 0 and hashes and not any(h < threshold for h in hashes):
         distinct = sorted(set(hashes))

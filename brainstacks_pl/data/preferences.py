@@ -13,15 +13,16 @@ reward functions receive as keyword arguments.
 
 A path ``demo:<name>`` is a bundled file in ``brainstacks_pl/data/demo`` (``demo:chat_preferences``,
 ``demo:math_rl``, ``demo:code_rl``). Rows are split into train/validation by a hash of the
-prompt (``decontaminate.split_hash``), like the curriculum.
+prompt (``decontaminate.split_train_val``, the curriculum's split); files are read by the
+curriculum's loader (``sources.open_dataset``) and prompts encoded by ``prompts.prompt_ids``
+(a too-long prompt keeps bos and its end).
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from operator import itemgetter
 from typing import Any, Mapping, Optional
 
 import lightning as L
@@ -29,71 +30,32 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from brainstacks_pl.data.curriculum import DEMO_DIR, EpochShuffleSampler
-from brainstacks_pl.data.decontaminate import split_hash
+from brainstacks_pl.data.batches import EpochShuffleSampler
+from brainstacks_pl.data.decontaminate import split_train_val
 from brainstacks_pl.data.formats import strip_chat_tokens
-from brainstacks_pl.data.sources import builder_options
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_ids, prompt_text
+from brainstacks_pl.data.sources import open_dataset
 from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.generation import pad_left
 
-__all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs", "split_by_prompt"]
+__all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs"]
 
 log = logging.getLogger(__name__)
 _info = rank_zero_only(log.info)
 _warn = rank_zero_only(log.warning)
 
-_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _PROMPT_COLUMNS = ("prompt", "question", "instruction", "query")
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def load_rows(path: str, split: str = "train", max_examples: Optional[int] = None) -> list[dict[str, Any]]:
-    """Rows of a bundled demo file (``demo:<name>``), a local file / glob / directory, or a hub dataset."""
-    import datasets  # heavy: only when data is loaded
-
-    if path.startswith("demo:"):
-        stem = path[len("demo:"):]
-        files = sorted(p for p in DEMO_DIR.glob(f"{stem}.*") if p.suffix in _BUILDERS)
-        if not files:
-            available = sorted({p.stem for p in DEMO_DIR.glob("*") if p.suffix in _BUILDERS})
-            raise FileNotFoundError(f"no bundled demo data {path!r}; available: {available}")
-    else:
-        local = Path(path).expanduser()
-        if any(c in path for c in "*?["):
-            files = [Path(p) for p in sorted(glob.glob(str(local), recursive=True))]
-        elif local.is_dir():
-            files = sorted(p for p in local.rglob("*") if p.suffix.lower() in _BUILDERS)
-        elif local.is_file():
-            files = [local]
-        else:
-            files = None
-    if files is None:
-        try:
-            ds = datasets.load_dataset(path, split=split)
-        except Exception as err:
-            raise FileNotFoundError(f"{path!r} is not a local file and loading it from the hub failed: {err}") from err
-    else:
-        builders = {_BUILDERS.get(p.suffix.lower()) for p in files}
-        if not files or None in builders or len(builders) != 1:
-            raise ValueError(f"{path!r}: need one or more files of a single type ({', '.join(_BUILDERS)}), got {[p.name for p in files]}")
-        builder = builders.pop()
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **builder_options(builder, files))
+def load_rows(path: str, split: str = "train", max_examples: Optional[int] = None, label: str = "alignment data") -> list[dict[str, Any]]:
+    """Rows of ``path`` (``demo:<name>``, a local file / glob / directory, or a hub dataset),
+    read by the curriculum's loader (``sources.open_dataset``) so both get the same checks."""
+    ds, _ = open_dataset(path, label, split)
     rows = [dict(row) for row in ds]
     return rows[:max_examples] if max_examples is not None else rows
-
-
-def split_by_prompt(rows: list, prompts: list[str], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Hash split by prompt text (every row of a prompt lands on the same side); validation in hash order."""
-    hashes = [split_hash(p, seed) for p in prompts]
-    threshold = val_fraction
-    if val_fraction > 0 and len(set(hashes)) >= 2 and not any(h < threshold for h in hashes):
-        threshold = sorted(set(hashes))[1]  # tiny sets: the smallest-hash prompt goes to validation
-    train = [r for r, h in zip(rows, hashes) if h >= threshold]
-    val = [r for _, r in sorted(((h, r) for r, h in zip(rows, hashes) if h < threshold), key=lambda t: t[0])]
-    return train, val
 
 
 def _text(value: Any, field: str) -> str:
@@ -143,14 +105,6 @@ def preference_pairs(rows: list[dict[str, Any]], columns: Mapping[str, str] | No
             pairs.append(pair)
     counts["kept"] = len(pairs)
     return pairs, counts
-
-
-def _prompt_ids(tokenizer, prompt: str, template: str, max_prompt_len: int) -> list[int]:
-    """``[bos] + format_prompt(prompt)`` ids; a long prompt keeps bos and its last tokens."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
-    keep = max(max_prompt_len - len(bos), 1)
-    return bos + ids[-keep:]
 
 
 def _response_ids(tokenizer, response: str, budget: int) -> list[int]:
@@ -244,7 +198,7 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
                 _warn("%s: dropped %d of %d preference rows (%d with an empty answer, %d with chosen == rejected)", self.path, dropped, self.counts["rows"], self.counts["empty"], self.counts["identical"])
             if not pairs:
                 raise ValueError(f"{self.path}: no usable preference pairs left out of {self.counts['rows']} rows ({self.counts})")
-            train, val = split_by_prompt(pairs, [p.prompt for p in pairs], self.val_fraction, self.seed)
+            train, val = split_train_val(pairs, self.val_fraction, self.seed)
             if not train:
                 raise ValueError(f"{self.path}: every pair landed in validation; lower val_fraction")
             self._pairs = (train, val[: self.max_val_examples] if self.max_val_examples is not None else val)
@@ -253,7 +207,7 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
             self._encoded = {name: [self._encode(p) for p in pairs] for name, pairs in zip(("train", "val"), self._pairs)}
 
     def _encode(self, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
-        prompt = _prompt_ids(self.tokenizer, pair.prompt, self.prompt_template, self.max_prompt_len)
+        prompt = prompt_ids(self.tokenizer, pair.prompt, self.prompt_template, self.max_prompt_len)
         budget = self.max_seq_len - len(prompt)
         return prompt, _response_ids(self.tokenizer, pair.chosen, budget), _response_ids(self.tokenizer, pair.rejected, budget)
 
@@ -355,12 +309,12 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
                 _warn("%s: dropped %d rows with an empty prompt", self.path, empty)
             if not items:
                 raise ValueError(f"{self.path}: no rows with a prompt")
-            train, val = split_by_prompt(items, [p for p, _ in items], self.val_fraction, self.seed)
+            train, val = split_train_val(items, self.val_fraction, self.seed, prompt_of=itemgetter(0))
             self._rows = (train, val[: self.max_val_examples] if self.max_val_examples is not None else val)
             _info("%s: %d training prompts, %d validation prompts", self.path, len(train), len(self._rows[1]))
         if self._encoded is None:
             self._encoded = {
-                name: [(_prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols}) for p, cols in rows]
+                name: [(prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols}) for p, cols in rows]
                 for name, rows in zip(("train", "val"), self._rows)
             }
 

@@ -32,11 +32,11 @@ from brainstacks_pl.losses import router_loss
 from brainstacks_pl.optim import lr_factor
 from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.routing.features import collate_features
-from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
+from brainstacks_pl.routing.rows import RouterRow, drop_val_prompts, selection_scores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RouterModule", "RouterRow", "split_by_prompt", "selection_scores"]
+__all__ = ["RouterModule", "RouterRow", "drop_val_prompts", "selection_scores"]
 
 
 class _Rows(torch.utils.data.Dataset):
