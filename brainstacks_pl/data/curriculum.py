@@ -37,6 +37,7 @@ from brainstacks_pl.data.batches import (
 )
 from brainstacks_pl.data.decontaminate import (
     DECONTAMINATE_MODES,
+    check_val_fraction,
     drop_overlapping,
     remove_duplicates,
     split_train_val,
@@ -141,8 +142,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
             raise ValueError(f"duplicate domain names: {duplicates}; every domain needs a unique name")
         if decontaminate not in DECONTAMINATE_MODES:
             raise ValueError(f"decontaminate must be one of {DECONTAMINATE_MODES}, got {decontaminate!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         if max_seq_len < 2 or batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(
                 "need max_seq_len >= 2 and batch sizes >= 1, got "

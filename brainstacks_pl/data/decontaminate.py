@@ -31,6 +31,7 @@ from brainstacks_pl.data.formats import Example
 __all__ = [
     "DECONTAMINATE_MODES",
     "NGRAM",
+    "check_val_fraction",
     "drop_overlapping",
     "example_key",
     "normalize_text",
@@ -123,6 +124,12 @@ def split_hash(prompt: str, seed: int = 0) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """Raise unless ``val_fraction`` is in [0, 1) (data modules check it when built, not at setup)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
 def split_train_val(
     examples: Sequence[T], val_fraction: float, seed: int = 0, prompt_of: Callable[[T], str] = attrgetter("prompt")
 ) -> tuple[list[T], list[T]]:
@@ -135,8 +142,7 @@ def split_train_val(
     prompt with the smallest hash goes to validation (tiny data sets only: the one case where
     the split depends on the other items).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     hashes = [split_hash(prompt_of(ex), seed) for ex in examples]
     threshold = val_fraction
     if val_fraction > 0 and hashes and not any(h < threshold for h in hashes):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Mapping, Optional
 
 import lightning as L
@@ -31,7 +31,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from brainstacks_pl.data.batches import EpochShuffleSampler
-from brainstacks_pl.data.decontaminate import split_train_val
+from brainstacks_pl.data.decontaminate import check_val_fraction, split_train_val
 from brainstacks_pl.data.formats import strip_chat_tokens
 from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_ids, prompt_text
 from brainstacks_pl.data.sources import open_dataset
@@ -56,6 +56,14 @@ def load_rows(path: str, split: str = "train", max_examples: Optional[int] = Non
     ds, _ = open_dataset(path, label, split)
     rows = [dict(row) for row in ds]
     return rows[:max_examples] if max_examples is not None else rows
+
+
+def _split(data, items: list, what: str, prompt_of=attrgetter("prompt")) -> tuple[list, list]:
+    """The curriculum's hash split of a data module's items, validation cut to ``max_val_examples``."""
+    train, val = split_train_val(items, data.val_fraction, data.seed, prompt_of)
+    val = val[: data.max_val_examples] if data.max_val_examples is not None else val
+    _info("%s: %d training %s, %d validation %s", data.path, len(train), what, len(val), what)
+    return train, val
 
 
 def _text(value: Any, field: str) -> str:
@@ -175,8 +183,7 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
     ) -> None:
         super().__init__()
         format_prompt("", prompt_template)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         if max_prompt_len < 1 or max_seq_len <= max_prompt_len:
             raise ValueError(f"need 1 <= max_prompt_len < max_seq_len, got {max_prompt_len} and {max_seq_len}")
         self.path, self.columns, self.split, self.max_examples = path, dict(columns or {}), split, max_examples
@@ -198,11 +205,9 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
                 _warn("%s: dropped %d of %d preference rows (%d with an empty answer, %d with chosen == rejected)", self.path, dropped, self.counts["rows"], self.counts["empty"], self.counts["identical"])
             if not pairs:
                 raise ValueError(f"{self.path}: no usable preference pairs left out of {self.counts['rows']} rows ({self.counts})")
-            train, val = split_train_val(pairs, self.val_fraction, self.seed)
-            if not train:
+            self._pairs = _split(self, pairs, "pairs")
+            if not self._pairs[0]:
                 raise ValueError(f"{self.path}: every pair landed in validation; lower val_fraction")
-            self._pairs = (train, val[: self.max_val_examples] if self.max_val_examples is not None else val)
-            _info("%s: %d training pairs, %d validation pairs", self.path, len(train), len(self._pairs[1]))
         if self._encoded is None:
             self._encoded = {name: [self._encode(p) for p in pairs] for name, pairs in zip(("train", "val"), self._pairs)}
 
@@ -279,8 +284,7 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
     ) -> None:
         super().__init__()
         format_prompt("", prompt_template)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         self.path, self.prompt_column, self.columns = path, prompt_column, None if columns is None else dict(columns)
         self.tokenizer_name, self.split, self.max_examples = tokenizer, split, max_examples
         self.max_prompt_len, self.batch_size, self.eval_batch_size = max_prompt_len, batch_size, eval_batch_size or batch_size
@@ -309,9 +313,7 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
                 _warn("%s: dropped %d rows with an empty prompt", self.path, empty)
             if not items:
                 raise ValueError(f"{self.path}: no rows with a prompt")
-            train, val = split_train_val(items, self.val_fraction, self.seed, prompt_of=itemgetter(0))
-            self._rows = (train, val[: self.max_val_examples] if self.max_val_examples is not None else val)
-            _info("%s: %d training prompts, %d validation prompts", self.path, len(train), len(self._rows[1]))
+            self._rows = _split(self, items, "prompts", prompt_of=itemgetter(0))
         if self._encoded is None:
             self._encoded = {
                 name: [(prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols}) for p, cols in rows]
