@@ -7,10 +7,9 @@ from collections import Counter
 
 import pytest
 
-from brainstacks_pl.data.curriculum import DEMO_DOMAINS, demo_domains
-from brainstacks_pl.data.formats import FORMATS
 from brainstacks_pl.data.batches import encode_examples
-from brainstacks_pl.data.formats import Example
+from brainstacks_pl.data.curriculum import DEMO_DOMAINS, demo_domains
+from brainstacks_pl.data.formats import FORMATS, Example
 from brainstacks_pl.data.preferences import PreferenceDataModule, PreferencePair
 from brainstacks_pl.data.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -21,8 +20,8 @@ from brainstacks_pl.data.prompts import (
     prompt_text,
     render_turns,
 )
-from brainstacks_pl.routing import features
 from brainstacks_pl.data.sources import load_examples
+from brainstacks_pl.routing import features
 
 PREFIX = DEFAULT_PROMPT_TEMPLATE.split("{prompt}")[0]
 
@@ -122,7 +121,8 @@ def test_every_prompt_encoder_keeps_the_end_of_a_too_long_prompt(tokenizer):
     data = PreferenceDataModule(max_prompt_len=32, max_seq_len=64)
     data.set_tokenizer(tokenizer)
     assert data._encode(PreferencePair(long, "yes", "no"))[0] == cut, "DPO pairs (and GRPO prompts)"
-    ids, labels = encode_examples(tokenizer, [Example(prompt=long, response="5", domain="chat")], max_seq_len=40).item(0)
+    example = Example(prompt=long, response="5", domain="chat")
+    ids, labels = encode_examples(tokenizer, [example], max_seq_len=40).item(0)
     prompt = ids[labels == -100].tolist()
     assert prompt[0] == tokenizer.bos_token_id and prompt[1:] == full[-(len(prompt) - 1):], "SFT examples"
     assert prompt_ids(tokenizer, "short", max_len=64) == prompt_ids(tokenizer, "short"), "a prompt that fits is whole"

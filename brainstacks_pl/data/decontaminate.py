@@ -58,8 +58,14 @@ def example_key(example: Example) -> str:
 
 
 def _new_counts(loaded: int) -> dict[str, int]:
-    return {"loaded": loaded, "dropped_duplicate": 0, "dropped_cross_domain": 0,
-            "reassigned": 0, "dropped_overlap": 0, "kept": loaded}
+    return {
+        "loaded": loaded,
+        "dropped_duplicate": 0,
+        "dropped_cross_domain": 0,
+        "reassigned": 0,
+        "dropped_overlap": 0,
+        "kept": loaded,
+    }
 
 
 def _profile_score(words: list[str], profile: Counter, total: int, vocab: int) -> float:
@@ -104,8 +110,7 @@ def remove_duplicates(
         vocab = len(set().union(*profiles.values()))
         for key in winner:
             words = key.split()
-            scores = [(_profile_score(words, profiles[n], totals[n], vocab), -i, n)
-                      for i, n in enumerate(owners[key])]
+            scores = [(_profile_score(words, profiles[n], totals[n], vocab), -i, n) for i, n in enumerate(owners[key])]
             winner[key] = max(scores)[2]
             if winner[key] != owners[key][0]:
                 counts[winner[key]]["reassigned"] += 1
@@ -120,7 +125,7 @@ def remove_duplicates(
 
 def split_hash(prompt: str, seed: int = 0) -> float:
     """A uniform number in [0, 1) that depends only on the normalized prompt and the seed."""
-    digest = hashlib.sha1(f"{seed}:{normalize_text(prompt)}".encode("utf-8")).digest()
+    digest = hashlib.sha1(f"{seed}:{normalize_text(prompt)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -156,7 +161,7 @@ def split_train_val(
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def drop_overlapping(

@@ -41,6 +41,7 @@ __all__ = [
     "strip_chat_tokens",
 ]
 
+
 @dataclass
 class Example:
     """One supervised example: the model sees ``prompt`` and learns to produce ``response``."""
@@ -151,9 +152,7 @@ def _turn(turn: Any) -> tuple[str, str]:
     role = turn.get("role", turn.get("from"))
     content = turn.get("content", turn.get("value"))
     if role is None or content is None:
-        raise ValueError(
-            f"format 'messages': a turn needs 'role'/'content' (or 'from'/'value'), got {sorted(turn)}"
-        )
+        raise ValueError(f"format 'messages': a turn needs 'role'/'content' (or 'from'/'value'), got {sorted(turn)}")
     return role_name(str(role)), strip_chat_tokens(_text(content))
 
 

@@ -21,9 +21,10 @@ curriculum's loader (``sources.open_dataset``) and prompts encoded by ``prompts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -50,7 +51,9 @@ _PROMPT_COLUMNS = ("prompt", "question", "instruction", "query")
 # --------------------------------------------------------------------------- loading
 
 
-def load_rows(path: str, split: str = "train", max_examples: Optional[int] = None, label: str = "alignment data") -> list[dict[str, Any]]:
+def load_rows(
+    path: str, split: str = "train", max_examples: int | None = None, label: str = "alignment data"
+) -> list[dict[str, Any]]:
     """Rows of ``path`` (``demo:<name>``, a local file / glob / directory, or a hub dataset),
     read by the curriculum's loader (``sources.open_dataset``) so both get the same checks."""
     ds, _ = open_dataset(path, label, split)
@@ -75,7 +78,9 @@ def _text(value: Any, field: str) -> str:
     if isinstance(value, list):
         turns = [t for t in value if isinstance(t, Mapping)]
         if field == "prompt":
-            return prompt_text([(str(t.get("role", "user")), strip_chat_tokens(str(t.get("content", "")))) for t in turns])
+            return prompt_text(
+                [(str(t.get("role", "user")), strip_chat_tokens(str(t.get("content", "")))) for t in turns]
+            )
         answers = [t for t in turns if str(t.get("role", "assistant")) == "assistant"] or turns
         return strip_chat_tokens(str(answers[-1].get("content", ""))) if answers else ""
     return strip_chat_tokens(str(value))
@@ -91,7 +96,9 @@ class PreferencePair:
     rejected: str
 
 
-def preference_pairs(rows: list[dict[str, Any]], columns: Mapping[str, str] | None = None) -> tuple[list[PreferencePair], dict[str, int]]:
+def preference_pairs(
+    rows: list[dict[str, Any]], columns: Mapping[str, str] | None = None
+) -> tuple[list[PreferencePair], dict[str, int]]:
     """Rows -> pairs; drops rows whose chosen or rejected answer is empty or whose two answers are identical.
 
     Returns ``(pairs, counts)`` with ``counts`` = ``{"rows", "empty", "identical", "kept"}``.
@@ -103,7 +110,10 @@ def preference_pairs(rows: list[dict[str, Any]], columns: Mapping[str, str] | No
     for row in rows:
         missing = [c for c in names.values() if c not in row]
         if missing:
-            raise ValueError(f"preference rows need columns {sorted(names.values())}; missing {missing}; found {sorted(row)} (map them with columns: {{prompt: ..., chosen: ..., rejected: ...}})")
+            raise ValueError(
+                f"preference rows need columns {sorted(names.values())}; missing {missing}; found {sorted(row)} "
+                "(map them with columns: {prompt: ..., chosen: ..., rejected: ...})"
+            )
         pair = PreferencePair(*(_text(row[names[f]], f) for f in ("prompt", "chosen", "rejected")))
         if not pair.chosen or not pair.rejected:
             counts["empty"] += 1
@@ -139,7 +149,7 @@ class _PairCollator:
             n = len(prompt) + len(answer)
             batch["input_ids"][row, :n] = torch.tensor(prompt + answer)
             batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, len(prompt):n] = torch.tensor(answer)
+            batch["labels"][row, len(prompt) : n] = torch.tensor(answer)
         return batch
 
 
@@ -167,16 +177,16 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
     def __init__(
         self,
         path: str = "demo:chat_preferences",
-        columns: Optional[dict[str, str]] = None,
-        tokenizer: Optional[str] = None,
+        columns: dict[str, str] | None = None,
+        tokenizer: str | None = None,
         split: str = "train",
-        max_examples: Optional[int] = None,
+        max_examples: int | None = None,
         max_prompt_len: int = 128,
         max_seq_len: int = 192,
         batch_size: int = 8,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
-        max_val_examples: Optional[int] = 64,
+        max_val_examples: int | None = 64,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         seed: int = 0,
         num_workers: int = 0,
@@ -193,28 +203,43 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
         self.prompt_template, self.seed, self.num_workers = prompt_template, seed, num_workers
         self._tokenizer = None
-        self._pairs: Optional[tuple[list[PreferencePair], list[PreferencePair]]] = None
-        self._encoded: Optional[dict[str, list]] = None
+        self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
+        self._encoded: dict[str, list] | None = None
         self.counts: dict[str, int] = {}
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self._pairs is None:
             pairs, self.counts = preference_pairs(load_rows(self.path, self.split, self.max_examples), self.columns)
             dropped = self.counts["empty"] + self.counts["identical"]
             if dropped:
-                _warn("%s: dropped %d of %d preference rows (%d with an empty answer, %d with chosen == rejected)", self.path, dropped, self.counts["rows"], self.counts["empty"], self.counts["identical"])
+                _warn(
+                    "%s: dropped %d of %d preference rows (%d with an empty answer, %d with chosen == rejected)",
+                    self.path,
+                    dropped,
+                    self.counts["rows"],
+                    self.counts["empty"],
+                    self.counts["identical"],
+                )
             if not pairs:
-                raise ValueError(f"{self.path}: no usable preference pairs left out of {self.counts['rows']} rows ({self.counts})")
+                raise ValueError(
+                    f"{self.path}: no usable preference pairs left out of {self.counts['rows']} rows ({self.counts})"
+                )
             self._pairs = _split(self, pairs, "pairs")
             if not self._pairs[0]:
                 raise ValueError(f"{self.path}: every pair landed in validation; lower val_fraction")
         if self._encoded is None:
-            self._encoded = {name: [self._encode(p) for p in pairs] for name, pairs in zip(("train", "val"), self._pairs)}
+            self._encoded = {
+                name: [self._encode(p) for p in pairs] for name, pairs in zip(("train", "val"), self._pairs)
+            }
 
     def _encode(self, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
         prompt = prompt_ids(self.tokenizer, pair.prompt, self.prompt_template, self.max_prompt_len)
         budget = self.max_seq_len - len(prompt)
-        return prompt, _response_ids(self.tokenizer, pair.chosen, budget), _response_ids(self.tokenizer, pair.rejected, budget)
+        return (
+            prompt,
+            _response_ids(self.tokenizer, pair.chosen, budget),
+            _response_ids(self.tokenizer, pair.rejected, budget),
+        )
 
     def pairs(self, split: str) -> list[PreferencePair]:
         self.setup()
@@ -222,10 +247,22 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self._encoded["train"]
-        return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), self.seed), collate_fn=_PairCollator(self.pad_id), num_workers=self.num_workers)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(data), self.seed),
+            collate_fn=_PairCollator(self.pad_id),
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._encoded["val"], batch_size=self.eval_batch_size, shuffle=False, collate_fn=_PairCollator(self.pad_id), num_workers=self.num_workers)
+        return DataLoader(
+            self._encoded["val"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=_PairCollator(self.pad_id),
+            num_workers=self.num_workers,
+        )
 
 
 # --------------------------------------------------------------------------- prompts for GRPO
@@ -269,16 +306,16 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
     def __init__(
         self,
         path: str = "demo:math_rl",
-        prompt_column: Optional[str] = None,
-        columns: Optional[dict[str, str]] = None,
-        tokenizer: Optional[str] = None,
+        prompt_column: str | None = None,
+        columns: dict[str, str] | None = None,
+        tokenizer: str | None = None,
         split: str = "train",
-        max_examples: Optional[int] = None,
+        max_examples: int | None = None,
         max_prompt_len: int = 128,
         batch_size: int = 4,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
-        max_val_examples: Optional[int] = 32,
+        max_val_examples: int | None = 32,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         seed: int = 0,
     ) -> None:
@@ -287,21 +324,28 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
         check_val_fraction(val_fraction)
         self.path, self.prompt_column, self.columns = path, prompt_column, None if columns is None else dict(columns)
         self.tokenizer_name, self.split, self.max_examples = tokenizer, split, max_examples
-        self.max_prompt_len, self.batch_size, self.eval_batch_size = max_prompt_len, batch_size, eval_batch_size or batch_size
+        self.max_prompt_len, self.batch_size, self.eval_batch_size = (
+            max_prompt_len,
+            batch_size,
+            eval_batch_size or batch_size,
+        )
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
         self.prompt_template, self.seed = prompt_template, seed
         self._tokenizer = None
-        self._rows: Optional[tuple[list, list]] = None
-        self._encoded: Optional[dict[str, list]] = None
+        self._rows: tuple[list, list] | None = None
+        self._encoded: dict[str, list] | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self._rows is None:
             rows = load_rows(self.path, self.split, self.max_examples)
             if not rows:
                 raise ValueError(f"{self.path}: no rows")
             column = self.prompt_column or next((c for c in _PROMPT_COLUMNS if c in rows[0]), None)
             if column is None or column not in rows[0]:
-                raise ValueError(f"{self.path}: no prompt column (looked for {self.prompt_column or _PROMPT_COLUMNS}); found {sorted(rows[0])}")
+                raise ValueError(
+                    f"{self.path}: no prompt column (looked for {self.prompt_column or _PROMPT_COLUMNS}); "
+                    f"found {sorted(rows[0])}"
+                )
             mapping = self.columns if self.columns is not None else {k: k for k in rows[0] if k != column}
             missing = sorted(set(mapping.values()) - set(rows[0]))
             if missing:
@@ -316,13 +360,26 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
             self._rows = _split(self, items, "prompts", prompt_of=itemgetter(0))
         if self._encoded is None:
             self._encoded = {
-                name: [(prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols}) for p, cols in rows]
+                name: [
+                    (prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols})
+                    for p, cols in rows
+                ]
                 for name, rows in zip(("train", "val"), self._rows)
             }
 
     def train_dataloader(self) -> DataLoader:
         data = self._encoded["train"]
-        return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), self.seed), collate_fn=_PromptCollator(self.pad_id))
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(data), self.seed),
+            collate_fn=_PromptCollator(self.pad_id),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._encoded["val"], batch_size=self.eval_batch_size, shuffle=False, collate_fn=_PromptCollator(self.pad_id))
+        return DataLoader(
+            self._encoded["val"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=_PromptCollator(self.pad_id),
+        )

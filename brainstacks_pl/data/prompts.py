@@ -127,7 +127,9 @@ def format_prompt(prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_T
     return template.replace("{prompt}", render_turns(prompt))
 
 
-def prompt_ids(tokenizer, prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_TEMPLATE, max_len: int | None = None) -> list[int]:
+def prompt_ids(
+    tokenizer, prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_TEMPLATE, max_len: int | None = None
+) -> list[int]:
     """``[bos] + format_prompt(prompt)`` as token ids, cut by ``keep_prompt_end`` to ``max_len``."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
@@ -144,4 +146,4 @@ def keep_prompt_end(ids: Sequence[int], max_len: int | None, tokenizer) -> list[
     if not max_len or len(ids) <= max_len:
         return list(ids)
     head = 1 if tokenizer.bos_token_id is not None else 0
-    return list(ids[:head]) + list(ids[-max(max_len - head, 1):])
+    return list(ids[:head]) + list(ids[-max(max_len - head, 1) :])

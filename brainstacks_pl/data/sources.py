@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -26,7 +25,16 @@ from brainstacks_pl.data.formats import (
     strip_chat_tokens,
 )
 
-__all__ = ["DEMO_DIR", "DEMO_DOMAINS", "DomainConfig", "UnknownDomainError", "demo_domains", "load_examples", "open_dataset", "resolve_files"]
+__all__ = [
+    "DEMO_DIR",
+    "DEMO_DOMAINS",
+    "DomainConfig",
+    "UnknownDomainError",
+    "demo_domains",
+    "load_examples",
+    "open_dataset",
+    "resolve_files",
+]
 
 log = logging.getLogger(__name__)
 _warn = rank_zero_only(log.warning)
@@ -51,9 +59,9 @@ class DomainConfig:
     """Column mapping, logical name -> dataset column, e.g. {prompt: query, response: reply}."""
     split: str = "train"
     """Dataset split to load (slicing such as ``train[:1000]`` works); local files are ``train``."""
-    max_examples: Optional[int] = None
+    max_examples: int | None = None
     """Use only the first N rows (None: all)."""
-    subset: Optional[str] = None
+    subset: str | None = None
     """Hub dataset configuration name (e.g. ``main`` for gsm8k); ignored for local files."""
 
     @property
@@ -66,13 +74,10 @@ class DomainConfig:
             raise ValueError("DomainConfig.name must be a non-empty string")
         if self.format != "auto" and self.format not in FORMATS:
             raise ValueError(
-                f"domain {self.name!r}: unknown format {self.format!r}; "
-                f"choose one of: auto, {', '.join(FORMATS)}"
+                f"domain {self.name!r}: unknown format {self.format!r}; choose one of: auto, {', '.join(FORMATS)}"
             )
         if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(
-                f"domain {self.name!r}: max_examples must be >= 1 or None, got {self.max_examples}"
-            )
+            raise ValueError(f"domain {self.name!r}: max_examples must be >= 1 or None, got {self.max_examples}")
 
 
 def demo_domains(names: Sequence[str] = DEMO_DOMAINS) -> list[DomainConfig]:
@@ -92,16 +97,20 @@ class UnknownDomainError(KeyError):
 
 def _looks_local(path: str) -> bool:
     return (
-        path.startswith(("/", ".", "~")) or any(c in path for c in "*?[") or path.count("/") > 1
-        or "\\" in path or Path(path).suffix.lower() in _BUILDERS or Path(path).expanduser().exists()
+        path.startswith(("/", ".", "~"))
+        or any(c in path for c in "*?[")
+        or path.count("/") > 1
+        or "\\" in path
+        or Path(path).suffix.lower() in _BUILDERS
+        or Path(path).expanduser().exists()
     )
 
 
-def resolve_files(path: str, label: str) -> Optional[list[Path]]:
+def resolve_files(path: str, label: str) -> list[Path] | None:
     """Local data files at ``path`` (``demo:<name>``, a file, glob or directory), or None for a
     hub dataset name; ``label`` names the data in errors (``domain 'math'``)."""
     if path.startswith("demo:"):
-        stem = path[len("demo:"):]
+        stem = path[len("demo:") :]
         files = sorted(p for p in DEMO_DIR.glob(f"{stem}.*") if p.suffix in _BUILDERS)
         if not files:
             available = sorted({p.stem for p in DEMO_DIR.glob("*") if p.suffix in _BUILDERS})
@@ -156,10 +165,13 @@ def builder_options(builder: str, files: Sequence[Path]) -> dict:
 
     with open(files[0], newline="", encoding="utf-8") as handle:
         header = next(csv.reader(handle), [])
-    return {"features": datasets.Features({name: datasets.Value("string") for name in header}), "keep_default_na": False}
+    return {
+        "features": datasets.Features({name: datasets.Value("string") for name in header}),
+        "keep_default_na": False,
+    }
 
 
-def open_dataset(path: str, label: str, split: str = "train", subset: Optional[str] = None):
+def open_dataset(path: str, label: str, split: str = "train", subset: str | None = None):
     """``(dataset, where)`` for any data path: the one loader of the curriculum and the alignment
     data, so every file gets the same checks (UTF-8, empty file, one file type, CSV as text)."""
     import datasets  # heavy import, only when data is actually loaded
@@ -180,7 +192,9 @@ def open_dataset(path: str, label: str, split: str = "train", subset: Optional[s
     if builder != "parquet" and not any([_check_text_file(label, p) for p in files]):
         raise ValueError(f"{label}: no examples in {where} (empty file)")
     try:
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split=split, **builder_options(builder, files))
+        ds = datasets.load_dataset(
+            builder, data_files=[str(p) for p in files], split=split, **builder_options(builder, files)
+        )
     except UnicodeDecodeError as err:
         raise ValueError(f"{label}: {where} is not valid UTF-8: {err}") from err
     except Exception as err:
@@ -224,13 +238,7 @@ def load_examples(cfg: DomainConfig) -> tuple[list[Example], dict[str, int]]:
         else:
             invalid += 1
     if invalid:
-        _warn(
-            f"domain {cfg.name!r}: skipped {invalid} invalid or empty rows of {len(ds)} in {where} "
-            f"({first_error})"
-        )
+        _warn(f"domain {cfg.name!r}: skipped {invalid} invalid or empty rows of {len(ds)} in {where} ({first_error})")
     if not examples:
-        raise ValueError(
-            f"domain {cfg.name!r}: no usable examples in {where} ({invalid} rows invalid or empty)"
-        )
+        raise ValueError(f"domain {cfg.name!r}: no usable examples in {where} ({invalid} rows invalid or empty)")
     return examples, {"loaded": len(ds), "dropped_invalid": invalid}
-

@@ -67,7 +67,7 @@ class RouterModule(L.LightningModule):
         dtype: Base compute dtype.
         hidden: Router width (512 in the paper; ~2M parameters on a 2048-wide base).
         dropout: Dropout of the router's fusion MLP.
-        router_seq_len: Prompt tokens the router sees (the first ones).
+        router_seq_len: Prompt tokens the router sees (bos and the last ones: ``prompts.keep_prompt_end``).
         mid_weight: Weight of the middle layer's hidden state (0.45; the last layer gets the rest).
         discovery: How targets are discovered (chat floor, greedy threshold, soft reasoning, prior).
         gate_threshold: Inference gate: domains below it are not loaded (stored in router.json).

@@ -10,7 +10,7 @@ the router then trains on cached tensors (see docs/router.md for the memory this
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
