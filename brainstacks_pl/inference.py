@@ -27,8 +27,8 @@ from torch import Tensor
 
 from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, keep_prompt_end
 from brainstacks_pl.errors import UserError
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE
 from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
@@ -233,7 +233,7 @@ class RoutedGenerator:
     def route_ids(self, encoded: Sequence[Sequence[int]]) -> list[RouteDecision]:
         """``route`` on prompts already encoded as ``[bos] + format_prompt(prompt)`` ids."""
         seq_len = self.info.get("router_seq_len", 256)
-        ids, mask = pad_right([list(e)[:seq_len] for e in encoded], self._pad_id)
+        ids, mask = pad_right([keep_prompt_end(e, seq_len, self.tokenizer) for e in encoded], self._pad_id)
         feats = base_features(self.stacks, ids.to(self.device), mask.to(self.device), self.info.get("mid_weight", 0.45))
         probs = self.router.probabilities(feats, mask.to(self.device)).cpu()  # [B, D]
         return [self.decide(dict(zip(self.router_domains, row.tolist()))) for row in probs]

@@ -13,7 +13,10 @@ from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.preferences import PreferenceDataModule, preference_pairs
+from brainstacks_pl.data.decontaminate import split_train_val
+from brainstacks_pl.data.formats import Example
+from brainstacks_pl.data.preferences import PreferenceDataModule, load_rows, preference_pairs
+from brainstacks_pl.data.sources import DEMO_DIR
 from brainstacks_pl.losses import dpo_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.dpo import DPOModule
@@ -128,6 +131,33 @@ def test_empty_and_identical_pairs_are_dropped_and_counted(tmp_path):
         data.setup()
     with pytest.raises(ValueError, match="missing"):
         preference_pairs([{"prompt": "a", "answer": "b"}])
+
+
+def test_preference_files_are_read_by_the_curriculum_loader(tmp_path):
+    """``load_rows`` goes through ``sources.open_dataset``: its UTF-8 check names the file and byte."""
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(ValueError, match=r"alignment data: file .*latin1\.jsonl is not valid UTF-8 \(byte 15"):
+        load_rows(str(bad))
+    with pytest.raises(FileNotFoundError, match=r"no bundled demo data 'demo:nope'"):
+        load_rows("demo:nope")
+    for name in ("chat_preferences", "math_rl", "code_rl"):
+        lines = (DEMO_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert load_rows(f"demo:{name}") == [json.loads(line) for line in lines if line.strip()]
+    assert len(load_rows("demo:chat_preferences", max_examples=5)) == 5
+
+
+def test_preference_pairs_are_split_like_the_curriculum(tmp_path):
+    """One hash split for every phase's data: the same prompts land on the same side."""
+    path = tmp_path / "pairs.jsonl"
+    for n in (3, 60):  # 3: the tiny-set rule (smallest hash to validation) applies
+        rows = [{"prompt": f"question {i}", "chosen": "good", "rejected": "bad"} for i in range(n)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        data = PreferenceDataModule(path=str(path), val_fraction=0.2, max_val_examples=None, seed=3)
+        data.set_tokenizer(byte_tokenizer())
+        train, val = split_train_val([Example(r["prompt"], "good", "chat") for r in rows], 0.2, 3)
+        assert [p.prompt for p in data.pairs("val")] == [e.prompt for e in val] and val
+        assert [p.prompt for p in data.pairs("train")] == [e.prompt for e in train]
 
 
 # ---------------------------------------------------------------------- the phase end to end

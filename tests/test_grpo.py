@@ -11,6 +11,7 @@ import torch
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
+from brainstacks_pl.data.preferences import PromptDataModule
 from brainstacks_pl.generation import generate
 from brainstacks_pl.losses import group_advantages, grpo_loss
 from brainstacks_pl.model import BrainstacksModel
@@ -156,6 +157,17 @@ def test_reward_errors_are_named_or_skipped():
     assert math.isnan(scores[0]) and scores[1] == 1.0
     with pytest.raises(ValueError, match="cannot import reward"):
         GRPOModule("math", rewards=[RewardSpec("brainstacks_pl.rewards.no_such_reward")])
+
+
+# ---------------------------------------------------------------------- prompt data
+def test_prompt_csv_cells_reach_the_rewards_as_text(tmp_path):
+    """The curriculum loader reads CSV as text: an answer "2" next to an empty cell stays "2"."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,answer\nWhat is 1 + 1?,2\nName a colour.,\nWhat is 2 + 2?,4\n", encoding="utf-8")
+    data = PromptDataModule(path=str(path), val_fraction=0.0)
+    data.set_tokenizer(byte_tokenizer())
+    data.setup()
+    assert sorted(cols["answer"] for _, cols in data._rows[0]) == ["", "2", "4"]
 
 
 # ---------------------------------------------------------------------- the phase end to end

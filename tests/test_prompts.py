@@ -7,10 +7,21 @@ from collections import Counter
 
 import pytest
 
+from brainstacks_pl.data.batches import encode_examples
 from brainstacks_pl.data.curriculum import DEMO_DOMAINS, demo_domains
-from brainstacks_pl.data.formats import FORMATS
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, parse_turns, prompt_text, render_turns
+from brainstacks_pl.data.formats import FORMATS, Example
+from brainstacks_pl.data.preferences import PreferenceDataModule, PreferencePair
+from brainstacks_pl.data.prompts import (
+    DEFAULT_PROMPT_TEMPLATE,
+    format_prompt,
+    keep_prompt_end,
+    parse_turns,
+    prompt_ids,
+    prompt_text,
+    render_turns,
+)
 from brainstacks_pl.data.sources import load_examples
+from brainstacks_pl.routing import features
 
 PREFIX = DEFAULT_PROMPT_TEMPLATE.split("{prompt}")[0]
 
@@ -97,3 +108,21 @@ def test_the_http_server_renders_conversations_like_chat_and_generate():
     assert format_prompt(chat_prompt(convo)) == format_prompt(
         [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye")]
     )
+
+
+def test_every_prompt_encoder_keeps_the_end_of_a_too_long_prompt(tokenizer):
+    """One truncation rule: bos and the last tokens, i.e. the question and the response marker."""
+    long = "Background: " + "filler words " * 40 + "So what is 2 + 3?"
+    full = prompt_ids(tokenizer, long)
+    cut = prompt_ids(tokenizer, long, max_len=32)
+    assert len(cut) == 32 and cut[0] == tokenizer.bos_token_id and cut[1:] == full[-31:]
+    assert keep_prompt_end(full, 32, tokenizer) == cut, "serving (RoutedGenerator.route_ids) cuts encoded ids alike"
+    assert features.prompt_ids(tokenizer, long, max_len=32) == cut, "router features"
+    data = PreferenceDataModule(max_prompt_len=32, max_seq_len=64)
+    data.set_tokenizer(tokenizer)
+    assert data._encode(PreferencePair(long, "yes", "no"))[0] == cut, "DPO pairs (and GRPO prompts)"
+    example = Example(prompt=long, response="5", domain="chat")
+    ids, labels = encode_examples(tokenizer, [example], max_seq_len=40).item(0)
+    prompt = ids[labels == -100].tolist()
+    assert prompt[0] == tokenizer.bos_token_id and prompt[1:] == full[-(len(prompt) - 1):], "SFT examples"
+    assert prompt_ids(tokenizer, "short", max_len=64) == prompt_ids(tokenizer, "short"), "a prompt that fits is whole"

@@ -14,7 +14,7 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import router_loss, router_margin_penalty
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.modules.router import RouterRow, selection_scores, split_by_prompt
+from brainstacks_pl.modules.router import RouterRow, drop_val_prompts, selection_scores
 from brainstacks_pl.routing.discovery import (
     DiscoveryCache,
     DiscoverySettings,
@@ -181,9 +181,9 @@ def test_discovery_cache_is_resumable_and_keyed_by_fingerprint(tmp_path):
     assert oracle.calls > calls, "another fingerprint (other stacks or settings) recomputes"
 
 
-def test_split_by_prompt_leaves_no_validation_prompt_in_training():
+def test_drop_val_prompts_leaves_no_validation_prompt_in_training():
     rows = lambda prompts: [RouterRow(p, "chat", [1.0], ["chat"]) for p in prompts]  # noqa: E731
-    train, val = split_by_prompt(rows(["a", "b", "c", "b"]), rows(["b", "d"]))
+    train, val = drop_val_prompts(rows(["a", "b", "c", "b"]), rows(["b", "d"]))
     assert {r.prompt for r in train} == {"a", "c"} and not {r.prompt for r in train} & {r.prompt for r in val}
 
 

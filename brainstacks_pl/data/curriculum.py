@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -37,6 +37,7 @@ from brainstacks_pl.data.batches import (
 )
 from brainstacks_pl.data.decontaminate import (
     DECONTAMINATE_MODES,
+    check_val_fraction,
     drop_overlapping,
     remove_duplicates,
     split_train_val,
@@ -56,15 +57,23 @@ from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.storage import check_domain_name
 
 __all__ = [
-    "DEMO_DIR", "DEMO_DOMAINS", "CurriculumDataModule", "DomainConfig", "Encoded", "EpochShuffleSampler",
-    "PadCollator", "UnknownDomainError", "demo_domains", "encode_examples", "load_examples",
+    "DEMO_DIR",
+    "DEMO_DOMAINS",
+    "CurriculumDataModule",
+    "DomainConfig",
+    "Encoded",
+    "EpochShuffleSampler",
+    "PadCollator",
+    "UnknownDomainError",
+    "demo_domains",
+    "encode_examples",
+    "load_examples",
     "pack_encoded",
 ]
 
 log = logging.getLogger(__name__)
 _info = rank_zero_only(log.info)
 _warn = rank_zero_only(log.warning)
-
 
 
 # --------------------------------------------------------------------------- the DataModule
@@ -74,9 +83,9 @@ _warn = rank_zero_only(log.warning)
 class _DomainData:
     train: list[Example]
     val: list[Example]
-    train_encoded: Optional[Encoded] = None
-    val_encoded: Optional[Encoded] = None
-    packed: Optional[dict[str, torch.Tensor]] = None
+    train_encoded: Encoded | None = None
+    val_encoded: Encoded | None = None
+    packed: dict[str, torch.Tensor] | None = None
 
 
 DROP_WARN_FRACTION = 0.2
@@ -86,11 +95,16 @@ DROP_WARN_FRACTION = 0.2
 def _report_drops(name: str, counts: dict[str, int]) -> None:
     """One console line per domain: rows loaded, dropped (and why), kept; a warning above 20%."""
     dropped = counts["loaded"] - counts["kept"]
-    reasons = ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in counts.items() if k.startswith("dropped_") and v)
-    line = (f"data {name!r}: {counts['loaded']} rows loaded, {dropped} dropped" + (f" ({reasons})" if reasons else "")
-            + f", {counts['train']} train / {counts['val']} val")
+    reasons = ", ".join(f"{k[len('dropped_') :]} {v}" for k, v in counts.items() if k.startswith("dropped_") and v)
+    line = (
+        f"data {name!r}: {counts['loaded']} rows loaded, {dropped} dropped"
+        + (f" ({reasons})" if reasons else "")
+        + f", {counts['train']} train / {counts['val']} val"
+    )
     if counts["loaded"] and dropped / counts["loaded"] > DROP_WARN_FRACTION:
-        rank_zero_warn(f"{line}: {dropped / counts['loaded']:.0%} of the domain's rows dropped (see docs/data.md, decontaminate)")
+        rank_zero_warn(
+            f"{line}: {dropped / counts['loaded']:.0%} of the domain's rows dropped (see docs/data.md, decontaminate)"
+        )
     else:
         rank_zero_info(line)
 
@@ -119,12 +133,12 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
     def __init__(
         self,
         domains: list[DomainConfig],
-        tokenizer: Optional[str] = None,
+        tokenizer: str | None = None,
         max_seq_len: int = 256,
         batch_size: int = 8,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
-        max_val_examples: Optional[int] = 64,
+        max_val_examples: int | None = 64,
         pack: bool = True,
         decontaminate: Literal["drop", "reassign", "off"] = "drop",
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
@@ -141,8 +155,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
             raise ValueError(f"duplicate domain names: {duplicates}; every domain needs a unique name")
         if decontaminate not in DECONTAMINATE_MODES:
             raise ValueError(f"decontaminate must be one of {DECONTAMINATE_MODES}, got {decontaminate!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         if max_seq_len < 2 or batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(
                 "need max_seq_len >= 2 and batch sizes >= 1, got "
@@ -158,7 +171,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
         self._tokenizer = None
         self._current = names[0]
-        self._data: Optional[dict[str, _DomainData]] = None
+        self._data: dict[str, _DomainData] | None = None
         self._report: dict[str, dict[str, int]] = {}
 
     # ----------------------------------------------------------------- domains
@@ -200,10 +213,10 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download hub datasets once (rank 0); local files need nothing."""
         for cfg in self.domains:
-            if resolve_files(cfg) is None:
-                open_dataset(cfg)
+            if resolve_files(cfg.path, cfg.label) is None:
+                open_dataset(cfg.path, cfg.label, cfg.split, cfg.subset)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         """Load, adapt, decontaminate, split and tokenize every domain (once; later calls are no-ops)."""
         if self._data is None:
             self._data = self._build()
@@ -234,9 +247,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
                     f"domain {name!r}: no training examples left after decontamination and split: {counts}"
                 )
             if self.val_fraction > 0 and not val[name]:
-                raise ValueError(
-                    f"domain {name!r}: no validation examples (needs 2+ distinct prompts): {counts}"
-                )
+                raise ValueError(f"domain {name!r}: no validation examples (needs 2+ distinct prompts): {counts}")
             _report_drops(name, counts)
             data[name] = _DomainData(train[name], val[name])
         self._report = report
@@ -249,9 +260,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
         truncated = data.train_encoded.truncated + data.val_encoded.truncated
         self._report[name]["truncated"] = truncated
         if truncated:
-            _warn(
-                f"domain {name!r}: truncated {truncated} examples longer than max_seq_len={self.max_seq_len}"
-            )
+            _warn(f"domain {name!r}: truncated {truncated} examples longer than max_seq_len={self.max_seq_len}")
         if self.pack:
             data.packed = pack_encoded(data.train_encoded, self.max_seq_len, self.pad_id, self.seed)
 
@@ -275,10 +284,14 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
 
     # ----------------------------------------------------------------- dataloaders
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Optional[Sampler] = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-            collate_fn=PadCollator(self.pad_id), num_workers=self.num_workers,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=PadCollator(self.pad_id),
+            num_workers=self.num_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -297,7 +310,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
         return self._loader(ExampleRows(data.val_encoded, self.max_val_examples), self.eval_batch_size)
 
     def text_dataloader(
-        self, name: str, split: str = "val", limit: Optional[int] = None, batch_size: Optional[int] = None
+        self, name: str, split: str = "val", limit: int | None = None, batch_size: int | None = None
     ) -> DataLoader:
         """One example per row, right-padded, in ``examples(name, split)`` order (first ``limit``)."""
         data = self._domain(name)

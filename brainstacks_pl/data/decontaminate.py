@@ -22,13 +22,16 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import TypeVar
 
 from brainstacks_pl.data.formats import Example
 
 __all__ = [
     "DECONTAMINATE_MODES",
     "NGRAM",
+    "check_val_fraction",
     "drop_overlapping",
     "example_key",
     "normalize_text",
@@ -40,6 +43,7 @@ __all__ = [
 DECONTAMINATE_MODES = ("drop", "reassign", "off")
 NGRAM = 13
 _NON_WORD_RE = re.compile(r"[^\w]+")
+T = TypeVar("T")
 
 
 def normalize_text(text: str) -> str:
@@ -54,8 +58,14 @@ def example_key(example: Example) -> str:
 
 
 def _new_counts(loaded: int) -> dict[str, int]:
-    return {"loaded": loaded, "dropped_duplicate": 0, "dropped_cross_domain": 0,
-            "reassigned": 0, "dropped_overlap": 0, "kept": loaded}
+    return {
+        "loaded": loaded,
+        "dropped_duplicate": 0,
+        "dropped_cross_domain": 0,
+        "reassigned": 0,
+        "dropped_overlap": 0,
+        "kept": loaded,
+    }
 
 
 def _profile_score(words: list[str], profile: Counter, total: int, vocab: int) -> float:
@@ -100,8 +110,7 @@ def remove_duplicates(
         vocab = len(set().union(*profiles.values()))
         for key in winner:
             words = key.split()
-            scores = [(_profile_score(words, profiles[n], totals[n], vocab), -i, n)
-                      for i, n in enumerate(owners[key])]
+            scores = [(_profile_score(words, profiles[n], totals[n], vocab), -i, n) for i, n in enumerate(owners[key])]
             winner[key] = max(scores)[2]
             if winner[key] != owners[key][0]:
                 counts[winner[key]]["reassigned"] += 1
@@ -116,23 +125,30 @@ def remove_duplicates(
 
 def split_hash(prompt: str, seed: int = 0) -> float:
     """A uniform number in [0, 1) that depends only on the normalized prompt and the seed."""
-    digest = hashlib.sha1(f"{seed}:{normalize_text(prompt)}".encode("utf-8")).digest()
+    digest = hashlib.sha1(f"{seed}:{normalize_text(prompt)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_train_val(
-    examples: Sequence[Example], val_fraction: float, seed: int = 0
-) -> tuple[list[Example], list[Example]]:
-    """Split by unique prompt: ``split_hash(prompt) < val_fraction`` -> validation.
-
-    Train keeps the input order; validation is sorted by hash (a stable, deterministic order, so
-    any prefix of it is a deterministic subsample). If no prompt falls below the threshold
-    while there are at least two distinct prompts, the prompt with the smallest hash goes to
-    validation (tiny domains only: the one case where the split depends on the other examples).
-    """
+def check_val_fraction(val_fraction: float) -> None:
+    """Raise unless ``val_fraction`` is in [0, 1) (data modules check it when built, not at setup)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    hashes = [split_hash(ex.prompt, seed) for ex in examples]
+
+
+def split_train_val(
+    examples: Sequence[T], val_fraction: float, seed: int = 0, prompt_of: Callable[[T], str] = attrgetter("prompt")
+) -> tuple[list[T], list[T]]:
+    """Split by unique prompt: ``split_hash(prompt) < val_fraction`` -> validation.
+
+    The one split of every phase's data (curriculum examples, preference pairs, GRPO prompts;
+    ``prompt_of`` reads an item's prompt). Train keeps the input order; validation is sorted by
+    hash (a stable, deterministic order, so any prefix of it is a deterministic subsample). If
+    no prompt falls below the threshold while there are at least two distinct prompts, the
+    prompt with the smallest hash goes to validation (tiny data sets only: the one case where
+    the split depends on the other items).
+    """
+    check_val_fraction(val_fraction)
+    hashes = [split_hash(prompt_of(ex), seed) for ex in examples]
     threshold = val_fraction
     if val_fraction > 0 and hashes and not any(h < threshold for h in hashes):
         distinct = sorted(set(hashes))
@@ -145,7 +161,7 @@ def split_train_val(
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def drop_overlapping(

@@ -41,6 +41,7 @@ __all__ = [
     "strip_chat_tokens",
 ]
 
+
 @dataclass
 class Example:
     """One supervised example: the model sees ``prompt`` and learns to produce ``response``."""
@@ -151,9 +152,7 @@ def _turn(turn: Any) -> tuple[str, str]:
     role = turn.get("role", turn.get("from"))
     content = turn.get("content", turn.get("value"))
     if role is None or content is None:
-        raise ValueError(
-            f"format 'messages': a turn needs 'role'/'content' (or 'from'/'value'), got {sorted(turn)}"
-        )
+        raise ValueError(f"format 'messages': a turn needs 'role'/'content' (or 'from'/'value'), got {sorted(turn)}")
     return role_name(str(role)), strip_chat_tokens(_text(content))
 
 
@@ -169,22 +168,24 @@ def messages(row: Mapping[str, Any], columns: Mapping[str, str] = _NO_COLUMNS, d
     return Example(prompt=prompt_text(turns[:last]), response=turns[last][1], domain=domain)
 
 
-def prompt_completion(
-    row: Mapping[str, Any], columns: Mapping[str, str] = _NO_COLUMNS, domain: str = ""
-) -> Example:
-    """``prompt`` -> ``completion`` (a ``response`` column is accepted when there is no ``completion``)."""
-    prompt = _text(_get(row, "prompt_completion", "prompt", columns)).strip()
-    completion = _text(_get(row, "prompt_completion", "completion", columns)).strip()
-    return Example(prompt=prompt_text(prompt), response=completion, domain=domain)
+def _prompt_response(fmt: str) -> Callable[..., Example]:
+    """The adapter of a format with one prompt column and one response column, the two fields
+    of ``_FIELDS[fmt]`` in that order (the fallback column names apply, e.g. ``response`` for
+    a missing ``completion``)."""
+    prompt_field, response_field = _FIELDS[fmt]
+
+    def adapter(row: Mapping[str, Any], columns: Mapping[str, str] = _NO_COLUMNS, domain: str = "") -> Example:
+        prompt = _text(_get(row, fmt, prompt_field, columns)).strip()
+        response = _text(_get(row, fmt, response_field, columns)).strip()
+        return Example(prompt=prompt_text(prompt), response=response, domain=domain)
+
+    adapter.__name__ = adapter.__qualname__ = fmt
+    adapter.__doc__ = f"``{prompt_field}`` -> ``{response_field}``."
+    return adapter
 
 
-def question_answer(
-    row: Mapping[str, Any], columns: Mapping[str, str] = _NO_COLUMNS, domain: str = ""
-) -> Example:
-    """``question`` -> ``answer``."""
-    question = _text(_get(row, "question_answer", "question", columns)).strip()
-    answer = _text(_get(row, "question_answer", "answer", columns)).strip()
-    return Example(prompt=prompt_text(question), response=answer, domain=domain)
+prompt_completion = _prompt_response("prompt_completion")
+question_answer = _prompt_response("question_answer")
 
 
 Adapter = Callable[..., Example]

@@ -13,86 +13,59 @@ reward functions receive as keyword arguments.
 
 A path ``demo:<name>`` is a bundled file in ``brainstacks_pl/data/demo`` (``demo:chat_preferences``,
 ``demo:math_rl``, ``demo:code_rl``). Rows are split into train/validation by a hash of the
-prompt (``decontaminate.split_hash``), like the curriculum.
+prompt (``decontaminate.split_train_val``, the curriculum's split); files are read by the
+curriculum's loader (``sources.open_dataset``) and prompts encoded by ``prompts.prompt_ids``
+(a too-long prompt keeps bos and its end).
 """
 
 from __future__ import annotations
 
-import glob
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from operator import attrgetter, itemgetter
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from brainstacks_pl.data.curriculum import DEMO_DIR, EpochShuffleSampler
-from brainstacks_pl.data.decontaminate import split_hash
+from brainstacks_pl.data.batches import EpochShuffleSampler
+from brainstacks_pl.data.decontaminate import check_val_fraction, split_train_val
 from brainstacks_pl.data.formats import strip_chat_tokens
-from brainstacks_pl.data.sources import builder_options
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_ids, prompt_text
+from brainstacks_pl.data.sources import open_dataset
 from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.generation import pad_left
 
-__all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs", "split_by_prompt"]
+__all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs"]
 
 log = logging.getLogger(__name__)
 _info = rank_zero_only(log.info)
 _warn = rank_zero_only(log.warning)
 
-_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _PROMPT_COLUMNS = ("prompt", "question", "instruction", "query")
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def load_rows(path: str, split: str = "train", max_examples: Optional[int] = None) -> list[dict[str, Any]]:
-    """Rows of a bundled demo file (``demo:<name>``), a local file / glob / directory, or a hub dataset."""
-    import datasets  # heavy: only when data is loaded
-
-    if path.startswith("demo:"):
-        stem = path[len("demo:"):]
-        files = sorted(p for p in DEMO_DIR.glob(f"{stem}.*") if p.suffix in _BUILDERS)
-        if not files:
-            available = sorted({p.stem for p in DEMO_DIR.glob("*") if p.suffix in _BUILDERS})
-            raise FileNotFoundError(f"no bundled demo data {path!r}; available: {available}")
-    else:
-        local = Path(path).expanduser()
-        if any(c in path for c in "*?["):
-            files = [Path(p) for p in sorted(glob.glob(str(local), recursive=True))]
-        elif local.is_dir():
-            files = sorted(p for p in local.rglob("*") if p.suffix.lower() in _BUILDERS)
-        elif local.is_file():
-            files = [local]
-        else:
-            files = None
-    if files is None:
-        try:
-            ds = datasets.load_dataset(path, split=split)
-        except Exception as err:
-            raise FileNotFoundError(f"{path!r} is not a local file and loading it from the hub failed: {err}") from err
-    else:
-        builders = {_BUILDERS.get(p.suffix.lower()) for p in files}
-        if not files or None in builders or len(builders) != 1:
-            raise ValueError(f"{path!r}: need one or more files of a single type ({', '.join(_BUILDERS)}), got {[p.name for p in files]}")
-        builder = builders.pop()
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **builder_options(builder, files))
+def load_rows(
+    path: str, split: str = "train", max_examples: int | None = None, label: str = "alignment data"
+) -> list[dict[str, Any]]:
+    """Rows of ``path`` (``demo:<name>``, a local file / glob / directory, or a hub dataset),
+    read by the curriculum's loader (``sources.open_dataset``) so both get the same checks."""
+    ds, _ = open_dataset(path, label, split)
     rows = [dict(row) for row in ds]
     return rows[:max_examples] if max_examples is not None else rows
 
 
-def split_by_prompt(rows: list, prompts: list[str], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Hash split by prompt text (every row of a prompt lands on the same side); validation in hash order."""
-    hashes = [split_hash(p, seed) for p in prompts]
-    threshold = val_fraction
-    if val_fraction > 0 and len(set(hashes)) >= 2 and not any(h < threshold for h in hashes):
-        threshold = sorted(set(hashes))[1]  # tiny sets: the smallest-hash prompt goes to validation
-    train = [r for r, h in zip(rows, hashes) if h >= threshold]
-    val = [r for _, r in sorted(((h, r) for r, h in zip(rows, hashes) if h < threshold), key=lambda t: t[0])]
+def _split(data, items: list, what: str, prompt_of=attrgetter("prompt")) -> tuple[list, list]:
+    """The curriculum's hash split of a data module's items, validation cut to ``max_val_examples``."""
+    train, val = split_train_val(items, data.val_fraction, data.seed, prompt_of)
+    val = val[: data.max_val_examples] if data.max_val_examples is not None else val
+    _info("%s: %d training %s, %d validation %s", data.path, len(train), what, len(val), what)
     return train, val
 
 
@@ -105,7 +78,9 @@ def _text(value: Any, field: str) -> str:
     if isinstance(value, list):
         turns = [t for t in value if isinstance(t, Mapping)]
         if field == "prompt":
-            return prompt_text([(str(t.get("role", "user")), strip_chat_tokens(str(t.get("content", "")))) for t in turns])
+            return prompt_text(
+                [(str(t.get("role", "user")), strip_chat_tokens(str(t.get("content", "")))) for t in turns]
+            )
         answers = [t for t in turns if str(t.get("role", "assistant")) == "assistant"] or turns
         return strip_chat_tokens(str(answers[-1].get("content", ""))) if answers else ""
     return strip_chat_tokens(str(value))
@@ -121,7 +96,9 @@ class PreferencePair:
     rejected: str
 
 
-def preference_pairs(rows: list[dict[str, Any]], columns: Mapping[str, str] | None = None) -> tuple[list[PreferencePair], dict[str, int]]:
+def preference_pairs(
+    rows: list[dict[str, Any]], columns: Mapping[str, str] | None = None
+) -> tuple[list[PreferencePair], dict[str, int]]:
     """Rows -> pairs; drops rows whose chosen or rejected answer is empty or whose two answers are identical.
 
     Returns ``(pairs, counts)`` with ``counts`` = ``{"rows", "empty", "identical", "kept"}``.
@@ -133,7 +110,10 @@ def preference_pairs(rows: list[dict[str, Any]], columns: Mapping[str, str] | No
     for row in rows:
         missing = [c for c in names.values() if c not in row]
         if missing:
-            raise ValueError(f"preference rows need columns {sorted(names.values())}; missing {missing}; found {sorted(row)} (map them with columns: {{prompt: ..., chosen: ..., rejected: ...}})")
+            raise ValueError(
+                f"preference rows need columns {sorted(names.values())}; missing {missing}; found {sorted(row)} "
+                "(map them with columns: {prompt: ..., chosen: ..., rejected: ...})"
+            )
         pair = PreferencePair(*(_text(row[names[f]], f) for f in ("prompt", "chosen", "rejected")))
         if not pair.chosen or not pair.rejected:
             counts["empty"] += 1
@@ -143,14 +123,6 @@ def preference_pairs(rows: list[dict[str, Any]], columns: Mapping[str, str] | No
             pairs.append(pair)
     counts["kept"] = len(pairs)
     return pairs, counts
-
-
-def _prompt_ids(tokenizer, prompt: str, template: str, max_prompt_len: int) -> list[int]:
-    """``[bos] + format_prompt(prompt)`` ids; a long prompt keeps bos and its last tokens."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
-    keep = max(max_prompt_len - len(bos), 1)
-    return bos + ids[-keep:]
 
 
 def _response_ids(tokenizer, response: str, budget: int) -> list[int]:
@@ -177,7 +149,7 @@ class _PairCollator:
             n = len(prompt) + len(answer)
             batch["input_ids"][row, :n] = torch.tensor(prompt + answer)
             batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, len(prompt):n] = torch.tensor(answer)
+            batch["labels"][row, len(prompt) : n] = torch.tensor(answer)
         return batch
 
 
@@ -205,24 +177,23 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
     def __init__(
         self,
         path: str = "demo:chat_preferences",
-        columns: Optional[dict[str, str]] = None,
-        tokenizer: Optional[str] = None,
+        columns: dict[str, str] | None = None,
+        tokenizer: str | None = None,
         split: str = "train",
-        max_examples: Optional[int] = None,
+        max_examples: int | None = None,
         max_prompt_len: int = 128,
         max_seq_len: int = 192,
         batch_size: int = 8,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
-        max_val_examples: Optional[int] = 64,
+        max_val_examples: int | None = 64,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
         format_prompt("", prompt_template)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         if max_prompt_len < 1 or max_seq_len <= max_prompt_len:
             raise ValueError(f"need 1 <= max_prompt_len < max_seq_len, got {max_prompt_len} and {max_seq_len}")
         self.path, self.columns, self.split, self.max_examples = path, dict(columns or {}), split, max_examples
@@ -232,30 +203,43 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
         self.prompt_template, self.seed, self.num_workers = prompt_template, seed, num_workers
         self._tokenizer = None
-        self._pairs: Optional[tuple[list[PreferencePair], list[PreferencePair]]] = None
-        self._encoded: Optional[dict[str, list]] = None
+        self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
+        self._encoded: dict[str, list] | None = None
         self.counts: dict[str, int] = {}
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self._pairs is None:
             pairs, self.counts = preference_pairs(load_rows(self.path, self.split, self.max_examples), self.columns)
             dropped = self.counts["empty"] + self.counts["identical"]
             if dropped:
-                _warn("%s: dropped %d of %d preference rows (%d with an empty answer, %d with chosen == rejected)", self.path, dropped, self.counts["rows"], self.counts["empty"], self.counts["identical"])
+                _warn(
+                    "%s: dropped %d of %d preference rows (%d with an empty answer, %d with chosen == rejected)",
+                    self.path,
+                    dropped,
+                    self.counts["rows"],
+                    self.counts["empty"],
+                    self.counts["identical"],
+                )
             if not pairs:
-                raise ValueError(f"{self.path}: no usable preference pairs left out of {self.counts['rows']} rows ({self.counts})")
-            train, val = split_by_prompt(pairs, [p.prompt for p in pairs], self.val_fraction, self.seed)
-            if not train:
+                raise ValueError(
+                    f"{self.path}: no usable preference pairs left out of {self.counts['rows']} rows ({self.counts})"
+                )
+            self._pairs = _split(self, pairs, "pairs")
+            if not self._pairs[0]:
                 raise ValueError(f"{self.path}: every pair landed in validation; lower val_fraction")
-            self._pairs = (train, val[: self.max_val_examples] if self.max_val_examples is not None else val)
-            _info("%s: %d training pairs, %d validation pairs", self.path, len(train), len(self._pairs[1]))
         if self._encoded is None:
-            self._encoded = {name: [self._encode(p) for p in pairs] for name, pairs in zip(("train", "val"), self._pairs)}
+            self._encoded = {
+                name: [self._encode(p) for p in pairs] for name, pairs in zip(("train", "val"), self._pairs)
+            }
 
     def _encode(self, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
-        prompt = _prompt_ids(self.tokenizer, pair.prompt, self.prompt_template, self.max_prompt_len)
+        prompt = prompt_ids(self.tokenizer, pair.prompt, self.prompt_template, self.max_prompt_len)
         budget = self.max_seq_len - len(prompt)
-        return prompt, _response_ids(self.tokenizer, pair.chosen, budget), _response_ids(self.tokenizer, pair.rejected, budget)
+        return (
+            prompt,
+            _response_ids(self.tokenizer, pair.chosen, budget),
+            _response_ids(self.tokenizer, pair.rejected, budget),
+        )
 
     def pairs(self, split: str) -> list[PreferencePair]:
         self.setup()
@@ -263,10 +247,22 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self._encoded["train"]
-        return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), self.seed), collate_fn=_PairCollator(self.pad_id), num_workers=self.num_workers)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(data), self.seed),
+            collate_fn=_PairCollator(self.pad_id),
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._encoded["val"], batch_size=self.eval_batch_size, shuffle=False, collate_fn=_PairCollator(self.pad_id), num_workers=self.num_workers)
+        return DataLoader(
+            self._encoded["val"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=_PairCollator(self.pad_id),
+            num_workers=self.num_workers,
+        )
 
 
 # --------------------------------------------------------------------------- prompts for GRPO
@@ -310,40 +306,46 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
     def __init__(
         self,
         path: str = "demo:math_rl",
-        prompt_column: Optional[str] = None,
-        columns: Optional[dict[str, str]] = None,
-        tokenizer: Optional[str] = None,
+        prompt_column: str | None = None,
+        columns: dict[str, str] | None = None,
+        tokenizer: str | None = None,
         split: str = "train",
-        max_examples: Optional[int] = None,
+        max_examples: int | None = None,
         max_prompt_len: int = 128,
         batch_size: int = 4,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
-        max_val_examples: Optional[int] = 32,
+        max_val_examples: int | None = 32,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         seed: int = 0,
     ) -> None:
         super().__init__()
         format_prompt("", prompt_template)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         self.path, self.prompt_column, self.columns = path, prompt_column, None if columns is None else dict(columns)
         self.tokenizer_name, self.split, self.max_examples = tokenizer, split, max_examples
-        self.max_prompt_len, self.batch_size, self.eval_batch_size = max_prompt_len, batch_size, eval_batch_size or batch_size
+        self.max_prompt_len, self.batch_size, self.eval_batch_size = (
+            max_prompt_len,
+            batch_size,
+            eval_batch_size or batch_size,
+        )
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
         self.prompt_template, self.seed = prompt_template, seed
         self._tokenizer = None
-        self._rows: Optional[tuple[list, list]] = None
-        self._encoded: Optional[dict[str, list]] = None
+        self._rows: tuple[list, list] | None = None
+        self._encoded: dict[str, list] | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self._rows is None:
             rows = load_rows(self.path, self.split, self.max_examples)
             if not rows:
                 raise ValueError(f"{self.path}: no rows")
             column = self.prompt_column or next((c for c in _PROMPT_COLUMNS if c in rows[0]), None)
             if column is None or column not in rows[0]:
-                raise ValueError(f"{self.path}: no prompt column (looked for {self.prompt_column or _PROMPT_COLUMNS}); found {sorted(rows[0])}")
+                raise ValueError(
+                    f"{self.path}: no prompt column (looked for {self.prompt_column or _PROMPT_COLUMNS}); "
+                    f"found {sorted(rows[0])}"
+                )
             mapping = self.columns if self.columns is not None else {k: k for k in rows[0] if k != column}
             missing = sorted(set(mapping.values()) - set(rows[0]))
             if missing:
@@ -355,18 +357,29 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
                 _warn("%s: dropped %d rows with an empty prompt", self.path, empty)
             if not items:
                 raise ValueError(f"{self.path}: no rows with a prompt")
-            train, val = split_by_prompt(items, [p for p, _ in items], self.val_fraction, self.seed)
-            self._rows = (train, val[: self.max_val_examples] if self.max_val_examples is not None else val)
-            _info("%s: %d training prompts, %d validation prompts", self.path, len(train), len(self._rows[1]))
+            self._rows = _split(self, items, "prompts", prompt_of=itemgetter(0))
         if self._encoded is None:
             self._encoded = {
-                name: [(_prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols}) for p, cols in rows]
+                name: [
+                    (prompt_ids(self.tokenizer, p, self.prompt_template, self.max_prompt_len), {"prompt": p, **cols})
+                    for p, cols in rows
+                ]
                 for name, rows in zip(("train", "val"), self._rows)
             }
 
     def train_dataloader(self) -> DataLoader:
         data = self._encoded["train"]
-        return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), self.seed), collate_fn=_PromptCollator(self.pad_id))
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(data), self.seed),
+            collate_fn=_PromptCollator(self.pad_id),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._encoded["val"], batch_size=self.eval_batch_size, shuffle=False, collate_fn=_PromptCollator(self.pad_id))
+        return DataLoader(
+            self._encoded["val"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=_PromptCollator(self.pad_id),
+        )

@@ -21,6 +21,11 @@ compact text form, ``prompt_text(turns)``: a lone user turn is its plain text, a
 conversation its role-prefixed lines. Text that starts with a role prefix (``"User: hi"``)
 is read back as turns, so rendering is idempotent and ``"User: Hi"`` typed by hand renders
 exactly like ``"Hi"``.
+
+``prompt_ids`` is the one prompt encoder (router features, serving, preference pairs, GRPO
+prompts); ``keep_prompt_end`` is the one truncation rule: a prompt too long for its budget
+keeps bos and its *end*, the tokens right before the answer, as the SFT data
+(``batches.encode_examples``) and evaluation scoring (``score_continuations``) do.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ __all__ = [
     "ROLE_NAMES",
     "Turn",
     "format_prompt",
+    "keep_prompt_end",
     "parse_turns",
+    "prompt_ids",
     "prompt_text",
     "render_turns",
     "role_name",
@@ -118,3 +125,25 @@ def format_prompt(prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_T
     if "{prompt}" not in template:
         raise ValueError(f"prompt_template must contain '{{prompt}}', got {template!r}")
     return template.replace("{prompt}", render_turns(prompt))
+
+
+def prompt_ids(
+    tokenizer, prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_TEMPLATE, max_len: int | None = None
+) -> list[int]:
+    """``[bos] + format_prompt(prompt)`` as token ids, cut by ``keep_prompt_end`` to ``max_len``."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
+    return keep_prompt_end(bos + ids, max_len, tokenizer)
+
+
+def keep_prompt_end(ids: Sequence[int], max_len: int | None, tokenizer) -> list[int]:
+    """Encoded prompt ids cut to ``max_len``: bos (if the tokenizer has one) and the *last* tokens.
+
+    The end is kept because it is what the answer follows (the question after a long context,
+    the last turn of a chat, the template's response marker). Every truncating prompt encoder
+    uses this; ``batches.encode_examples`` keeps the same end of an over-long example's prompt.
+    """
+    if not max_len or len(ids) <= max_len:
+        return list(ids)
+    head = 1 if tokenizer.bos_token_id is not None else 0
+    return list(ids[:head]) + list(ids[-max(max_len - head, 1) :])

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -26,7 +25,16 @@ from brainstacks_pl.data.formats import (
     strip_chat_tokens,
 )
 
-__all__ = ["DEMO_DIR", "DEMO_DOMAINS", "DomainConfig", "UnknownDomainError", "demo_domains", "load_examples", "open_dataset", "resolve_files"]
+__all__ = [
+    "DEMO_DIR",
+    "DEMO_DOMAINS",
+    "DomainConfig",
+    "UnknownDomainError",
+    "demo_domains",
+    "load_examples",
+    "open_dataset",
+    "resolve_files",
+]
 
 log = logging.getLogger(__name__)
 _warn = rank_zero_only(log.warning)
@@ -51,23 +59,25 @@ class DomainConfig:
     """Column mapping, logical name -> dataset column, e.g. {prompt: query, response: reply}."""
     split: str = "train"
     """Dataset split to load (slicing such as ``train[:1000]`` works); local files are ``train``."""
-    max_examples: Optional[int] = None
+    max_examples: int | None = None
     """Use only the first N rows (None: all)."""
-    subset: Optional[str] = None
+    subset: str | None = None
     """Hub dataset configuration name (e.g. ``main`` for gsm8k); ignored for local files."""
+
+    @property
+    def label(self) -> str:
+        """How errors name this data: ``domain 'math'``."""
+        return f"domain {self.name!r}"
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("DomainConfig.name must be a non-empty string")
         if self.format != "auto" and self.format not in FORMATS:
             raise ValueError(
-                f"domain {self.name!r}: unknown format {self.format!r}; "
-                f"choose one of: auto, {', '.join(FORMATS)}"
+                f"domain {self.name!r}: unknown format {self.format!r}; choose one of: auto, {', '.join(FORMATS)}"
             )
         if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(
-                f"domain {self.name!r}: max_examples must be >= 1 or None, got {self.max_examples}"
-            )
+            raise ValueError(f"domain {self.name!r}: max_examples must be >= 1 or None, got {self.max_examples}")
 
 
 def demo_domains(names: Sequence[str] = DEMO_DOMAINS) -> list[DomainConfig]:
@@ -87,45 +97,44 @@ class UnknownDomainError(KeyError):
 
 def _looks_local(path: str) -> bool:
     return (
-        path.startswith(("/", ".", "~")) or any(c in path for c in "*?[") or path.count("/") > 1
-        or "\\" in path or Path(path).suffix.lower() in _BUILDERS or Path(path).expanduser().exists()
+        path.startswith(("/", ".", "~"))
+        or any(c in path for c in "*?[")
+        or path.count("/") > 1
+        or "\\" in path
+        or Path(path).suffix.lower() in _BUILDERS
+        or Path(path).expanduser().exists()
     )
 
 
-def resolve_files(cfg: DomainConfig) -> Optional[list[Path]]:
-    """Local data files of a domain, or None for a hub dataset name."""
-    if cfg.path.startswith("demo:"):
-        stem = cfg.path[len("demo:"):]
+def resolve_files(path: str, label: str) -> list[Path] | None:
+    """Local data files at ``path`` (``demo:<name>``, a file, glob or directory), or None for a
+    hub dataset name; ``label`` names the data in errors (``domain 'math'``)."""
+    if path.startswith("demo:"):
+        stem = path[len("demo:") :]
         files = sorted(p for p in DEMO_DIR.glob(f"{stem}.*") if p.suffix in _BUILDERS)
         if not files:
             available = sorted({p.stem for p in DEMO_DIR.glob("*") if p.suffix in _BUILDERS})
-            raise FileNotFoundError(
-                f"domain {cfg.name!r}: no bundled demo data {cfg.path!r}; available: {available}"
-            )
+            raise FileNotFoundError(f"{label}: no bundled demo data {path!r}; available: {available}")
         return files
-    if not _looks_local(cfg.path):
+    if not _looks_local(path):
         return None
-    path = Path(cfg.path).expanduser()
-    path = path if path.is_absolute() else Path.cwd() / path
-    if any(c in cfg.path for c in "*?["):
-        files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    elif path.is_file():
-        files = [path]
+    local = Path(path).expanduser()
+    local = local if local.is_absolute() else Path.cwd() / local
+    if any(c in path for c in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(str(local), recursive=True))]
+    elif local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+    elif local.is_file():
+        files = [local]
     else:
-        raise FileNotFoundError(
-            f"domain {cfg.name!r}: data path {cfg.path!r} does not exist (resolved to {path})"
-        )
+        raise FileNotFoundError(f"{label}: data path {path!r} does not exist (resolved to {local})")
     files = [p for p in files if p.suffix.lower() in _BUILDERS]
     if not files:
-        raise FileNotFoundError(
-            f"domain {cfg.name!r}: no {'/'.join(_BUILDERS)} files at {cfg.path!r} (resolved to {path})"
-        )
+        raise FileNotFoundError(f"{label}: no {'/'.join(_BUILDERS)} files at {path!r} (resolved to {local})")
     return files
 
 
-def _check_text_file(domain: str, path: Path) -> bool:
+def _check_text_file(label: str, path: Path) -> bool:
     """Raise a clear error on non-UTF-8 bytes; return whether the file has any non-blank text."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, has_text = 0, False
@@ -135,14 +144,13 @@ def _check_text_file(domain: str, path: Path) -> bool:
                 has_text |= bool(decoder.decode(chunk).strip())
             except UnicodeDecodeError as err:
                 raise ValueError(
-                    f"domain {domain!r}: file {path} is not valid UTF-8 "
-                    f"(byte {offset + err.start}: {err.reason})"
+                    f"{label}: file {path} is not valid UTF-8 (byte {offset + err.start}: {err.reason})"
                 ) from err
             offset += len(chunk)
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as err:
-        raise ValueError(f"domain {domain!r}: file {path} is not valid UTF-8 (truncated at the end)") from err
+        raise ValueError(f"{label}: file {path} is not valid UTF-8 (truncated at the end)") from err
     return has_text
 
 
@@ -157,42 +165,46 @@ def builder_options(builder: str, files: Sequence[Path]) -> dict:
 
     with open(files[0], newline="", encoding="utf-8") as handle:
         header = next(csv.reader(handle), [])
-    return {"features": datasets.Features({name: datasets.Value("string") for name in header}), "keep_default_na": False}
+    return {
+        "features": datasets.Features({name: datasets.Value("string") for name in header}),
+        "keep_default_na": False,
+    }
 
 
-def open_dataset(cfg: DomainConfig):
+def open_dataset(path: str, label: str, split: str = "train", subset: str | None = None):
+    """``(dataset, where)`` for any data path: the one loader of the curriculum and the alignment
+    data, so every file gets the same checks (UTF-8, empty file, one file type, CSV as text)."""
     import datasets  # heavy import, only when data is actually loaded
 
-    files = resolve_files(cfg)
+    files = resolve_files(path, label)
     if files is None:
         try:
-            return datasets.load_dataset(cfg.path, cfg.subset, split=cfg.split), cfg.path
+            return datasets.load_dataset(path, subset, split=split), path
         except Exception as err:
             raise FileNotFoundError(
-                f"domain {cfg.name!r}: {cfg.path!r} is not a local path and loading it "
-                f"from the hub failed: {err}"
+                f"{label}: {path!r} is not a local path and loading it from the hub failed: {err}"
             ) from err
     builders = {_BUILDERS[p.suffix.lower()] for p in files}
     if len(builders) > 1:
-        raise ValueError(
-            f"domain {cfg.name!r}: mixes file types {sorted(builders)} in {cfg.path!r}; use one type"
-        )
+        raise ValueError(f"{label}: mixes file types {sorted(builders)} in {path!r}; use one type")
     builder = builders.pop()
-    where = str(files[0]) if len(files) == 1 else f"{cfg.path} ({len(files)} files)"
-    if builder != "parquet" and not any([_check_text_file(cfg.name, p) for p in files]):
-        raise ValueError(f"domain {cfg.name!r}: no examples in {where} (empty file)")
+    where = str(files[0]) if len(files) == 1 else f"{path} ({len(files)} files)"
+    if builder != "parquet" and not any([_check_text_file(label, p) for p in files]):
+        raise ValueError(f"{label}: no examples in {where} (empty file)")
     try:
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split=cfg.split, **builder_options(builder, files))
+        ds = datasets.load_dataset(
+            builder, data_files=[str(p) for p in files], split=split, **builder_options(builder, files)
+        )
     except UnicodeDecodeError as err:
-        raise ValueError(f"domain {cfg.name!r}: {where} is not valid UTF-8: {err}") from err
+        raise ValueError(f"{label}: {where} is not valid UTF-8: {err}") from err
     except Exception as err:
-        raise ValueError(f"domain {cfg.name!r}: could not load {where} as {builder}: {err}") from err
+        raise ValueError(f"{label}: could not load {where} as {builder}: {err}") from err
     return ds, where
 
 
 def load_examples(cfg: DomainConfig) -> tuple[list[Example], dict[str, int]]:
     """Load, adapt and strip one domain. Returns the examples and ``{"loaded", "dropped_invalid"}``."""
-    ds, where = open_dataset(cfg)
+    ds, where = open_dataset(cfg.path, cfg.label, cfg.split, cfg.subset)
     if cfg.max_examples is not None and len(ds) > cfg.max_examples:
         ds = ds.select(range(cfg.max_examples))
     if len(ds) == 0:
@@ -226,13 +238,7 @@ def load_examples(cfg: DomainConfig) -> tuple[list[Example], dict[str, int]]:
         else:
             invalid += 1
     if invalid:
-        _warn(
-            f"domain {cfg.name!r}: skipped {invalid} invalid or empty rows of {len(ds)} in {where} "
-            f"({first_error})"
-        )
+        _warn(f"domain {cfg.name!r}: skipped {invalid} invalid or empty rows of {len(ds)} in {where} ({first_error})")
     if not examples:
-        raise ValueError(
-            f"domain {cfg.name!r}: no usable examples in {where} ({invalid} rows invalid or empty)"
-        )
+        raise ValueError(f"domain {cfg.name!r}: no usable examples in {where} ({invalid} rows invalid or empty)")
     return examples, {"loaded": len(ds), "dropped_invalid": invalid}
-

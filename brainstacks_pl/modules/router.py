@@ -32,11 +32,11 @@ from brainstacks_pl.losses import router_loss
 from brainstacks_pl.optim import lr_factor
 from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.routing.features import collate_features
-from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
+from brainstacks_pl.routing.rows import RouterRow, drop_val_prompts, selection_scores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RouterModule", "RouterRow", "split_by_prompt", "selection_scores"]
+__all__ = ["RouterModule", "RouterRow", "drop_val_prompts", "selection_scores"]
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -67,7 +67,7 @@ class RouterModule(L.LightningModule):
         dtype: Base compute dtype.
         hidden: Router width (512 in the paper; ~2M parameters on a 2048-wide base).
         dropout: Dropout of the router's fusion MLP.
-        router_seq_len: Prompt tokens the router sees (the first ones).
+        router_seq_len: Prompt tokens the router sees (bos and the last ones: ``prompts.keep_prompt_end``).
         mid_weight: Weight of the middle layer's hidden state (0.45; the last layer gets the rest).
         discovery: How targets are discovered (chat floor, greedy threshold, soft reasoning, prior).
         gate_threshold: Inference gate: domains below it are not loaded (stored in router.json).

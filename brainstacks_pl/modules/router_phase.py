@@ -27,7 +27,7 @@ from brainstacks_pl.progress import Progress
 from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
-from brainstacks_pl.routing.rows import RouterRow, selection_scores, split_by_prompt
+from brainstacks_pl.routing.rows import RouterRow, drop_val_prompts, selection_scores
 from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
 from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.run import RunDirectory
@@ -152,7 +152,7 @@ class RouterPhase:
             device = trainer.strategy.root_device
             stacks.to(device).eval()
             rows = self.discover(stacks, run.manifest, device)
-            train, val = split_by_prompt(rows["train"], rows["val"])
+            train, val = drop_val_prompts(rows["train"], rows["val"])
             if not train or not val:
                 raise ValueError(f"the router needs training and validation examples, got {len(train)} and {len(val)} (check data.val_fraction)")
             prompts = list(dict.fromkeys(r.prompt for r in [*train, *val]))

@@ -1,7 +1,8 @@
 """Router inputs: prompt token ids (the SFT prompt template) and base-only features.
 
 The router sees exactly the tokens a stack sees before the answer starts,
-``[bos] + format_prompt(prompt)`` (the one canonical rendering, ``data/prompts.py``), cut to the first ``router_seq_len`` tokens. The base is
+``[bos] + format_prompt(prompt)`` (the one canonical rendering and encoder, ``data/prompts.py``),
+cut to bos and the last ``router_seq_len - 1`` tokens, the same end every prompt encoder keeps. The base is
 frozen and the features are computed with every stack off, so one prompt's features never
 change during router training: ``compute_features`` runs the base once per unique prompt and
 the router then trains on cached tensors (see docs/router.md for the memory this costs).
@@ -9,23 +10,15 @@ the router then trains on cached tensors (see docs/router.md for the memory this
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt
+from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, prompt_ids
 from brainstacks_pl.layers.router import base_features
 
 __all__ = ["prompt_ids", "pad_right", "compute_features", "collate_features"]
-
-
-def prompt_ids(tokenizer, prompt: str, template: str = DEFAULT_PROMPT_TEMPLATE, max_len: int | None = None) -> list[int]:
-    """``[bos] + format_prompt(prompt)`` as token ids (the first ``max_len`` when given)."""
-    ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id] + ids
-    return ids[:max_len] if max_len else ids
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:

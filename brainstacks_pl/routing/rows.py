@@ -1,4 +1,4 @@
-"""Router training rows, the prompt-level split and the selection scores: shared by the router module and its phase."""
+"""Router training rows, the leakage filter and the selection scores: shared by the router module and its phase."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["RouterRow", "selection_scores", "split_by_prompt"]
+__all__ = ["RouterRow", "drop_val_prompts", "selection_scores"]
 
 
 @dataclass
@@ -20,8 +20,12 @@ class RouterRow:
     route: list[str]
 
 
-def split_by_prompt(train: Sequence[RouterRow], val: Sequence[RouterRow]) -> tuple[list[RouterRow], list[RouterRow]]:
-    """Drop every training row whose prompt is also a validation prompt (no leakage)."""
+def drop_val_prompts(train: Sequence[RouterRow], val: Sequence[RouterRow]) -> tuple[list[RouterRow], list[RouterRow]]:
+    """``(train without the rows whose prompt is also a validation prompt, val)``: no leakage.
+
+    Not a split: the rows arrive split by the data module (``split_train_val``); this is the
+    router's guard that no prompt it is selected on was also trained on.
+    """
     held_out = {row.prompt for row in val}
     return [row for row in train if row.prompt not in held_out], list(val)
 
