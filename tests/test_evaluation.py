@@ -33,6 +33,7 @@ from brainstacks_pl.evaluation.tasks import DEMO_TASKS_DIR, build_context, load_
 from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.routing.artifact import save_router
+from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.storage import Manifest
 from conftest import save_tiny_model
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
@@ -319,7 +320,7 @@ def test_routed_mode_with_a_router_that_never_fires_equals_the_base(tiny_run, tm
     shutil.copytree(tiny_run, run)
     manifest = Manifest.load(run)
     domains = sorted({s.domain for s in manifest.stacks})
-    save_router(run, manifest, MetaRouter(32, len(domains), hidden=16), {"domains": domains, "router_seq_len": 64})
+    save_router(run, manifest, MetaRouter(32, len(domains), hidden=16), RouterSpec(domains=tuple(domains), router_seq_len=64))
     manifest.save(run)
     generator = RoutedGenerator.from_run(run)
     with torch.no_grad():  # saturate every sigmoid at 0: no domain passes the gate

@@ -16,7 +16,7 @@ from brainstacks_pl.inference import InferenceError, RoutedGenerator, StackCache
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import RouterFileError, save_router
-from brainstacks_pl.routing.discovery import DiscoverySettings
+from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackFileError, StackRecord
 from conftest import make_tiny_llama, save_tiny_model
@@ -38,8 +38,8 @@ def write_run(root: Path) -> Path:
         run.write_stack(stacks.freeze_stack(), StackRecord(file="", sha256="", domain=domain, round=0))
     torch.manual_seed(0)
     router = MetaRouter(32, len(DOMAINS), hidden=16)
-    info = {"domains": DOMAINS, "dropout": 0.1, "router_seq_len": 64, "mid_weight": 0.45, "gate_threshold": 0.12, "discovery": DiscoverySettings().__dict__}
-    save_router(run_dir, run.manifest, router, info)
+    spec = RouterSpec(domains=tuple(DOMAINS), router_seq_len=64)
+    save_router(run_dir, run.manifest, router, spec)
     run.save_manifest()
     return run_dir
 
