@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,8 @@ from brainstacks_pl.inference import InferenceError, RoutedGenerator, StackCache
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import RouterFileError, save_router
-from brainstacks_pl.routing.spec import RouterSpec
+from brainstacks_pl.routing.discovery import RouteLossOracle
+from brainstacks_pl.routing.spec import RouterSpec, serving_weights
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackFileError, StackRecord
 from conftest import make_tiny_llama, save_tiny_model
@@ -109,6 +111,18 @@ def test_gate_threshold_and_chat_floor(generator):
     assert gap.capability_gap and gap.selected == [] and all(w == 0 for w in gap.weights.values())
 
 
+def test_discovery_and_inference_weight_a_route_through_the_one_rule(generator):
+    """A route's 0/1 indicators get the same weights in discovery (scoring) as at inference (serving)."""
+    oracle = RouteLossOracle(generator.stacks, 0, generator.chat_domain, generator.chat_floor)
+    for size in range(len(DOMAINS) + 1):
+        for route in itertools.combinations(DOMAINS, size):
+            decision = generator.decide({d: float(d in route) for d in DOMAINS})
+            assert torch.equal(generator.weight_matrix([decision])[0], oracle.weights(frozenset(route))), route
+    probs = torch.rand(5, len(DOMAINS), dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # [B, D]
+    batched = serving_weights(probs, DOMAINS, gate=generator.gate_threshold, chat_domain="chat", chat_floor=generator.chat_floor)
+    assert [generator.decide(dict(zip(DOMAINS, row))).weights for row in probs.tolist()] == [dict(zip(DOMAINS, row)) for row in batched.tolist()]
+
+
 def test_only_routed_domains_are_loaded_and_resident(generator):
     set_bias(generator, [-30.0, 30.0, -30.0])
     [gen] = generator.generate(["def add(a, b):"], max_new_tokens=2)
@@ -194,6 +208,9 @@ def test_router_from_other_domains_or_base_is_refused(run_dir, tmp_path):
         RoutedGenerator.from_run(copy)
     path.write_text(json.dumps({**info, "layer_shapes_hash": "0" * 16}))
     with pytest.raises(RouterFileError, match="another base"):
+        RoutedGenerator.from_run(copy)
+    path.write_text(json.dumps({**info, "gate_threshold": "high"}))
+    with pytest.raises(RouterFileError, match=r"router\.json: field gate_threshold must be a number"):
         RoutedGenerator.from_run(copy)
 
 
