@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -175,7 +176,7 @@ class RoutedGenerator:
         cache_bytes: int | None = None,
         require_router: bool = False,
         accept_new_base: bool = False,
-    ) -> "RoutedGenerator":
+    ) -> RoutedGenerator:
         """Base + router of a run directory; no stack is loaded until a request needs it.
 
         ``accept_new_base``: serve on a base whose fingerprint differs from the run's (a deliberate move).
@@ -259,11 +260,11 @@ class RoutedGenerator:
         return self._decisions(torch.tensor([[probs[d] for d in self.router_domains]], dtype=torch.float64))[0]
 
     def _decisions(self, probs: Tensor) -> list[RouteDecision]:
-        """One decision per row of ``probs`` [B, D] (float64: the weights are the exact floats of the probabilities)."""
-        decisions = []
+        """One decision per row of ``probs`` [B, D] (float64: a weight is its probability's exact float)."""
+        domains, decisions = self.router_domains, []
         for p, w in zip(probs.tolist(), self.spec.weights(probs).tolist()):
-            selected = [d for d, weight in zip(self.router_domains, w) if weight > 0]
-            decisions.append(RouteDecision(dict(zip(self.router_domains, p)), dict(zip(self.router_domains, w)), selected, capability_gap=not selected))
+            selected = [d for d, weight in zip(domains, w) if weight > 0]
+            decisions.append(RouteDecision(dict(zip(domains, p)), dict(zip(domains, w)), selected, not selected))
         return decisions
 
     def load_domains(self, domains: Sequence[str]) -> None:

@@ -18,7 +18,14 @@ WRITTEN = {
     "mid_weight": 0.45,
     "gate_threshold": 0.12,
     "decision_threshold": 0.5,
-    "discovery": {"chat_domain": "chat", "chat_floor": 0.2, "greedy_threshold": 0.01, "reasoning_domain": "reasoning", "soft_target": 0.5, "prior_weight": 0.2},
+    "discovery": {
+        "chat_domain": "chat",
+        "chat_floor": 0.2,
+        "greedy_threshold": 0.01,
+        "reasoning_domain": "reasoning",
+        "soft_target": 0.5,
+        "prior_weight": 0.2,
+    },
     "prompt_template": "### Prompt:\n{prompt}\n### Response:\n",
     "best": {"score": 0.41, "epoch": 2, "metrics": {"router/f1": 0.5}},
     "train_examples": 12,
@@ -41,8 +48,15 @@ def test_a_router_json_round_trips_through_the_spec_unchanged():
 def test_settings_a_file_leaves_out_come_from_the_spec():
     required = {k: WRITTEN[k] for k in ("domains", "layer_shapes_hash", "d_model", "hidden")}
     spec = RouterSpec.from_json(required, "router.json")
-    assert spec == RouterSpec(domains=("chat", "code", "math"), layer_shapes_hash="0123456789abcdef", d_model=32, hidden=16)
-    assert (spec.gate_threshold, spec.router_seq_len, spec.mid_weight, spec.discovery) == (0.12, 256, 0.45, DiscoverySettings())
+    assert spec == RouterSpec(
+        domains=("chat", "code", "math"), layer_shapes_hash="0123456789abcdef", d_model=32, hidden=16
+    )
+    assert (spec.gate_threshold, spec.router_seq_len, spec.mid_weight, spec.discovery) == (
+        0.12,
+        256,
+        0.45,
+        DiscoverySettings(),
+    )
 
 
 @pytest.mark.parametrize(

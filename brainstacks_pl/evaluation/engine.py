@@ -53,11 +53,11 @@ class StackScorer:
         self._routes: dict[str, RouteDecision] = {}
 
     @classmethod
-    def from_run(cls, run_dir, mode: str = "ungated", batch_size: int = 16, **kwargs) -> "StackScorer":
+    def from_run(cls, run_dir, mode: str = "ungated", batch_size: int = 16, **kwargs) -> StackScorer:
         """Load the run's base (and router if present); ``kwargs`` go to ``RoutedGenerator.from_run``."""
         return cls(RoutedGenerator.from_run(run_dir, **kwargs), mode, batch_size)
 
-    def with_mode(self, mode: str) -> "StackScorer":
+    def with_mode(self, mode: str) -> StackScorer:
         """The same loaded model in another mode (routing decisions are shared)."""
         other = StackScorer(self.generator, mode, self.batch_size)
         other._routes = self._routes

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -94,15 +95,15 @@ class RouterModule(L.LightningModule):
 
     def __init__(
         self,
-        model_name_or_path: Optional[str] = None,
-        domains: Optional[list[str]] = None,
-        quantization: Optional[Literal["nf4"]] = None,
+        model_name_or_path: str | None = None,
+        domains: list[str] | None = None,
+        quantization: Literal["nf4"] | None = None,
         dtype: str = "float32",
         hidden: int = RouterSpec.hidden,
         dropout: float = RouterSpec.dropout,
         router_seq_len: int = RouterSpec.router_seq_len,
         mid_weight: float = RouterSpec.mid_weight,
-        discovery: Optional[DiscoverySettings] = None,
+        discovery: DiscoverySettings | None = None,
         gate_threshold: float = RouterSpec.gate_threshold,
         decision_threshold: float = RouterSpec.decision_threshold,
         margin: float = 0.3,
@@ -111,8 +112,8 @@ class RouterModule(L.LightningModule):
         warmup_steps: int = 10,
         min_lr_ratio: float = 0.05,
         batch_size: int = 32,
-        max_train_examples: Optional[int] = None,
-        max_val_examples: Optional[int] = None,
+        max_train_examples: int | None = None,
+        max_val_examples: int | None = None,
         discovery_rows: int = 64,
         discovery_chunk: int = 32,
         feature_batch_size: int = 16,

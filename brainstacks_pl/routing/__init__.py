@@ -12,8 +12,8 @@ from brainstacks_pl.routing.discovery import (
     route_weights,
 )
 from brainstacks_pl.routing.features import collate_features, compute_features, pad_right, prompt_ids
-from brainstacks_pl.routing.spec import DiscoverySettings, RouterFileError, RouterSpec, serving_weights
 from brainstacks_pl.routing.report import build_routing_report, print_routing_report, route_name, write_routing_report
+from brainstacks_pl.routing.spec import DiscoverySettings, RouterFileError, RouterSpec, serving_weights
 
 __all__ = [
     "DiscoveryCache",

@@ -29,7 +29,9 @@ def layer_shapes_hash(layer_shapes: dict[str, list[int]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def save_router(run_root: str | Path, manifest: Manifest, router: MetaRouter, spec: RouterSpec, write: bool = True) -> dict[str, str]:
+def save_router(
+    run_root: str | Path, manifest: Manifest, router: MetaRouter, spec: RouterSpec, write: bool = True
+) -> dict[str, str]:
     """Write the router's weights and ``spec`` (completed with the base's fingerprint and the
     router's sizes); record them in ``manifest.extra['router']`` (not saved here)."""
     if router.n_domains != spec.n_domains:
@@ -38,7 +40,11 @@ def save_router(run_root: str | Path, manifest: Manifest, router: MetaRouter, sp
     weights_file, json_file = f"{ROUTER_DIR}/router.safetensors", f"{ROUTER_DIR}/router.json"
     tensors = {k: v.detach().float().cpu() for k, v in router.state_dict().items()}
     spec = replace(
-        spec, base_model_id=manifest.base_model_id, layer_shapes_hash=layer_shapes_hash(manifest.layer_shapes), d_model=router.d_model, hidden=router.hidden
+        spec,
+        base_model_id=manifest.base_model_id,
+        layer_shapes_hash=layer_shapes_hash(manifest.layer_shapes),
+        d_model=router.d_model,
+        hidden=router.hidden,
     )
     if write:
         sha = save_tensors(root / weights_file, tensors, {"kind": "meta_router", "domains": ",".join(spec.domains)})
@@ -55,7 +61,10 @@ def load_router(run_root: str | Path, manifest: Manifest) -> tuple[MetaRouter, R
     root = Path(run_root)
     record = manifest.extra.get("router")
     if not record:
-        raise RouterFileError(f"{root}: this run has no trained router; train one with `brainstacks fit --config configs/router_demo.yaml --trainer.default_root_dir {root}`")
+        raise RouterFileError(
+            f"{root}: this run has no trained router; train one with "
+            f"`brainstacks fit --config configs/router_demo.yaml --trainer.default_root_dir {root}`"
+        )
     json_path = root / record["json"]
     try:
         data = json.loads(json_path.read_text())
@@ -63,11 +72,17 @@ def load_router(run_root: str | Path, manifest: Manifest) -> tuple[MetaRouter, R
         raise RouterFileError(f"{json_path}: router json is missing or unreadable ({err})") from err
     spec = RouterSpec.from_json(data, str(json_path))
     if spec.layer_shapes_hash != layer_shapes_hash(manifest.layer_shapes):
-        raise RouterFileError(f"{json_path}: router was trained on another base model ({spec.base_model_id!r}); this run's base is {manifest.base_model_id!r}")
+        raise RouterFileError(
+            f"{json_path}: router was trained on another base model ({spec.base_model_id!r}); "
+            f"this run's base is {manifest.base_model_id!r}"
+        )
     with_stacks = {s.domain for s in manifest.stacks}
     missing = [d for d in spec.domains if d not in with_stacks]
     if missing:
-        raise RouterFileError(f"{json_path}: router was trained on domains {list(spec.domains)} but this run has no stacks for {missing} (run domains with stacks: {sorted(with_stacks)})")
+        raise RouterFileError(
+            f"{json_path}: router was trained on domains {list(spec.domains)} but this run has no stacks for {missing} "
+            f"(run domains with stacks: {sorted(with_stacks)})"
+        )
     tensors, _ = load_tensors(root / record["file"], expected_sha256=record["sha256"] or None)
     router = MetaRouter(spec.d_model, spec.n_domains, hidden=spec.hidden, dropout=spec.dropout)
     try:

@@ -31,9 +31,9 @@ import hashlib
 import inspect
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -302,7 +302,9 @@ def discover_examples(
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
         sub = [items[i] for i in chunk]
-        found = greedy_discovery(len(chunk), lambda pairs: oracle.losses(sub, pairs), domains, settings.greedy_threshold, settings.reasoning_domain)
+        found = greedy_discovery(
+            len(chunk), lambda pairs, sub=sub: oracle.losses(sub, pairs), domains, settings.greedy_threshold, settings.reasoning_domain
+        )
         records = [
             DiscoveryRecord(
                 key=keys[i], domain=source, split=split, target=make_target(r["route"], r["soft"], source, domains, settings.soft_target, settings.prior_weight),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -36,7 +36,9 @@ class RouterFileError(StackFileError):
     """The router is missing, corrupt, or does not belong to this run."""
 
 
-def serving_weights(scores: Tensor, domains: Sequence[str], *, gate: float, chat_domain: str | None, chat_floor: float) -> Tensor:
+def serving_weights(
+    scores: Tensor, domains: Sequence[str], *, gate: float, chat_domain: str | None, chat_floor: float
+) -> Tensor:
     """Router probabilities, or a route's 0/1 indicators, ``[..., D]`` -> the weights served ``[..., D]``.
 
     Computed in ``scores``' dtype: float64 probabilities give exactly the Python floats a
@@ -71,6 +73,10 @@ def _text(name: str, value: Any, optional: bool = False) -> str | None:
     if (value is None and optional) or (isinstance(value, str) and value):
         return value
     raise ValueError(f"{name} must be a non-empty string{' or null' if optional else ''}, got {value!r}")
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
 
 
 def _set(spec: Any, **values: Any) -> None:
@@ -145,7 +151,11 @@ class RouterSpec:
 
     def __post_init__(self) -> None:
         domains = self.domains
-        if isinstance(domains, str) or not isinstance(domains, Sequence) or not all(isinstance(d, str) and d for d in domains):
+        if (
+            isinstance(domains, str)
+            or not isinstance(domains, Sequence)
+            or not all(isinstance(d, str) and d for d in domains)
+        ):
             raise ValueError(f"domains must be a list of domain names, got {domains!r}")
         if len(set(domains)) != len(domains):
             raise ValueError(f"domains must not repeat a name, got {list(domains)}")
@@ -185,7 +195,9 @@ class RouterSpec:
 
     def weights(self, probs: Tensor) -> Tensor:
         """``serving_weights`` of router probabilities ``[..., n_domains]`` with this spec's gate and floor."""
-        return serving_weights(probs, self.domains, gate=self.gate_threshold, chat_domain=self.chat_domain, chat_floor=self.chat_floor)
+        return serving_weights(
+            probs, self.domains, gate=self.gate_threshold, chat_domain=self.chat_domain, chat_floor=self.chat_floor
+        )
 
     def with_overrides(self, gate_threshold: float | None = None, chat_floor: float | None = None) -> RouterSpec:
         """This spec with a serving-time gate and/or chat floor (None: keep the trained one)."""
@@ -194,16 +206,16 @@ class RouterSpec:
 
     def to_json(self) -> dict[str, Any]:
         """The ``router.json`` object (the keys the code has always written, ``n_domains`` included)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["domains"], out["discovery"] = list(self.domains), {f.name: getattr(self.discovery, f.name) for f in fields(self.discovery)}
-        return {**out, "n_domains": self.n_domains}
+        out = {name: getattr(self, name) for name in _names(RouterSpec)}
+        out.update(domains=list(self.domains), discovery=asdict(self.discovery), n_domains=self.n_domains)
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> RouterSpec:
         """The spec a ``router.json`` object describes; ``RouterFileError`` naming the field if it is malformed."""
         if not isinstance(data, dict):
             raise RouterFileError(f"{where}: router json must be an object, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
+        names = set(_names(cls))
         unknown = sorted(set(data) - names - {"n_domains"})
         missing = [k for k in _REQUIRED if data.get(k) is None]
         if unknown:
@@ -213,13 +225,18 @@ class RouterSpec:
         values = {k: v for k, v in data.items() if k in names}
         try:
             discovery = values.get("discovery", {})
-            if not isinstance(discovery, dict) or set(discovery) - {f.name for f in fields(DiscoverySettings)}:
-                raise ValueError(f"discovery must be an object with fields of {[f.name for f in fields(DiscoverySettings)]}, got {discovery!r}")
+            if not isinstance(discovery, dict) or set(discovery) - set(_names(DiscoverySettings)):
+                raise ValueError(
+                    f"discovery must be an object with fields of {_names(DiscoverySettings)}, got {discovery!r}"
+                )
             if not isinstance(values["domains"], list) or not values["domains"]:
                 raise ValueError(f"domains must be a non-empty list of domain names, got {values['domains']!r}")
             spec = cls(**{**values, "discovery": DiscoverySettings(**discovery)})
         except (TypeError, ValueError) as err:
             raise RouterFileError(f"{where}: field {err}") from None
         if "n_domains" in data and data["n_domains"] != spec.n_domains:
-            raise RouterFileError(f"{where}: field n_domains is {data['n_domains']!r} but field domains lists {spec.n_domains}: {list(spec.domains)}")
+            raise RouterFileError(
+                f"{where}: field n_domains is {data['n_domains']!r} "
+                f"but field domains lists {spec.n_domains}: {list(spec.domains)}"
+            )
         return spec
