@@ -40,6 +40,7 @@ from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import per_sample_lm_loss
 from brainstacks_pl.routing.discovery import RouteLossOracle, route_weights
 from brainstacks_pl.routing.features import pad_right
+from brainstacks_pl.routing.spec import RouterSpec
 
 DOMAINS = ["chat", "code", "math", "medical", "reasoning"]
 TARGET_SPEEDUP = 3.0
@@ -107,8 +108,8 @@ def bench_overhead(stacks: BrainstacksModel, tokenizer, repeats: int, tokens: in
 
         run = RunDirectory(tmp)
         manifest = run.open(stacks)
-        info = {"domains": DOMAINS, "router_seq_len": 256, "mid_weight": 0.45, "gate_threshold": 0.12, "discovery": {"chat_domain": "chat", "chat_floor": 0.2}}
-        generator = RoutedGenerator(stacks, tokenizer, manifest, tmp, router, info, StackCache(tmp, manifest))
+        spec = RouterSpec(domains=tuple(DOMAINS), router_seq_len=256)
+        generator = RoutedGenerator(stacks, tokenizer, manifest, tmp, router, spec, StackCache(tmp, manifest))
         generator.loaded = tuple(DOMAINS)  # the random stacks are already resident
         prompt = ["A patient asks how many milligrams are in 2.5 grams of a drug; explain the conversion."]
         route_s = median_time(lambda: generator.route(prompt), repeats)

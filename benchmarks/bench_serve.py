@@ -41,7 +41,7 @@ def write_demo_run(root: Path) -> Path:
     from brainstacks_pl import BrainstacksModel, StackConfig
     from brainstacks_pl.layers.router import MetaRouter
     from brainstacks_pl.routing.artifact import save_router
-    from brainstacks_pl.routing.discovery import DiscoverySettings
+    from brainstacks_pl.routing.spec import RouterSpec
     from brainstacks_pl.run import RunDirectory
     from brainstacks_pl.storage import StackRecord
 
@@ -54,15 +54,7 @@ def write_demo_run(root: Path) -> Path:
         run.write_stack(stacks.freeze_stack(), StackRecord(file="", sha256="", domain=domain, round=0))
     torch.manual_seed(0)
     router = MetaRouter(stacks.model.config.hidden_size, len(DOMAINS), hidden=64)
-    info = {
-        "domains": DOMAINS,
-        "dropout": 0.1,
-        "router_seq_len": 128,
-        "mid_weight": 0.45,
-        "gate_threshold": 0.12,
-        "discovery": DiscoverySettings().__dict__,
-    }
-    save_router(run.root, run.manifest, router, info)
+    save_router(run.root, run.manifest, router, RouterSpec(domains=tuple(DOMAINS), router_seq_len=128))
     run.save_manifest()
     return run.root
 

@@ -3,6 +3,7 @@
     p = sigmoid(router(base-only features of the prompt))         once per prompt, [D]
     w_d = p_d if p_d >= gate (0.12) else 0                           below the gate: not loaded
     w_chat = max(w_chat, chat_floor) if any w_d > 0                  chat floor 0.20
+                                            (the rule and its settings: routing/spec.py)
     y = base(x) + sum_{stacks s of selected domains} w_{d(s)} * stack_s(x)
 
 ``StackCache`` keeps stack tensors in host memory under an LRU byte budget (loads verified by
@@ -18,16 +19,17 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, keep_prompt_end
+from brainstacks_pl.data.prompts import keep_prompt_end
 from brainstacks_pl.errors import UserError
 from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.generation import generate, pad_left
@@ -35,6 +37,7 @@ from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import load_router
 from brainstacks_pl.routing.features import pad_right, prompt_ids
+from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.storage import Manifest, StackRecord, load_tensors
 
 log = logging.getLogger(__name__)
@@ -149,7 +152,7 @@ class RoutedGenerator:
         manifest: Manifest,
         run_root: str | Path,
         router: MetaRouter | None = None,
-        router_info: dict | None = None,
+        spec: RouterSpec | None = None,
         cache: StackCache | None = None,
         gate_threshold: float | None = None,
         chat_floor: float | None = None,
@@ -157,13 +160,8 @@ class RoutedGenerator:
     ):
         self.stacks, self.tokenizer, self.manifest, self.device = stacks.eval(), tokenizer, manifest, torch.device(device)
         self.router = router.to(self.device).eval() if router is not None else None
-        self.info = router_info or {}
-        discovery = self.info.get("discovery", {})
-        self.router_domains: list[str] = list(self.info.get("domains", []))
-        self.gate_threshold = gate_threshold if gate_threshold is not None else self.info.get("gate_threshold", 0.12)
-        self.chat_floor = chat_floor if chat_floor is not None else discovery.get("chat_floor", 0.2)
-        self.chat_domain = discovery.get("chat_domain", "chat")
-        self.template = self.info.get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+        # The router's settings (the spec's defaults without a router); the arguments override its gate and floor.
+        self.spec = (spec or RouterSpec()).with_overrides(gate_threshold, chat_floor)
         self.cache = cache or StackCache(run_root, manifest)
         self.context_length = int(getattr(stacks.model.config, "max_position_embeddings", 0) or 0) or None
         self.loaded: tuple[str, ...] = tuple(dict.fromkeys(info.domain for info in stacks.frozen_stacks))
@@ -179,7 +177,7 @@ class RoutedGenerator:
         cache_bytes: int | None = None,
         require_router: bool = False,
         accept_new_base: bool = False,
-    ) -> "RoutedGenerator":
+    ) -> RoutedGenerator:
         """Base + router of a run directory; no stack is loaded until a request needs it.
 
         ``accept_new_base``: serve on a base whose fingerprint differs from the run's (a deliberate move).
@@ -204,10 +202,30 @@ class RoutedGenerator:
             manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         manifest.check_compatible(stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json"))
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
-        router, info = (None, None)
+        router, spec = (None, None)
         if require_router or manifest.extra.get("router"):
-            router, info = load_router(root, manifest)
-        return cls(stacks, tokenizer, manifest, root, router, info, StackCache(root, manifest, cache_bytes), device=device)
+            router, spec = load_router(root, manifest)
+        return cls(stacks, tokenizer, manifest, root, router, spec, StackCache(root, manifest, cache_bytes), device=device)
+
+    @property
+    def router_domains(self) -> list[str]:
+        return list(self.spec.domains)
+
+    @property
+    def gate_threshold(self) -> float:
+        return self.spec.gate_threshold
+
+    @property
+    def chat_floor(self) -> float:
+        return self.spec.chat_floor
+
+    @property
+    def chat_domain(self) -> str | None:
+        return self.spec.chat_domain
+
+    @property
+    def template(self) -> str:
+        return self.spec.prompt_template
 
     # ------------------------------------------------------------------ prompts
     def encode(self, prompt: str) -> list[int]:
@@ -232,19 +250,23 @@ class RoutedGenerator:
     @torch.no_grad()
     def route_ids(self, encoded: Sequence[Sequence[int]]) -> list[RouteDecision]:
         """``route`` on prompts already encoded as ``[bos] + format_prompt(prompt)`` ids."""
-        seq_len = self.info.get("router_seq_len", 256)
+        seq_len = self.spec.router_seq_len
         ids, mask = pad_right([keep_prompt_end(e, seq_len, self.tokenizer) for e in encoded], self._pad_id)
-        feats = base_features(self.stacks, ids.to(self.device), mask.to(self.device), self.info.get("mid_weight", 0.45))
+        feats = base_features(self.stacks, ids.to(self.device), mask.to(self.device), self.spec.mid_weight)
         probs = self.router.probabilities(feats, mask.to(self.device)).cpu()  # [B, D]
-        return [self.decide(dict(zip(self.router_domains, row.tolist()))) for row in probs]
+        return self._decisions(probs.double())
 
     def decide(self, probs: dict[str, float]) -> RouteDecision:
-        """Gate + chat floor on one prompt's router probabilities."""
-        weights = {d: (p if p >= self.gate_threshold else 0.0) for d, p in probs.items()}
-        if any(w > 0 for w in weights.values()) and self.chat_domain in weights:
-            weights[self.chat_domain] = max(weights[self.chat_domain], self.chat_floor)
-        selected = [d for d in self.router_domains if weights[d] > 0]
-        return RouteDecision(probs, weights, selected, capability_gap=not selected)
+        """Gate + chat floor on one prompt's router probabilities (one per router domain)."""
+        return self._decisions(torch.tensor([[probs[d] for d in self.router_domains]], dtype=torch.float64))[0]
+
+    def _decisions(self, probs: Tensor) -> list[RouteDecision]:
+        """One decision per row of ``probs`` [B, D] (float64: a weight is its probability's exact float)."""
+        domains, decisions = self.router_domains, []
+        for p, w in zip(probs.tolist(), self.spec.weights(probs).tolist()):
+            selected = [d for d, weight in zip(domains, w) if weight > 0]
+            decisions.append(RouteDecision(dict(zip(domains, p)), dict(zip(domains, w)), selected, not selected))
+        return decisions
 
     def load_domains(self, domains: Sequence[str]) -> None:
         """Make exactly these domains' stacks resident in the model (no-op if they already are)."""

@@ -30,7 +30,7 @@ from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import save_router
-from brainstacks_pl.routing.discovery import DiscoverySettings
+from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackRecord, load_tensors, save_tensors, sha256_bytes
 from conftest import make_tiny_llama
@@ -63,8 +63,8 @@ def finished_run(model_dir, tmp_path_factory) -> Path:
         run.write_stack(frozen_stack(make_tiny_llama(), index), StackRecord(file="", sha256="", domain=domain, round=0))
     run.manifest.completed_domains = list(DOMAINS)
     torch.manual_seed(0)
-    info = {"domains": DOMAINS, "dropout": 0.1, "router_seq_len": 64, "mid_weight": 0.45, "gate_threshold": 0.12, "discovery": DiscoverySettings().__dict__}
-    save_router(root, run.manifest, MetaRouter(32, len(DOMAINS), hidden=16), info)
+    spec = RouterSpec(domains=tuple(DOMAINS), router_seq_len=64)
+    save_router(root, run.manifest, MetaRouter(32, len(DOMAINS), hidden=16), spec)
     run.save_manifest()
     return root
 

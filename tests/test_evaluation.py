@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_model
+from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 from torch import nn
 
 from brainstacks_pl.cli import cli_main
@@ -20,22 +22,21 @@ from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackS
 from brainstacks_pl.evaluation.scoring import (
     ContinuationScore,
     answers_match,
+    cut_at_stop,
     encode_pair,
     encode_prompt,
     extract_after_hash,
     extract_choice_letter,
     extract_last_number,
-    cut_at_stop,
     pick_choice,
     score_continuations,
 )
-from brainstacks_pl.evaluation.tasks import DEMO_TASKS_DIR, build_context, load_examples, load_task, resolve_tasks
+from brainstacks_pl.evaluation.tasks import build_context, load_examples, load_task, resolve_tasks
 from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.routing.artifact import save_router
+from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.storage import Manifest
-from conftest import save_tiny_model
-from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 24}, {name: math, path: "demo:math", max_examples: 24}]'
@@ -319,7 +320,8 @@ def test_routed_mode_with_a_router_that_never_fires_equals_the_base(tiny_run, tm
     shutil.copytree(tiny_run, run)
     manifest = Manifest.load(run)
     domains = sorted({s.domain for s in manifest.stacks})
-    save_router(run, manifest, MetaRouter(32, len(domains), hidden=16), {"domains": domains, "router_seq_len": 64})
+    spec = RouterSpec(domains=tuple(domains), router_seq_len=64)
+    save_router(run, manifest, MetaRouter(32, len(domains), hidden=16), spec)
     manifest.save(run)
     generator = RoutedGenerator.from_run(run)
     with torch.no_grad():  # saturate every sigmoid at 0: no domain passes the gate

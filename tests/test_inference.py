@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama, save_tiny_model
 
 from brainstacks_pl import inference_cli
 from brainstacks_pl.config import StackConfig
@@ -16,10 +18,10 @@ from brainstacks_pl.inference import InferenceError, RoutedGenerator, StackCache
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import RouterFileError, save_router
-from brainstacks_pl.routing.discovery import DiscoverySettings
+from brainstacks_pl.routing.discovery import RouteLossOracle
+from brainstacks_pl.routing.spec import RouterSpec, serving_weights
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackFileError, StackRecord
-from conftest import make_tiny_llama, save_tiny_model
 
 DOMAINS = ["chat", "code", "math"]
 CONFIG = StackConfig(experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_proj", "down_proj"], frozen_dtype="float32")
@@ -38,8 +40,8 @@ def write_run(root: Path) -> Path:
         run.write_stack(stacks.freeze_stack(), StackRecord(file="", sha256="", domain=domain, round=0))
     torch.manual_seed(0)
     router = MetaRouter(32, len(DOMAINS), hidden=16)
-    info = {"domains": DOMAINS, "dropout": 0.1, "router_seq_len": 64, "mid_weight": 0.45, "gate_threshold": 0.12, "discovery": DiscoverySettings().__dict__}
-    save_router(run_dir, run.manifest, router, info)
+    spec = RouterSpec(domains=tuple(DOMAINS), router_seq_len=64)
+    save_router(run_dir, run.manifest, router, spec)
     run.save_manifest()
     return run_dir
 
@@ -107,6 +109,19 @@ def test_gate_threshold_and_chat_floor(generator):
     assert decision.selected == ["chat", "code"] and not decision.capability_gap
     gap = generator.decide({"chat": 0.05, "code": 0.11, "math": 0.0})
     assert gap.capability_gap and gap.selected == [] and all(w == 0 for w in gap.weights.values())
+
+
+def test_discovery_and_inference_weight_a_route_through_the_one_rule(generator):
+    """A route's 0/1 indicators get the same weights in discovery (scoring) as at inference (serving)."""
+    oracle = RouteLossOracle(generator.stacks, 0, generator.chat_domain, generator.chat_floor)
+    for size in range(len(DOMAINS) + 1):
+        for route in itertools.combinations(DOMAINS, size):
+            decision = generator.decide({d: float(d in route) for d in DOMAINS})
+            assert torch.equal(generator.weight_matrix([decision])[0], oracle.weights(frozenset(route))), route
+    probs = torch.rand(5, len(DOMAINS), dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # [B, D]
+    batched = serving_weights(probs, DOMAINS, gate=generator.gate_threshold, chat_domain="chat", chat_floor=0.2)
+    one_by_one = [generator.decide(dict(zip(DOMAINS, row))).weights for row in probs.tolist()]
+    assert one_by_one == [dict(zip(DOMAINS, row)) for row in batched.tolist()]
 
 
 def test_only_routed_domains_are_loaded_and_resident(generator):
@@ -194,6 +209,9 @@ def test_router_from_other_domains_or_base_is_refused(run_dir, tmp_path):
         RoutedGenerator.from_run(copy)
     path.write_text(json.dumps({**info, "layer_shapes_hash": "0" * 16}))
     with pytest.raises(RouterFileError, match="another base"):
+        RoutedGenerator.from_run(copy)
+    path.write_text(json.dumps({**info, "gate_threshold": "high"}))
+    with pytest.raises(RouterFileError, match=r"router\.json: field gate_threshold must be a number"):
         RoutedGenerator.from_run(copy)
 
 

@@ -22,8 +22,7 @@ from torch import Tensor
 
 from brainstacks_pl.evaluation.scoring import ContinuationScore, cut_at_stop, score_continuations
 from brainstacks_pl.inference import MODES, InferenceError, RouteDecision, RoutedGenerator
-from brainstacks_pl.layers.router import base_features
-from brainstacks_pl.routing.features import pad_right, prompt_ids
+from brainstacks_pl.routing.features import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +53,11 @@ class StackScorer:
         self._routes: dict[str, RouteDecision] = {}
 
     @classmethod
-    def from_run(cls, run_dir, mode: str = "ungated", batch_size: int = 16, **kwargs) -> "StackScorer":
+    def from_run(cls, run_dir, mode: str = "ungated", batch_size: int = 16, **kwargs) -> StackScorer:
         """Load the run's base (and router if present); ``kwargs`` go to ``RoutedGenerator.from_run``."""
         return cls(RoutedGenerator.from_run(run_dir, **kwargs), mode, batch_size)
 
-    def with_mode(self, mode: str) -> "StackScorer":
+    def with_mode(self, mode: str) -> StackScorer:
         """The same loaded model in another mode (routing decisions are shared)."""
         other = StackScorer(self.generator, mode, self.batch_size)
         other._routes = self._routes
@@ -86,15 +85,9 @@ class StackScorer:
         """Router decisions, one per text, computed once per distinct text (batched)."""
         todo = list(dict.fromkeys(t for t in route_texts if t not in self._routes))
         gen = self.generator
-        seq_len = gen.info.get("router_seq_len", 256)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            ids, mask = pad_right([prompt_ids(self.tokenizer, t, gen.template, seq_len) for t in chunk], self.pad_id)
-            with torch.no_grad():
-                feats = base_features(gen.stacks, ids.to(self.device), mask.to(self.device), gen.info.get("mid_weight", 0.45))
-                probs = gen.router.probabilities(feats, mask.to(self.device)).cpu()  # [b, D]
-            for text, row in zip(chunk, probs):
-                self._routes[text] = gen.decide(dict(zip(gen.router_domains, row.tolist())))
+            self._routes.update(zip(chunk, gen.route_ids([prompt_ids(self.tokenizer, t, gen.template) for t in chunk])))
         return [self._routes[t] for t in route_texts]
 
     def _prepare(self, route_texts: Sequence[str]) -> Tensor | None:

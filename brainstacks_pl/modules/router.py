@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from functools import partial
-from dataclasses import asdict
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -30,9 +30,9 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelAUROC, Mul
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import router_loss
 from brainstacks_pl.optim import lr_factor
-from brainstacks_pl.routing.discovery import DiscoverySettings
 from brainstacks_pl.routing.features import collate_features
 from brainstacks_pl.routing.rows import RouterRow, drop_val_prompts, selection_scores
+from brainstacks_pl.routing.spec import DiscoverySettings, RouterSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +95,25 @@ class RouterModule(L.LightningModule):
 
     def __init__(
         self,
-        model_name_or_path: Optional[str] = None,
-        domains: Optional[list[str]] = None,
-        quantization: Optional[Literal["nf4"]] = None,
+        model_name_or_path: str | None = None,
+        domains: list[str] | None = None,
+        quantization: Literal["nf4"] | None = None,
         dtype: str = "float32",
-        hidden: int = 512,
-        dropout: float = 0.1,
-        router_seq_len: int = 256,
-        mid_weight: float = 0.45,
-        discovery: Optional[DiscoverySettings] = None,
-        gate_threshold: float = 0.12,
-        decision_threshold: float = 0.5,
+        hidden: int = RouterSpec.hidden,
+        dropout: float = RouterSpec.dropout,
+        router_seq_len: int = RouterSpec.router_seq_len,
+        mid_weight: float = RouterSpec.mid_weight,
+        discovery: DiscoverySettings | None = None,
+        gate_threshold: float = RouterSpec.gate_threshold,
+        decision_threshold: float = RouterSpec.decision_threshold,
         margin: float = 0.3,
         margin_coeff: float = 0.05,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_steps: int = 10,
         min_lr_ratio: float = 0.05,
         batch_size: int = 32,
-        max_train_examples: Optional[int] = None,
-        max_val_examples: Optional[int] = None,
+        max_train_examples: int | None = None,
+        max_val_examples: int | None = None,
         discovery_rows: int = 64,
         discovery_chunk: int = 32,
         feature_batch_size: int = 16,
@@ -203,13 +203,14 @@ class RouterModule(L.LightningModule):
         val_loader = DataLoader(_Rows(val, features, self.domain_names), batch_size=max(self.batch_size, 64), collate_fn=_collate)
         return train_loader, val_loader
 
-    def router_info(self) -> dict[str, Any]:
-        """What router.json records besides the base fingerprint."""
-        return {
-            "domains": list(self.domain_names), "dropout": self.dropout, "router_seq_len": self.router_seq_len,
-            "mid_weight": self.mid_weight, "gate_threshold": self.gate_threshold, "decision_threshold": self.decision_threshold,
-            "discovery": asdict(self.discovery_settings),
-        }
+    def router_spec(self, **record: Any) -> RouterSpec:
+        """The settings router.json records (``record``: the template and the training's numbers;
+        ``save_router`` adds the base's fingerprint and the router's sizes)."""
+        return RouterSpec(
+            domains=tuple(self.domain_names), dropout=self.dropout, router_seq_len=self.router_seq_len, mid_weight=self.mid_weight,
+            gate_threshold=self.gate_threshold, decision_threshold=self.decision_threshold, discovery=self.discovery_settings,
+            hidden=self.hidden, **record,
+        )
 
 
 class _quiet_metric_warnings:

@@ -186,8 +186,8 @@ class RouterPhase:
     def _finish(self, train, val, features, before: dict[str, float]) -> None:
         module, run = self.module, self.run_dir
         best = {k: v for k, v in module.best.items() if k != "state"}
-        info = {**module.router_info(), "prompt_template": self.datamodule.prompt_template, "best": best, "train_examples": len(train), "val_examples": len(val)}
-        save_router(run.root, run.manifest, module.router, info, write=run.is_writer)
+        spec = module.router_spec(prompt_template=self.datamodule.prompt_template, best=best, train_examples=len(train), val_examples=len(val))
+        save_router(run.root, run.manifest, module.router, spec, write=run.is_writer)
         run.save_manifest()
         probs = self.predict([r.prompt for r in val], features)
         chosen = [[d for d, p in zip(module.domain_names, row.tolist()) if p >= module.decision_threshold] for row in probs]

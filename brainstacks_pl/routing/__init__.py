@@ -1,10 +1,9 @@
 """Meta-router support: outcome discovery (targets), features, the router file, the routing report."""
 
-from brainstacks_pl.routing.artifact import RouterFileError, layer_shapes_hash, load_router, save_router
+from brainstacks_pl.routing.artifact import layer_shapes_hash, load_router, save_router
 from brainstacks_pl.routing.discovery import (
     DiscoveryCache,
     DiscoveryRecord,
-    DiscoverySettings,
     RouteLossOracle,
     discover_examples,
     example_key,
@@ -14,6 +13,7 @@ from brainstacks_pl.routing.discovery import (
 )
 from brainstacks_pl.routing.features import collate_features, compute_features, pad_right, prompt_ids
 from brainstacks_pl.routing.report import build_routing_report, print_routing_report, route_name, write_routing_report
+from brainstacks_pl.routing.spec import DiscoverySettings, RouterFileError, RouterSpec, serving_weights
 
 __all__ = [
     "DiscoveryCache",
@@ -21,6 +21,7 @@ __all__ = [
     "DiscoverySettings",
     "RouteLossOracle",
     "RouterFileError",
+    "RouterSpec",
     "build_routing_report",
     "collate_features",
     "compute_features",
@@ -36,5 +37,6 @@ __all__ = [
     "route_name",
     "route_weights",
     "save_router",
+    "serving_weights",
     "write_routing_report",
 ]

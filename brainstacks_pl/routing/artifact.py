@@ -1,7 +1,7 @@
 """The trained router on disk: ``RUN/router/router.safetensors`` + ``RUN/router/router.json``.
 
-The json says what the router was trained for (its domains, the base model id and a hash
-of the base's layer shapes, the feature recipe and the gate settings); the manifest records
+The json is the router's ``RouterSpec`` (``routing/spec.py``: its domains, the base model id
+and a hash of the base's layer shapes, the feature recipe and the gate settings); the manifest records
 ``extra["router"] = {file, sha256, json}`` so a load verifies the checksum. A router from
 another base, or trained on other domains than the run's stacks, is refused with a message
 that says which.
@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from brainstacks_pl.layers.router import MetaRouter
-from brainstacks_pl.storage import Manifest, StackFileError, atomic_write_json, load_tensors, save_tensors
+from brainstacks_pl.routing.spec import RouterFileError, RouterSpec
+from brainstacks_pl.storage import Manifest, atomic_write_json, load_tensors, save_tensors
 
 __all__ = ["RouterFileError", "layer_shapes_hash", "save_router", "load_router", "ROUTER_DIR"]
 
 ROUTER_DIR = "router"
-
-
-class RouterFileError(StackFileError):
-    """The router is missing, corrupt, or does not belong to this run."""
 
 
 def layer_shapes_hash(layer_shapes: dict[str, list[int]]) -> str:
@@ -32,22 +29,26 @@ def layer_shapes_hash(layer_shapes: dict[str, list[int]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def save_router(run_root: str | Path, manifest: Manifest, router: MetaRouter, info: dict[str, Any], write: bool = True) -> dict[str, str]:
-    """Write the router's weights and json; record them in ``manifest.extra['router']`` (not saved here)."""
+def save_router(
+    run_root: str | Path, manifest: Manifest, router: MetaRouter, spec: RouterSpec, write: bool = True
+) -> dict[str, str]:
+    """Write the router's weights and ``spec`` (completed with the base's fingerprint and the
+    router's sizes); record them in ``manifest.extra['router']`` (not saved here)."""
+    if router.n_domains != spec.n_domains:
+        raise ValueError(f"the router has {router.n_domains} domains, its spec lists {list(spec.domains)}")
     root = Path(run_root)
     weights_file, json_file = f"{ROUTER_DIR}/router.safetensors", f"{ROUTER_DIR}/router.json"
     tensors = {k: v.detach().float().cpu() for k, v in router.state_dict().items()}
-    info = {
-        **info,
-        "base_model_id": manifest.base_model_id,
-        "layer_shapes_hash": layer_shapes_hash(manifest.layer_shapes),
-        "d_model": router.d_model,
-        "hidden": router.hidden,
-        "n_domains": router.n_domains,
-    }
+    spec = replace(
+        spec,
+        base_model_id=manifest.base_model_id,
+        layer_shapes_hash=layer_shapes_hash(manifest.layer_shapes),
+        d_model=router.d_model,
+        hidden=router.hidden,
+    )
     if write:
-        sha = save_tensors(root / weights_file, tensors, {"kind": "meta_router", "domains": ",".join(info["domains"])})
-        atomic_write_json(root / json_file, info)
+        sha = save_tensors(root / weights_file, tensors, {"kind": "meta_router", "domains": ",".join(spec.domains)})
+        atomic_write_json(root / json_file, spec.to_json())
     else:
         sha = ""
     record = {"file": weights_file, "sha256": sha, "json": json_file}
@@ -55,27 +56,37 @@ def save_router(run_root: str | Path, manifest: Manifest, router: MetaRouter, in
     return record
 
 
-def load_router(run_root: str | Path, manifest: Manifest) -> tuple[MetaRouter, dict[str, Any]]:
-    """The run's router (checksum verified) and its json, checked against the manifest."""
+def load_router(run_root: str | Path, manifest: Manifest) -> tuple[MetaRouter, RouterSpec]:
+    """The run's router (checksum verified) and its spec, checked against the manifest."""
     root = Path(run_root)
     record = manifest.extra.get("router")
     if not record:
-        raise RouterFileError(f"{root}: this run has no trained router; train one with `brainstacks fit --config configs/router_demo.yaml --trainer.default_root_dir {root}`")
+        raise RouterFileError(
+            f"{root}: this run has no trained router; train one with "
+            f"`brainstacks fit --config configs/router_demo.yaml --trainer.default_root_dir {root}`"
+        )
     json_path = root / record["json"]
     try:
-        info = json.loads(json_path.read_text())
+        data = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise RouterFileError(f"{json_path}: router json is missing or unreadable ({err})") from err
-    if info.get("layer_shapes_hash") != layer_shapes_hash(manifest.layer_shapes):
-        raise RouterFileError(f"{json_path}: router was trained on another base model ({info.get('base_model_id')!r}); this run's base is {manifest.base_model_id!r}")
+    spec = RouterSpec.from_json(data, str(json_path))
+    if spec.layer_shapes_hash != layer_shapes_hash(manifest.layer_shapes):
+        raise RouterFileError(
+            f"{json_path}: router was trained on another base model ({spec.base_model_id!r}); "
+            f"this run's base is {manifest.base_model_id!r}"
+        )
     with_stacks = {s.domain for s in manifest.stacks}
-    missing = [d for d in info.get("domains", []) if d not in with_stacks]
+    missing = [d for d in spec.domains if d not in with_stacks]
     if missing:
-        raise RouterFileError(f"{json_path}: router was trained on domains {info.get('domains')} but this run has no stacks for {missing} (run domains with stacks: {sorted(with_stacks)})")
+        raise RouterFileError(
+            f"{json_path}: router was trained on domains {list(spec.domains)} but this run has no stacks for {missing} "
+            f"(run domains with stacks: {sorted(with_stacks)})"
+        )
     tensors, _ = load_tensors(root / record["file"], expected_sha256=record["sha256"] or None)
-    router = MetaRouter(info["d_model"], info["n_domains"], hidden=info["hidden"], dropout=info.get("dropout", 0.1))
+    router = MetaRouter(spec.d_model, spec.n_domains, hidden=spec.hidden, dropout=spec.dropout)
     try:
         router.load_state_dict(tensors)
     except RuntimeError as err:
         raise RouterFileError(f"{root / record['file']}: router weights do not match router.json ({err})") from err
-    return router.eval(), info
+    return router.eval(), spec

@@ -12,8 +12,8 @@ per (prompt, answer)
 4. target = ``(1 - prior_weight) * discovered + prior_weight * one_hot(source domain)``.
 
 Chat floor (docs/router.md): whenever any domain is on, the chat stack runs with weight at
-least ``chat_floor`` (0.20), in discovery exactly as at inference, so a route is scored with
-the weights it will be served with.
+least ``chat_floor`` (0.20), in discovery exactly as at inference (one rule,
+``routing/spec.py: serving_weights``), so a route is scored with the weights it will be served with.
 
 Many routes are scored in ONE forward: every (example, route) pair is a row of the batch with
 its own routing-weight row (``stacks.routed(weights)``, exact per sample). A forward runs only
@@ -31,14 +31,15 @@ import hashlib
 import inspect
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from brainstacks_pl.losses import IGNORE_INDEX, per_sample_lm_loss
+from brainstacks_pl.routing.spec import DiscoverySettings, serving_weights
 from brainstacks_pl.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -57,28 +58,6 @@ __all__ = [
 
 Route = frozenset
 Pair = tuple[int, frozenset]
-
-
-@dataclass
-class DiscoverySettings:
-    """How routing targets are discovered (Brainstacks defaults)."""
-
-    chat_domain: str | None = "chat"
-    """Domain whose stack always runs with at least ``chat_floor`` when any domain is on (None: no floor)."""
-    chat_floor: float = 0.20
-    """Minimum chat weight whenever any domain is on."""
-    greedy_threshold: float = 0.01
-    """A domain joins the route only if it lowers the mean answer loss by more than this."""
-    reasoning_domain: str | None = "reasoning"
-    """Domain that gets ``soft_target`` when adding it lowers the loss at all (None: no such domain)."""
-    soft_target: float = 0.5
-    """Discovered target of the reasoning domain when it helps but did not join the route."""
-    prior_weight: float = 0.2
-    """Weight of the label prior (one-hot of the source domain) in the final target."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.chat_floor <= 1.0 or not 0.0 <= self.prior_weight <= 1.0:
-            raise ValueError(f"chat_floor and prior_weight must be in [0, 1], got {self.chat_floor}, {self.prior_weight}")
 
 
 @dataclass
@@ -101,13 +80,16 @@ def example_key(prompt: str, response: str) -> str:
     return hashlib.sha1(f"{prompt}\x00{response}".encode()).hexdigest()[:20]
 
 
-def route_weights(route: frozenset | set | Sequence[str], domains: Sequence[str], chat_domain: str | None = "chat", chat_floor: float = 0.2) -> Tensor:
-    """Weights [D]: 1 for the route's domains, chat at least ``chat_floor`` when any is on."""
-    weights = torch.tensor([1.0 if d in route else 0.0 for d in domains])
-    if len(route) and chat_domain in domains:
-        index = list(domains).index(chat_domain)
-        weights[index] = max(float(weights[index]), chat_floor)
-    return weights
+def route_weights(
+    route: frozenset | set | Sequence[str],
+    domains: Sequence[str],
+    chat_domain: str | None = DiscoverySettings.chat_domain,
+    chat_floor: float = DiscoverySettings.chat_floor,
+) -> Tensor:
+    """Weights [D] a route is scored with: its 0/1 indicators through ``serving_weights``, the rule
+    inference serves with (1 for the route's domains, chat at least ``chat_floor`` when any is on)."""
+    indicators = torch.tensor([1.0 if d in route else 0.0 for d in domains])  # [D]
+    return serving_weights(indicators, domains, gate=0.0, chat_domain=chat_domain, chat_floor=chat_floor)  # 0/1: nothing to gate
 
 
 def greedy_discovery(
@@ -171,7 +153,15 @@ class RouteLossOracle:
     batches hold at most ``max_rows`` rows.
     """
 
-    def __init__(self, stacks, pad_id: int, chat_domain: str | None = "chat", chat_floor: float = 0.2, max_rows: int = 64, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        stacks,
+        pad_id: int,
+        chat_domain: str | None = DiscoverySettings.chat_domain,
+        chat_floor: float = DiscoverySettings.chat_floor,
+        max_rows: int = 64,
+        device: torch.device | str = "cpu",
+    ):
         self.stacks, self.pad_id, self.max_rows, self.device = stacks, pad_id, max_rows, device
         self.chat_domain, self.chat_floor = chat_domain, chat_floor
         self.forwards = 0
@@ -312,7 +302,9 @@ def discover_examples(
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
         sub = [items[i] for i in chunk]
-        found = greedy_discovery(len(chunk), lambda pairs: oracle.losses(sub, pairs), domains, settings.greedy_threshold, settings.reasoning_domain)
+        found = greedy_discovery(
+            len(chunk), lambda pairs, sub=sub: oracle.losses(sub, pairs), domains, settings.greedy_threshold, settings.reasoning_domain
+        )
         records = [
             DiscoveryRecord(
                 key=keys[i], domain=source, split=split, target=make_target(r["route"], r["soft"], source, domains, settings.soft_target, settings.prior_weight),

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, prompt_ids
 from brainstacks_pl.layers.router import base_features
+from brainstacks_pl.routing.spec import RouterSpec
 
 __all__ = ["prompt_ids", "pad_right", "compute_features", "collate_features"]
 
@@ -38,11 +39,11 @@ def compute_features(
     tokenizer,
     prompts: Sequence[str],
     template: str = DEFAULT_PROMPT_TEMPLATE,
-    seq_len: int = 256,
+    seq_len: int = RouterSpec.router_seq_len,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    mid_weight: float = 0.45,
+    mid_weight: float = RouterSpec.mid_weight,
 ) -> list[Tensor]:
     """Base-only router features per prompt: a list of [T_i, d] tensors on the CPU."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
