@@ -24,8 +24,8 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,9 @@ class DenseMoELoRA(nn.Module):
         self.noise = nn.Parameter(torch.zeros(E, d_in))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        logits = F.linear(x, self.router) + F.softplus(F.linear(x, self.noise)) * torch.randn(x.shape[0], self.config.experts, device=x.device, dtype=x.dtype)
+        logits = F.linear(x, self.router) + F.softplus(F.linear(x, self.noise)) * torch.randn(
+            x.shape[0], self.config.experts, device=x.device, dtype=x.dtype
+        )
         gates = top_k_gates(logits, self.config.top_k)  # [T, E]
         hidden = torch.einsum("td,erd->ter", x, self.A)  # [T, E, r]
         per_expert = torch.einsum("ter,eor->teo", hidden, self.B)  # [T, E, d_out]
@@ -79,7 +81,15 @@ def make_base(d_in: int, d_out: int, device: str, dtype: torch.dtype, nf4: bool)
     if nf4:
         import bitsandbytes as bnb
 
-        quantized = bnb.nn.Linear4bit(d_in, d_out, bias=False, compute_dtype=dtype, quant_type="nf4", compress_statistics=True, quant_storage=dtype)
+        quantized = bnb.nn.Linear4bit(
+            d_in,
+            d_out,
+            bias=False,
+            compute_dtype=dtype,
+            quant_type="nf4",
+            compress_statistics=True,
+            quant_storage=dtype,
+        )
         quantized.load_state_dict(linear.state_dict())
         linear = quantized
     linear = linear.to(device)
@@ -105,13 +115,18 @@ def make_peft(base: nn.Module) -> nn.Module | None:
     return peft.get_peft_model(Holder(), config, autocast_adapter_dtype=False)
 
 
-def make_stacked(base: nn.Module, d_in: int, d_out: int, frozen: int, active: bool, device: str, dtype: torch.dtype) -> StackedLinear:
+def make_stacked(
+    base: nn.Module, d_in: int, d_out: int, frozen: int, active: bool, device: str, dtype: torch.dtype
+) -> StackedLinear:
     config = StackConfig()
     layer = StackedLinear(base, config, StackContext(domains=["chat"]), name="proj")
     E, r = config.experts, config.rank
     gen = torch.Generator().manual_seed(0)
     for _ in range(frozen):
-        tensors = {"in_proj": torch.randn(E * r + 2 * E, d_in, generator=gen) / math.sqrt(d_in), "B": torch.randn(d_out, E * r, generator=gen) * 1e-2}
+        tensors = {
+            "in_proj": torch.randn(E * r + 2 * E, d_in, generator=gen) / math.sqrt(d_in),
+            "B": torch.randn(d_out, E * r, generator=gen) * 1e-2,
+        }
         layer.append_frozen(tensors, "chat")
     if active:
         stack = layer.add_active("chat", generator=gen)
@@ -142,7 +157,11 @@ def train_step(module: nn.Module, x: Tensor, grad: Tensor, context: StackContext
         if context is not None:
             context.aux_losses = []
         out = module(x)
-        outputs, grads = ([out], [grad]) if isinstance(out, Tensor) else ([out[0], out[1]], [grad, torch.tensor(0.01, device=x.device)])
+        outputs, grads = (
+            ([out], [grad])
+            if isinstance(out, Tensor)
+            else ([out[0], out[1]], [grad, torch.tensor(0.01, device=x.device)])
+        )
         if context is not None and context.aux_losses:
             outputs.append(torch.stack(context.aux_losses).sum())
             grads.append(torch.tensor(0.01, device=x.device))
@@ -219,12 +238,19 @@ def bench_shape(label: str, d_in: int, d_out: int, args: argparse.Namespace, dty
         train["peft LoRA r=64"] = train_step(peft_model, x, grad)
     train_ms = time_interleaved(train, args.repeats, args.warmup, device)
 
-    frozen_layers = {S: make_stacked(base, d_in, d_out, frozen=S, active=False, device=device, dtype=dtype).eval() for S in (1, 4, 10)}
+    frozen_layers = {
+        S: make_stacked(base, d_in, d_out, frozen=S, active=False, device=device, dtype=dtype).eval()
+        for S in (1, 4, 10)
+    }
     infer = {"base": forward_only(base, x.detach())}
     infer.update({f"S={S}": forward_only(layer, x.detach()) for S, layer in frozen_layers.items()})
     infer_ms = time_interleaved(infer, args.repeats, args.warmup, device)
 
-    memory = {"ours MoE-LoRA": saved_bytes(ours, x, ours.context) / T, "LoRA r=64": saved_bytes(lora, x) / T, "dense MoE-LoRA": saved_bytes(dense, x) / T}
+    memory = {
+        "ours MoE-LoRA": saved_bytes(ours, x, ours.context) / T,
+        "LoRA r=64": saved_bytes(lora, x) / T,
+        "dense MoE-LoRA": saved_bytes(dense, x) / T,
+    }
     if peft_model is not None:
         memory["peft LoRA r=64"] = saved_bytes(peft_model, x) / T
     x_bytes = d_in * x.element_size()
@@ -276,15 +302,50 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         t, i, m, q, v = r["train_ms"], r["infer_ms"], r["saved_bytes_per_token"], r["ratios"], r["verdicts"]
         rows = [
-            ("train ms vs LoRA r=64", t["ours MoE-LoRA"], t["LoRA r=64"], q["train_vs_lora"], "<= 1.05", v["train_vs_lora"]),
-            ("train ms vs peft r=64", t["ours MoE-LoRA"], t.get("peft LoRA r=64"), q["train_vs_peft"], "-", r["peft"] if q["train_vs_peft"] is None else ""),
-            ("dense MoE-LoRA / ours (speed-up)", t["ours MoE-LoRA"], t["dense MoE-LoRA"], q["dense_vs_ours"], "> 1", ""),
+            (
+                "train ms vs LoRA r=64",
+                t["ours MoE-LoRA"],
+                t["LoRA r=64"],
+                q["train_vs_lora"],
+                "<= 1.05",
+                v["train_vs_lora"],
+            ),
+            (
+                "train ms vs peft r=64",
+                t["ours MoE-LoRA"],
+                t.get("peft LoRA r=64"),
+                q["train_vs_peft"],
+                "-",
+                r["peft"] if q["train_vs_peft"] is None else "",
+            ),
+            (
+                "dense MoE-LoRA / ours (speed-up)",
+                t["ours MoE-LoRA"],
+                t["dense MoE-LoRA"],
+                q["dense_vs_ours"],
+                "> 1",
+                "",
+            ),
             ("train ms, base layer alone", t["base (frozen)"], None, None, "", ""),
             ("infer ms S=1 vs base", i["S=1"], i["base"], q["frozen1_vs_base"], "", ""),
             ("infer ms S=4 vs base", i["S=4"], i["base"], q["frozen4_vs_base"], "", ""),
             ("infer ms S=10 vs base", i["S=10"], i["base"], q["frozen10_vs_base"], "<= 1.75", v["frozen10_vs_base"]),
-            ("saved bytes/token vs LoRA", m["ours MoE-LoRA"], m["LoRA r=64"], q["memory_vs_lora"], "<= 1.10", v["memory_vs_lora"]),
-            ("  same, input x not counted", m["ours MoE-LoRA"] - r["input_bytes_per_token"], m["LoRA r=64"] - r["input_bytes_per_token"], q["memory_vs_lora_without_input"], "", ""),
+            (
+                "saved bytes/token vs LoRA",
+                m["ours MoE-LoRA"],
+                m["LoRA r=64"],
+                q["memory_vs_lora"],
+                "<= 1.10",
+                v["memory_vs_lora"],
+            ),
+            (
+                "  same, input x not counted",
+                m["ours MoE-LoRA"] - r["input_bytes_per_token"],
+                m["LoRA r=64"] - r["input_bytes_per_token"],
+                q["memory_vs_lora_without_input"],
+                "",
+                "",
+            ),
         ]
         for metric, ours, ref, ratio, target, verdict in rows:
             fmt = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
@@ -293,15 +354,29 @@ def print_table(results: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype of base and adapters")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="compute dtype of base and adapters",
+    )
     parser.add_argument("--tokens", type=int, default=256, help="tokens per step (T)")
     parser.add_argument("--nf4", action="store_true", help="bitsandbytes NF4 base layer (QLoRA setting)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15 on CPU, 50 on GPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU: stable ratios on a shared machine; 0 = torch's choice)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "layer.json"), help="where the JSON goes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU: stable ratios on a shared machine; 0 = torch's choice)",
+    )
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "layer.json"), help="where the JSON goes"
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 50 if args.device.startswith("cuda") else 15

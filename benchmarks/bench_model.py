@@ -32,8 +32,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,15 @@ def build_base(args: argparse.Namespace) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers, num_attention_heads=32,
-        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False, pad_token_id=0,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(dtype=getattr(torch, args.dtype))
@@ -79,7 +86,14 @@ def quantize_nf4(model: nn.Module, args: argparse.Namespace) -> nn.Module:
     dtype = getattr(torch, args.dtype)
     for name, module in list(model.named_modules()):
         if name.rsplit(".", 1)[-1] in TARGETS:
-            quantized = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=False, compute_dtype=dtype, quant_type="nf4", quant_storage=dtype)
+            quantized = bnb.nn.Linear4bit(
+                module.in_features,
+                module.out_features,
+                bias=False,
+                compute_dtype=dtype,
+                quant_type="nf4",
+                quant_storage=dtype,
+            )
             quantized.load_state_dict(module.state_dict())
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, quantized)
@@ -95,7 +109,9 @@ def random_stack(model: BrainstacksModel, seed: int) -> dict[str, Tensor]:
     cfg, gen = model.stack_config, torch.Generator().manual_seed(seed)
     tensors = {}
     for name, (d_in, d_out) in model.layer_shapes().items():
-        tensors[f"{name}.in_proj"] = torch.randn(cfg.experts * cfg.rank + 2 * cfg.experts, d_in, generator=gen) / d_in**0.5
+        tensors[f"{name}.in_proj"] = (
+            torch.randn(cfg.experts * cfg.rank + 2 * cfg.experts, d_in, generator=gen) / d_in**0.5
+        )
         tensors[f"{name}.B"] = 0.02 * torch.randn(d_out, cfg.experts * cfg.rank, generator=gen)
     return tensors
 
@@ -167,7 +183,9 @@ def floors(args: argparse.Namespace) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def paired(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, sync: Callable[[], None]) -> dict[str, dict[str, list[float]]]:
+def paired(
+    fns: dict[str, Callable[[], None]], rounds: int, warmup: int, sync: Callable[[], None]
+) -> dict[str, dict[str, list[float]]]:
     """Seconds per call for each fn and round, CPU time and wall time; the order rotates per round."""
     names = list(fns)
     samples = {name: {"cpu": [], "wall": []} for name in names}
@@ -215,7 +233,9 @@ def saved_bytes(model: nn.Module, step: Callable[[], Tensor]) -> int:
 
 def cached_operands(model: nn.Module) -> list[Tensor]:
     layers = model.layers.values() if isinstance(model, BrainstacksModel) else []
-    return [t for layer in layers for operands in layer._operand_cache.values() for t in (operands.w_in, operands.w_out)]
+    return [
+        t for layer in layers for operands in layer._operand_cache.values() for t in (operands.w_in, operands.w_out)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -249,7 +269,10 @@ def bench_training(base: nn.Module, args: argparse.Namespace, sync) -> dict:
     variants = {"peft": peft_model, "ours_0frozen": one, "ours_4frozen": five, "ours_4frozen_uncached": uncached}
     samples = paired({name: train(model) for name, model in variants.items()}, args.rounds, 1, sync)
     memory = {name: saved_bytes(model, loss_of(model)) for name, model in variants.items()}
-    cache = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in cached_operands(five)}.values())
+    cache = sum(
+        t.untyped_storage().nbytes()
+        for t in {t.untyped_storage().data_ptr(): t for t in cached_operands(five)}.values()
+    )
     return {
         "tokens": args.train_tokens,
         "train_1active_vs_peft": ratio(samples, "ours_0frozen", "peft"),
@@ -278,9 +301,10 @@ def bench_forward(base: nn.Module, models: dict[int, BrainstacksModel], tokens: 
     return {f"forward_T{tokens}_S{S}_vs_bare": ratio(samples, f"S{S}", "bare") for S in models}
 
 
-
 def bench_decode(base: nn.Module, routed: BrainstacksModel, ungated: BrainstacksModel, args, sync) -> dict:
-    prompt = torch.randint(3, 32000, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(3)).to(args.device)
+    prompt = torch.randint(3, 32000, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(3)).to(
+        args.device
+    )
     mask = torch.ones_like(prompt)
     new = args.decode_tokens
     weights = torch.zeros(1, len(DOMAINS), device=args.device)
@@ -288,7 +312,14 @@ def bench_decode(base: nn.Module, routed: BrainstacksModel, ungated: Brainstacks
 
     def hf() -> None:
         with torch.no_grad():
-            base.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+            base.generate(
+                input_ids=prompt,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )
 
     def ours_decode(model: BrainstacksModel, scope) -> Callable[[], None]:
         def step() -> None:
@@ -298,12 +329,15 @@ def bench_decode(base: nn.Module, routed: BrainstacksModel, ungated: Brainstacks
         return step
 
     fns = {
-        "hf": hf, "routed": ours_decode(routed, lambda: routed.routed(weights)), "ungated5": ours_decode(ungated, ungated.ungated),
+        "hf": hf,
+        "routed": ours_decode(routed, lambda: routed.routed(weights)),
+        "ungated5": ours_decode(ungated, ungated.ungated),
         "base_only": ours_decode(ungated, ungated.base_only),  # our decode loop, no stack: the loop's own cost
     }
     samples = paired(fns, args.decode_rounds, 1, sync)
     return {
-        "prompt_tokens": args.prompt_tokens, "new_tokens": new,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": new,
         "decode_routed_vs_hf": ratio(samples, "routed", "hf", invert=True),
         "decode_ungated5_vs_hf": ratio(samples, "ungated5", "hf", invert=True),
         "decode_base_only_vs_hf": ratio(samples, "base_only", "hf", invert=True),
@@ -351,9 +385,16 @@ def bench_discovery(model: BrainstacksModel, args, sync) -> dict:
             with torch.no_grad(), model.routed(weights):
                 per_sample_lm_loss(model(ids).logits, labels)
 
-    samples = paired({"per_route": per_route, "batched": lambda: oracle.losses(items, pairs)}, args.discovery_rounds, 1, sync)
+    samples = paired(
+        {"per_route": per_route, "batched": lambda: oracle.losses(items, pairs)}, args.discovery_rounds, 1, sync
+    )
     return {
-        "examples": len(items), "routes": len(routes), "rows": len(pairs), "rows_per_forward": oracle.max_rows, "tokens_per_row": length, "answer_tokens": args.answer_tokens,
+        "examples": len(items),
+        "routes": len(routes),
+        "rows": len(pairs),
+        "rows_per_forward": oracle.max_rows,
+        "tokens_per_row": length,
+        "answer_tokens": args.answer_tokens,
         "discovery_vs_per_route": ratio(samples, "batched", "per_route", invert=True),
     }
 
@@ -367,7 +408,13 @@ def verdicts(results: dict, floor: dict) -> dict:
         value = results[key]["cpu"]["median"] if isinstance(results[key], dict) else results[key]
         bound = floor[key] + goal if op.startswith("<= floor") else goal
         ok = value >= bound if op == ">=" else value <= bound
-        out[key] = {"value": value, "goal": f"{op} {goal}", "bound": bound, "floor": floor.get(key), "verdict": "pass" if ok else "miss"}
+        out[key] = {
+            "value": value,
+            "goal": f"{op} {goal}",
+            "bound": bound,
+            "floor": floor.get(key),
+            "verdict": "pass" if ok else "miss",
+        }
     return out
 
 
@@ -381,26 +428,41 @@ def device_name(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers of the TinyLlama-shaped model (TinyLlama has 22)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--layers", type=int, default=2, help="decoder layers of the TinyLlama-shaped model (TinyLlama has 22)"
+    )
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size (TinyLlama: 2048)")
     parser.add_argument("--intermediate", type=int, default=5632, help="MLP size (TinyLlama: 5632)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype of the base")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype of the base"
+    )
     parser.add_argument("--nf4", action="store_true", help="bitsandbytes NF4 base projections (QLoRA setting)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable ratios on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: stable ratios on a shared machine)"
+    )
     parser.add_argument("--train_tokens", type=int, default=128, help="tokens per training step (batch 1)")
     parser.add_argument("--infer_tokens", type=int, default=256, help="tokens of the no-grad forward row")
     parser.add_argument("--prompt_tokens", type=int, default=32, help="prompt length for decode and discovery rows")
     parser.add_argument("--answer_tokens", type=int, default=16, help="answer length of a discovery example")
     parser.add_argument("--decode_tokens", type=int, default=24, help="greedy tokens per decode call")
-    parser.add_argument("--discovery_examples", type=int, default=4, help="examples scored per discovery call (x 8 routes; 2 routes' rows per forward)")
+    parser.add_argument(
+        "--discovery_examples",
+        type=int,
+        default=4,
+        help="examples scored per discovery call (x 8 routes; 2 routes' rows per forward)",
+    )
     parser.add_argument("--rounds", type=int, default=10, help="paired rounds for training and forward rows")
     parser.add_argument("--decode_rounds", type=int, default=6, help="paired rounds for decode")
     parser.add_argument("--discovery_rounds", type=int, default=4, help="paired rounds for discovery")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="which rows to measure")
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model.json"), help="where the JSON goes")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "model.json"), help="where the JSON goes"
+    )
     args = parser.parse_args(argv)
     if not args.device.startswith("cuda"):
         torch.set_num_threads(args.threads)
@@ -423,12 +485,23 @@ def main(argv: list[str] | None = None) -> dict:
     floor = floors(args)
     report = {
         "benchmark": "bench_model",
-        "device": device_name(args.device), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "dtype": args.dtype, "nf4": args.nf4,
+        "device": device_name(args.device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "nf4": args.nf4,
         "model": f"Llama hidden {args.hidden}, MLP {args.intermediate}, 32 heads, 4 KV heads, vocab 32000, {args.layers} layers, random weights",
-        "stack_config": StackConfig().to_dict(), "peft": "LoRA r=64, alpha 16, rsLoRA, same 7 projections",
-        "args": vars(args), "load_average_before": load, "load_average_after": os.getloadavg(), "seconds": time.perf_counter() - start,
-        "note": args.note, "floors": floor, "results": results, "verdicts": verdicts(results, floor),
+        "stack_config": StackConfig().to_dict(),
+        "peft": "LoRA r=64, alpha 16, rsLoRA, same 7 projections",
+        "args": vars(args),
+        "load_average_before": load,
+        "load_average_after": os.getloadavg(),
+        "seconds": time.perf_counter() - start,
+        "note": args.note,
+        "floors": floor,
+        "results": results,
+        "verdicts": verdicts(results, floor),
     }
     print_report(report)
     out = Path(args.out)
@@ -450,13 +523,21 @@ def print_report(report: dict) -> None:
     for key, r in report["results"].items():
         if key.startswith("forward_") and key not in report["verdicts"]:
             floor = report["floors"].get(key.replace("_uncached", ""))
-            print(f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f} {floor or 0:>7.3f}")
+            print(
+                f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f} {floor or 0:>7.3f}"
+            )
         elif key.startswith("train_") and key not in report["verdicts"]:
-            print(f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f}")
+            print(
+                f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f}"
+            )
     if "saved_bytes_MiB" in report["results"]:
-        print(f"saved MiB: {report['results']['saved_bytes_MiB']}, operand cache MiB (4 frozen): {report['results']['operand_cache_MiB_4frozen']:.1f}")
+        print(
+            f"saved MiB: {report['results']['saved_bytes_MiB']}, operand cache MiB (4 frozen): {report['results']['operand_cache_MiB_4frozen']:.1f}"
+        )
     if "decode_base_only_vs_hf" in report["results"]:
-        print(f"our decode loop without stacks vs HF generate: {report['results']['decode_base_only_vs_hf']['cpu']['median']:.3f}x tokens/s")
+        print(
+            f"our decode loop without stacks vs HF generate: {report['results']['decode_base_only_vs_hf']['cpu']['median']:.3f}x tokens/s"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,13 @@ from torch import nn
 from brainstacks_pl import StackConfig, StackContext, StackedLinear
 from brainstacks_pl.nullspace import collect_frozen_deltas, energy_captured, principal_directions
 
-TARGETS = {"train_delta_vs_none": 1.08, "train_weight_vs_none": 1.03, "gram_vs_svd": 0.2, "randomized_vs_svd": 0.2, "energy": 0.9999}
+TARGETS = {
+    "train_delta_vs_none": 1.08,
+    "train_weight_vs_none": 1.03,
+    "gram_vs_svd": 0.2,
+    "randomized_vs_svd": 0.2,
+    "energy": 0.9999,
+}
 MODELS = {  # per decoder layer: d_out of q, k, v, o, gate, up, down
     "TinyLlama-1.1B": {"layers": 22, "d_out": [2048, 256, 256, 2048, 5632, 5632, 2048]},
     "Gemma-3-12B": {"layers": 48, "d_out": [4096, 2048, 2048, 3840, 15360, 15360, 3840]},
@@ -85,7 +91,10 @@ def bench_train_step(d: int, tokens: int, k: int, rounds: int) -> dict:
     # ~100 ms step does not drown a ~1 ms difference. The directly timed ratio is reported too.
     projection = interleaved({"project_out_": lambda: stack.project_out_(layer.null_basis)}, rounds * 4)["project_out_"]
     return {
-        "shape": [d, d], "tokens": tokens, "k": k, "seconds": {**times, "projection": projection},
+        "shape": [d, d],
+        "tokens": tokens,
+        "k": k,
+        "seconds": {**times, "projection": projection},
         "delta_vs_none": times["delta"] / times["none"],
         "weight_vs_none": (times["none"] + projection) / times["none"],
         "weight_vs_none_direct": times["weight"] / times["none"],
@@ -119,8 +128,13 @@ def bench_solvers(n: int, d: int, k: int, rounds: int) -> dict:
     for solver in ("gram", "randomized"):
         energies[solver] = energy_captured(D, principal_directions(D, k, solver).V)
     return {
-        "shape": [n, d], "k": k, "seconds": times, "energy": energies, "optimal_energy": optimal,
-        "gram_vs_svd": times["gram"] / times["svd"], "randomized_vs_svd": times["randomized"] / times["svd"],
+        "shape": [n, d],
+        "k": k,
+        "seconds": times,
+        "energy": energies,
+        "optimal_energy": optimal,
+        "gram_vs_svd": times["gram"] / times["svd"],
+        "randomized_vs_svd": times["randomized"] / times["svd"],
     }
 
 
@@ -135,7 +149,12 @@ def bench_collection(texts: int, batch_size: int, rounds: int) -> dict:
         for stack in stacks.active_stacks().values():
             stack.B.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
     stacks.freeze_stack()
-    data = CurriculumDataModule([{"name": "chat", "path": "demo:chat"}, {"name": "code", "path": "demo:code"}], tokenizer="brainstacks-demo", max_seq_len=192, val_fraction=0.2)
+    data = CurriculumDataModule(
+        [{"name": "chat", "path": "demo:chat"}, {"name": "code", "path": "demo:code"}],
+        tokenizer="brainstacks-demo",
+        max_seq_len=192,
+        val_fraction=0.2,
+    )
     data.setup("fit")
     available = len(data.examples("chat", "val"))
     texts = min(texts, available)
@@ -144,7 +163,14 @@ def bench_collection(texts: int, batch_size: int, rounds: int) -> dict:
     times = interleaved({"batched": batched, "one_at_a_time": single}, rounds, warmup=1)
     a, b = batched(), single()
     diff = max(float((a[name] - b[name]).abs().max() / b[name].abs().max().clamp_min(1e-30)) for name in a)
-    return {"texts": texts, "batch_size": batch_size, "layers": len(stacks.layers), "seconds": times, "batched_vs_one_at_a_time": times["batched"] / times["one_at_a_time"], "max_relative_difference": diff}
+    return {
+        "texts": texts,
+        "batch_size": batch_size,
+        "layers": len(stacks.layers),
+        "seconds": times,
+        "batched_vs_one_at_a_time": times["batched"] / times["one_at_a_time"],
+        "max_relative_difference": diff,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -153,12 +179,21 @@ def memory(k: int) -> dict:
     for name, spec in MODELS.items():
         bases = spec["layers"] * sum(d * k for d in spec["d_out"]) * 4
         dense = spec["layers"] * sum(d * d for d in spec["d_out"]) * 4
-        out[name] = {"bases_bytes": bases, "dense_projector_bytes": dense, "bases_GiB": bases / 2**30, "dense_GiB": dense / 2**30, "dense_vs_bases": dense / bases, **spec}
+        out[name] = {
+            "bases_bytes": bases,
+            "dense_projector_bytes": dense,
+            "bases_GiB": bases / 2**30,
+            "dense_GiB": dense / 2**30,
+            "dense_vs_bases": dense / bases,
+            **spec,
+        }
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--d", type=int, default=2048, help="width of the projection in the train-step benchmark")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per train step")
     parser.add_argument("--k", type=int, default=64, help="directions in the null-space basis")
@@ -177,32 +212,56 @@ def main() -> None:
     verdict = {
         "train_delta_vs_none": train["delta_vs_none"] <= TARGETS["train_delta_vs_none"],
         "train_weight_vs_none": train["weight_vs_none"] <= TARGETS["train_weight_vs_none"],
-        "gram_vs_svd": solvers["gram_vs_svd"] <= TARGETS["gram_vs_svd"] and solvers["energy"]["gram"] >= TARGETS["energy"],
-        "randomized_vs_svd": solvers["randomized_vs_svd"] <= TARGETS["randomized_vs_svd"] and solvers["energy"]["randomized"] >= TARGETS["energy"],
+        "gram_vs_svd": solvers["gram_vs_svd"] <= TARGETS["gram_vs_svd"]
+        and solvers["energy"]["gram"] >= TARGETS["energy"],
+        "randomized_vs_svd": solvers["randomized_vs_svd"] <= TARGETS["randomized_vs_svd"]
+        and solvers["energy"]["randomized"] >= TARGETS["energy"],
     }
     result = {
-        "device": "cpu", "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "dtype": "float32", "train_step": train, "solvers": solvers, "collection": collection, "memory": mem,
-        "targets": TARGETS, "pass": {key: "pass" if ok else "miss" for key, ok in verdict.items()},
+        "device": "cpu",
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+        "train_step": train,
+        "solvers": solvers,
+        "collection": collection,
+        "memory": mem,
+        "targets": TARGETS,
+        "pass": {key: "pass" if ok else "miss" for key, ok in verdict.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     ms = lambda s: f"{1000 * s:8.2f} ms"  # noqa: E731
-    print(f"train step, StackedLinear {args.d}->{args.d}, T={args.tokens}, K={args.k} (fp32, {torch.get_num_threads()} thread)")
+    print(
+        f"train step, StackedLinear {args.d}->{args.d}, T={args.tokens}, K={args.k} (fp32, {torch.get_num_threads()} thread)"
+    )
     print(f"  none   {ms(train['seconds']['none'])}")
-    print(f"  delta  {ms(train['seconds']['delta'])}   {train['delta_vs_none']:.3f}x  (target <= {TARGETS['train_delta_vs_none']}x: {result['pass']['train_delta_vs_none']})")
-    print(f"  weight {ms(train['seconds']['none'] + train['seconds']['projection'])}   {train['weight_vs_none']:.3f}x  (target <= {TARGETS['train_weight_vs_none']}x: {result['pass']['train_weight_vs_none']})"
-          f"   [projection {ms(train['seconds']['projection'])}; timed as one step: {train['weight_vs_none_direct']:.3f}x]")
+    print(
+        f"  delta  {ms(train['seconds']['delta'])}   {train['delta_vs_none']:.3f}x  (target <= {TARGETS['train_delta_vs_none']}x: {result['pass']['train_delta_vs_none']})"
+    )
+    print(
+        f"  weight {ms(train['seconds']['none'] + train['seconds']['projection'])}   {train['weight_vs_none']:.3f}x  (target <= {TARGETS['train_weight_vs_none']}x: {result['pass']['train_weight_vs_none']})"
+        f"   [projection {ms(train['seconds']['projection'])}; timed as one step: {train['weight_vs_none_direct']:.3f}x]"
+    )
     print(f"basis of a [{args.rows}, {args.d}] matrix, K={args.k} (optimal energy {solvers['optimal_energy']:.6f})")
     for name in ("svd", "gram", "randomized"):
-        ratio = "" if name == "svd" else f"   {solvers[f'{name}_vs_svd']:.3f}x  (target <= 0.2x: {result['pass'][f'{name}_vs_svd']})"
+        ratio = (
+            ""
+            if name == "svd"
+            else f"   {solvers[f'{name}_vs_svd']:.3f}x  (target <= 0.2x: {result['pass'][f'{name}_vs_svd']})"
+        )
         print(f"  {name:10s} {ms(solvers['seconds'][name])}   energy {solvers['energy'][name]:.6f}{ratio}")
     print(f"collection on the demo base ({collection['layers']} layers, {collection['texts']} texts)")
-    print(f"  batched ({collection['batch_size']}) {ms(collection['seconds']['batched'])}   one at a time {ms(collection['seconds']['one_at_a_time'])}   {collection['batched_vs_one_at_a_time']:.3f}x   max rel. diff {collection['max_relative_difference']:.1e}")
+    print(
+        f"  batched ({collection['batch_size']}) {ms(collection['seconds']['batched'])}   one at a time {ms(collection['seconds']['one_at_a_time'])}   {collection['batched_vs_one_at_a_time']:.3f}x   max rel. diff {collection['max_relative_difference']:.1e}"
+    )
     print(f"memory, K={args.k}, fp32")
     for name, entry in mem.items():
-        print(f"  {name:15s} bases {entry['bases_GiB']:8.3f} GiB   dense projectors {entry['dense_GiB']:8.2f} GiB   {entry['dense_vs_bases']:.0f}x")
+        print(
+            f"  {name:15s} bases {entry['bases_GiB']:8.3f} GiB   dense projectors {entry['dense_GiB']:8.2f} GiB   {entry['dense_vs_bases']:.0f}x"
+        )
     print(f"wrote {args.out}")
 
 

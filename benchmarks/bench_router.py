@@ -70,9 +70,14 @@ def bench_discovery(stacks: BrainstacksModel, tokenizer, n_examples: int, repeat
     examples = [ex for d in DOMAINS for ex in data.examples(d, "val")[: max(1, n_examples // len(DOMAINS))]]
     encoded = encode_examples(tokenizer, examples, 128)
     items = [encoded.item(i) for i in range(len(encoded))]
-    routes = [frozenset()] + [frozenset([d]) for d in DOMAINS] + [frozenset(p) for p in itertools.combinations(DOMAINS, 2)]
+    routes = (
+        [frozenset()] + [frozenset([d]) for d in DOMAINS] + [frozenset(p) for p in itertools.combinations(DOMAINS, 2)]
+    )
     pairs = [(i, r) for i in range(len(items)) for r in routes]
-    batched, single = RouteLossOracle(stacks, tokenizer.pad_token_id, max_rows=len(routes) * 4), RouteLossOracle(stacks, tokenizer.pad_token_id, max_rows=1)
+    batched, single = (
+        RouteLossOracle(stacks, tokenizer.pad_token_id, max_rows=len(routes) * 4),
+        RouteLossOracle(stacks, tokenizer.pad_token_id, max_rows=1),
+    )
 
     def per_route() -> None:  # one forward per route, the examples batched
         ids, _ = pad_right([it[0].tolist() for it in items], tokenizer.pad_token_id)
@@ -91,10 +96,16 @@ def bench_discovery(stacks: BrainstacksModel, tokenizer, n_examples: int, repeat
     med = {k: statistics.median(v) for k, v in timings.items()}
     speedup = med["per_pair"] / med["batched"]
     return {
-        "examples": len(items), "routes": len(routes), "pairs": len(pairs), "rows_per_forward": batched.max_rows,
-        "seconds": med, "pairs_per_second": {k: len(pairs) / v for k, v in med.items()},
-        "speedup_vs_per_pair": speedup, "speedup_vs_per_route": med["per_route"] / med["batched"],
-        "target": TARGET_SPEEDUP, "verdict": "pass" if speedup >= TARGET_SPEEDUP else "miss",
+        "examples": len(items),
+        "routes": len(routes),
+        "pairs": len(pairs),
+        "rows_per_forward": batched.max_rows,
+        "seconds": med,
+        "pairs_per_second": {k: len(pairs) / v for k, v in med.items()},
+        "speedup_vs_per_pair": speedup,
+        "speedup_vs_per_route": med["per_route"] / med["batched"],
+        "target": TARGET_SPEEDUP,
+        "verdict": "pass" if speedup >= TARGET_SPEEDUP else "miss",
     }
 
 
@@ -114,7 +125,9 @@ def bench_overhead(stacks: BrainstacksModel, tokenizer, repeats: int, tokens: in
         prompt = ["A patient asks how many milligrams are in 2.5 grams of a drug; explain the conversion."]
         route_s = median_time(lambda: generator.route(prompt), repeats)
         with stacks.ungated():
-            gen_s = median_time(lambda: generator.decode_batch([generator.encode(prompt[0])], tokens, 0.0, 0), max(1, repeats // 2))
+            gen_s = median_time(
+                lambda: generator.decode_batch([generator.encode(prompt[0])], tokens, 0.0, 0), max(1, repeats // 2)
+            )
     return {"route_seconds": route_s, f"generate_{tokens}_seconds": gen_s, "overhead_fraction": route_s / gen_s}
 
 
@@ -122,7 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=10, help="examples scored in the discovery benchmark")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median reported)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: ratios free of thread overhead on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: ratios free of thread overhead on a shared machine)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "router.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,10 +148,24 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_name("brainstacks-demo"))
     stacks = demo_stacks()
     result = {
-        "benchmark": "router", "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.processor() or platform.machine(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else "",
+        "benchmark": "router",
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.processor() or platform.machine(),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "",
         "load_average": os.getloadavg(),
-        "base": "brainstacks-demo (d=128, 4 layers)", "stack_config": StackConfig().to_dict(),
+        "base": "brainstacks-demo (d=128, 4 layers)",
+        "stack_config": StackConfig().to_dict(),
         "discovery": bench_discovery(stacks, tokenizer, args.examples, args.repeats),
         "router_overhead": bench_overhead(stacks, tokenizer, args.repeats),
     }
@@ -147,7 +176,9 @@ def main() -> None:
     print(f"{'discovery: pairs (examples x routes)':<52} {d['pairs']:>12} ({d['examples']} x {d['routes']})")
     for key, value in d["pairs_per_second"].items():
         print(f"{'discovery pairs/s, ' + key:<52} {value:>12.1f}")
-    print(f"{'speedup batched vs one forward per pair':<52} {d['speedup_vs_per_pair']:>11.2f}x  target >= {TARGET_SPEEDUP}x: {d['verdict']}")
+    print(
+        f"{'speedup batched vs one forward per pair':<52} {d['speedup_vs_per_pair']:>11.2f}x  target >= {TARGET_SPEEDUP}x: {d['verdict']}"
+    )
     print(f"{'speedup batched vs one forward per route':<52} {d['speedup_vs_per_route']:>11.2f}x")
     print(f"{'router per prompt (features + router), ms':<52} {1000 * o['route_seconds']:>12.1f}")
     print(f"{'generate 64 tokens (KV cache), ms':<52} {1000 * o['generate_64_seconds']:>12.1f}")

@@ -45,7 +45,12 @@ TESTS = "assert add_14(1) == 15\nassert add_14(-14) == 0"
 def legacy_rewards():
     """``brainstacks_pl/rewards.py`` as of ``BEFORE`` (audit-hook guard, exit-status verdict), or None."""
     try:
-        source = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE}:brainstacks_pl/rewards.py"], capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{BEFORE}:brainstacks_pl/rewards.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     module = types.ModuleType("legacy_rewards")
@@ -93,6 +98,7 @@ def main() -> None:
         def run():
             result = executor.run(job, limits)
             assert result.all_passed, result
+
         return run
 
     variants = {
@@ -116,9 +122,13 @@ def main() -> None:
 
     completions, tests = group_completions()
     expected = [1.0] * 6 + [0.0] * 10
-    group_variants = {"isolated executor, pool of %d" % default_workers(): lambda: code_tests_reward([""] * 16, completions, tests)}
+    group_variants = {
+        "isolated executor, pool of %d" % default_workers(): lambda: code_tests_reward([""] * 16, completions, tests)
+    }
     if legacy is not None:
-        group_variants["reward before this change (2 threads)"] = lambda: legacy.code_tests_reward([""] * 16, completions, tests)
+        group_variants["reward before this change (2 threads)"] = lambda: legacy.code_tests_reward(
+            [""] * 16, completions, tests
+        )
     assert code_tests_reward([""] * 16, completions, tests) == expected
     legacy_scores = legacy.code_tests_reward([""] * 16, completions, tests) if legacy is not None else None
     group_samples = {name: [] for name in group_variants}
@@ -154,17 +164,23 @@ def main() -> None:
             "samples_ms": {k: [round(x, 2) for x in v] for k, v in group_samples.items()},
             "workers": default_workers(),
             "target": "no slower than before this change beyond 50 ms per completion / workers",
-            "verdict": "pass" if old_group is None or new_group <= old_group + TARGET_ADDED_MS * 16 / default_workers() else "miss",
+            "verdict": "pass"
+            if old_group is None or new_group <= old_group + TARGET_ADDED_MS * 16 / default_workers()
+            else "miss",
         },
         "note": "Absolute times depend on the machine and its load (recorded above); the differences are taken within interleaved rounds.",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in list(medians) + list(group_medians))
-    print(f"per completion, median of {args.rounds} interleaved rounds (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
+    print(
+        f"per completion, median of {args.rounds} interleaved rounds (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):"
+    )
     for name, value in medians.items():
         print(f"  {name:<{width}}  {value:8.1f} ms")
-    print(f"  added by the isolated executor: {added:+.1f} ms vs python -c, {added_tight:+.1f} ms vs python -I -S -c  (target <= {TARGET_ADDED_MS:.0f}: {result['per_completion']['verdict']})")
+    print(
+        f"  added by the isolated executor: {added:+.1f} ms vs python -c, {added_tight:+.1f} ms vs python -I -S -c  (target <= {TARGET_ADDED_MS:.0f}: {result['per_completion']['verdict']})"
+    )
     print(f"G=16 group, median of {args.group_rounds} rounds:")
     for name, value in group_medians.items():
         print(f"  {name:<{width}}  {value:8.1f} ms")

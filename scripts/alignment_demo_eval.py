@@ -35,7 +35,9 @@ from brainstacks_pl.storage import Manifest, load_tensors
 def load_policy(run_dir: Path, phases: set[str]) -> BrainstacksModel:
     """Base + the run's stacks whose phase is in ``phases``, ungated, in eval mode."""
     manifest = Manifest.load(run_dir)
-    stacks = BrainstacksModel.from_pretrained(manifest.base_model_id, StackConfig.from_dict(manifest.stack_config), list(manifest.domains))
+    stacks = BrainstacksModel.from_pretrained(
+        manifest.base_model_id, StackConfig.from_dict(manifest.stack_config), list(manifest.domains)
+    )
     for record in manifest.stacks:
         if record.phase in phases:
             tensors, _ = load_tensors(run_dir / record.file, expected_sha256=record.sha256)
@@ -44,7 +46,14 @@ def load_policy(run_dir: Path, phases: set[str]) -> BrainstacksModel:
 
 
 @torch.no_grad()
-def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: int, group_size: int, temperature: float, seed: int) -> dict:
+def measure(
+    stacks: BrainstacksModel,
+    data: PromptDataModule,
+    max_new_tokens: int,
+    group_size: int,
+    temperature: float,
+    seed: int,
+) -> dict:
     tok = data.tokenizer
     greedy, sampled, passed, signal, count = defaultdict(list), [], [], [], 0
     operands, right_given_operands = [], []  # sampled: share of prompt numbers used; EM where all were
@@ -53,20 +62,35 @@ def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: in
         ids, mask, answers = batch["input_ids"], batch["attention_mask"], batch["columns"]["answer"]
         levels = batch["columns"].get("level", [0] * len(answers))
         out = generate(stacks.model, ids, mask, max_new_tokens, None, None, tok.eos_token_id, tok.pad_token_id)
-        texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(out.sequences[:, ids.shape[1]:], out.completion_mask)]
+        texts = [
+            tok.decode(r[m.bool()].tolist(), skip_special_tokens=True)
+            for r, m in zip(out.sequences[:, ids.shape[1] :], out.completion_mask)
+        ]
         for level, score in zip(levels, math_exact_match([], texts, answers)):
             greedy["all"].append(score)
             greedy[f"level{level}"].append(score)
         g = group_size
-        out = generate(stacks.model, ids.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), max_new_tokens, temperature, generator, tok.eos_token_id, tok.pad_token_id)
-        texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(out.sequences[:, ids.shape[1]:], out.completion_mask)]
+        out = generate(
+            stacks.model,
+            ids.repeat_interleave(g, 0),
+            mask.repeat_interleave(g, 0),
+            max_new_tokens,
+            temperature,
+            generator,
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
+        texts = [
+            tok.decode(r[m.bool()].tolist(), skip_special_tokens=True)
+            for r, m in zip(out.sequences[:, ids.shape[1] :], out.completion_mask)
+        ]
         scores = torch.tensor(math_exact_match([], texts, [a for a in answers for _ in range(g)])).view(-1, g)  # [N, G]
         used = math_operands_reward([p for p in batch["prompts"] for _ in range(g)], texts)
         operands.extend(used)
         right_given_operands.extend(float(s) for s, u in zip(scores.flatten().tolist(), used) if u == 1.0)
         sampled.extend(scores.mean(1).tolist())
         passed.extend((scores.max(1).values > 0).float().tolist())
-        signal.extend(((scores.min(1).values < scores.max(1).values)).float().tolist())
+        signal.extend((scores.min(1).values < scores.max(1).values).float().tolist())
         count += len(answers)
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None
     return {
@@ -82,7 +106,15 @@ def measure(stacks: BrainstacksModel, data: PromptDataModule, max_new_tokens: in
     }
 
 
-CURVES = ("train/reward", "train/reward/math_exact_match", "train/reward/math_operands_reward", "train/kl", "train/clip_fraction", "val/reward", "val/reward/math_exact_match")
+CURVES = (
+    "train/reward",
+    "train/reward/math_exact_match",
+    "train/reward/math_operands_reward",
+    "train/kl",
+    "train/clip_fraction",
+    "val/reward",
+    "val/reward/math_exact_match",
+)
 
 
 def curves(run_dir: Path) -> dict[str, list[list[float]]]:
@@ -108,21 +140,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     manifest = Manifest.load(args.run_dir)
-    data = PromptDataModule(path=args.data, tokenizer=manifest.base_model_id, val_fraction=args.val_fraction, max_val_examples=args.max_val_examples, eval_batch_size=16)
+    data = PromptDataModule(
+        path=args.data,
+        tokenizer=manifest.base_model_id,
+        val_fraction=args.val_fraction,
+        max_val_examples=args.max_val_examples,
+        eval_batch_size=16,
+    )
     data.setup("fit")
     phases = {r.phase for r in manifest.stacks}
-    results = {"run_dir": str(args.run_dir), "data": args.data, "settings": {k: v for k, v in vars(args).items() if k not in ("run_dir", "out")}}
+    results = {
+        "run_dir": str(args.run_dir),
+        "data": args.data,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("run_dir", "out")},
+    }
     policies = {"sft": phases - {"grpo", "dpo"}}
     if "grpo" in phases:
         policies["grpo"] = phases - {"dpo"}
     for name, include in policies.items():
-        results[name] = measure(load_policy(args.run_dir, include), data, args.max_new_tokens, args.group_size, args.temperature, args.seed)
+        results[name] = measure(
+            load_policy(args.run_dir, include), data, args.max_new_tokens, args.group_size, args.temperature, args.seed
+        )
     grpo = [r for r in manifest.stacks if r.phase == "grpo"]
     if grpo:
         record = grpo[-1]
         results["grpo_phase"] = {
             "summary": [a for a in manifest.extra.get("alignment", []) if a["phase"] == "grpo"][-1],
-            "steps": record.steps, "train_seconds": record.train_seconds, "val_losses": record.val_losses,
+            "steps": record.steps,
+            "train_seconds": record.train_seconds,
+            "val_losses": record.val_losses,
             "curves": curves(args.run_dir),
         }
     text = json.dumps(results, indent=2, default=str)

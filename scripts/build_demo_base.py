@@ -18,7 +18,9 @@ from brainstacks_pl.demo_base import DemoBaseConfig, pretrain_demo_base
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=shipped_demo_base_path(), help="output directory (replaced atomically)")
+    parser.add_argument(
+        "--out", type=Path, default=shipped_demo_base_path(), help="output directory (replaced atomically)"
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override DemoBaseConfig.max_steps")
     parser.add_argument("--threads", type=int, default=None, help="override DemoBaseConfig.num_threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

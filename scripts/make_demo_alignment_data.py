@@ -1,14 +1,14 @@
 """Write the bundled alignment demo data (deterministic; rerun to regenerate byte-identical files).
 
-    chat_preferences.jsonl  {prompt, chosen, rejected}: the chat domain's conversations; chosen is
-                            the helpful answer, rejected a dismissive or off-topic one
-    math_rl.jsonl           {prompt, answer, level}: word problems in the math domain's style (answer =
-                            the final number; level 1-3 = operations needed, ``MATH_LEVELS``), weighted
-                            towards level 1 (``MATH_RL_MIX``); prompts that appear in math.csv are left out
-    code_rl.jsonl           {prompt, tests}: small function tasks in the code domain's style with
-                            assert-based tests for ``rewards.code_tests_reward``
+chat_preferences.jsonl  {prompt, chosen, rejected}: the chat domain's conversations; chosen is
+                        the helpful answer, rejected a dismissive or off-topic one
+math_rl.jsonl           {prompt, answer, level}: word problems in the math domain's style (answer =
+                        the final number; level 1-3 = operations needed, ``MATH_LEVELS``), weighted
+                        towards level 1 (``MATH_RL_MIX``); prompts that appear in math.csv are left out
+code_rl.jsonl           {prompt, tests}: small function tasks in the code domain's style with
+                        assert-based tests for ``rewards.code_tests_reward``
 
-    python scripts/make_demo_alignment_data.py
+python scripts/make_demo_alignment_data.py
 """
 
 from __future__ import annotations
@@ -90,11 +90,26 @@ def math_rl(r: random.Random, mix: dict[int, int], exclude: set[str]) -> list[di
 
 def code_rl(r: random.Random, n: int) -> list[dict]:
     makers = [
-        lambda k: (f"Create a Python function that adds {k} to a number.", f"assert add_{k}(1) == {1 + k}\nassert add_{k}(-{k}) == 0"),
-        lambda k: (f"Write a Python function that multiplies every number in a list by {k}.", f"assert times_{k}([1, 2]) == [{k}, {2 * k}]\nassert times_{k}([]) == []"),
-        lambda k: (f"Write a Python function that checks if a number is divisible by {k}.", f"assert divisible_by_{k}({3 * k})\nassert not divisible_by_{k}({3 * k + 1})"),
-        lambda k: (f"Write a Python function that repeats a string {k} times.", f"assert repeat_{k}('ab') == 'ab' * {k}\nassert repeat_{k}('') == ''"),
-        lambda k: (f"Write a Python function that returns the first {k} items of a list.", f"assert first_{k}(list(range(20))) == list(range({k}))"),
+        lambda k: (
+            f"Create a Python function that adds {k} to a number.",
+            f"assert add_{k}(1) == {1 + k}\nassert add_{k}(-{k}) == 0",
+        ),
+        lambda k: (
+            f"Write a Python function that multiplies every number in a list by {k}.",
+            f"assert times_{k}([1, 2]) == [{k}, {2 * k}]\nassert times_{k}([]) == []",
+        ),
+        lambda k: (
+            f"Write a Python function that checks if a number is divisible by {k}.",
+            f"assert divisible_by_{k}({3 * k})\nassert not divisible_by_{k}({3 * k + 1})",
+        ),
+        lambda k: (
+            f"Write a Python function that repeats a string {k} times.",
+            f"assert repeat_{k}('ab') == 'ab' * {k}\nassert repeat_{k}('') == ''",
+        ),
+        lambda k: (
+            f"Write a Python function that returns the first {k} items of a list.",
+            f"assert first_{k}(list(range(20))) == list(range({k}))",
+        ),
     ]
     rows, seen = [], set()
     while len(rows) < n:
@@ -111,7 +126,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "brainstacks_pl" / "data" / "demo")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "brainstacks_pl" / "data" / "demo"
+    )
     parser.add_argument("--seed", type=int, default=4321)
     args = parser.parse_args(argv)
     with open(args.out / "math.csv", encoding="utf-8", newline="") as f:

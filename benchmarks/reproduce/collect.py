@@ -44,7 +44,11 @@ def verdict(result: dict) -> str:
     if "reproduced" in result:
         return "reproduced" if result["reproduced"] else "**not reproduced**"
     if "all_as_frozen_identical" in result:
-        return "reproduced (bit-identical)" if result["all_as_frozen_identical"] and result.get("stack_files_identical") else "**not reproduced**"
+        return (
+            "reproduced (bit-identical)"
+            if result["all_as_frozen_identical"] and result.get("stack_files_identical")
+            else "**not reproduced**"
+        )
     return "see the table"
 
 
@@ -66,7 +70,9 @@ def collect(results: Path) -> str:
         where = f"`benchmarks/reproduce/{script}.py`" + (f" `--tag {tag}`" if tag else "")
         summary.append(f"| {result.get('paper', name)} | {where} | {verdict(result)} |")
         sections.append(md.read_text().strip())
-    head = HEADER.format(machine=machine or "unknown", summary="\n".join(summary), code=", ".join(sorted(code)) or "unknown")
+    head = HEADER.format(
+        machine=machine or "unknown", summary="\n".join(summary), code=", ".join(sorted(code)) or "unknown"
+    )
     return head + "\n" + "\n\n".join(sections) + "\n"
 
 

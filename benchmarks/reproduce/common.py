@@ -35,27 +35,64 @@ RESULTS = REPO / "benchmarks" / "results" / "reproduce"
 RUNS = REPO / "runs" / "reproduce"
 LR_FLAG = "--model.init_args.optimizer.init_args.lr"
 
-__all__ = ["REPO", "LR_FLAG", "Bench", "parser", "add_training_flags", "training_overrides", "domains_flag", "config_domains", "curve", "fmt", "finite", "read_manifest", "read_forgetting"]
+__all__ = [
+    "REPO",
+    "LR_FLAG",
+    "Bench",
+    "parser",
+    "add_training_flags",
+    "training_overrides",
+    "domains_flag",
+    "config_domains",
+    "curve",
+    "fmt",
+    "finite",
+    "read_manifest",
+    "read_forgetting",
+]
 
 
 def parser(doc: str, domains: list[str] | None = None) -> argparse.ArgumentParser:
     """The flags every script takes; ``domains`` is the default curriculum (None: the config's first domain)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the SFT config (configs/tinyllama_nf4.yaml for the paper's scale)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="the SFT config (configs/tinyllama_nf4.yaml for the paper's scale)",
+    )
     p.add_argument("--domains", nargs="+", default=domains, help="domain names of the config, in curriculum order")
     p.add_argument("--out", type=Path, default=RESULTS, help="where <name>.json and <name>.md go")
     p.add_argument("--runs", type=Path, default=RUNS, help="parent of this script's run directories")
-    p.add_argument("--reuse", action="store_true", help="keep existing run directories (a finished run is read, a killed one resumes)")
-    p.add_argument("--dry-run", action="store_true", help="print the planned brainstacks fit commands, check they parse, train nothing")
-    p.add_argument("--tag", default=None, help="suffix of the result and run names, to keep a variant beside the default measurement")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: two OpenMP pools on a shared 2-core CPU thrash)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep existing run directories (a finished run is read, a killed one resumes)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the planned brainstacks fit commands, check they parse, train nothing",
+    )
+    p.add_argument(
+        "--tag",
+        default=None,
+        help="suffix of the result and run names, to keep a variant beside the default measurement",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: two OpenMP pools on a shared 2-core CPU thrash)"
+    )
     return p
 
 
 def add_training_flags(p: argparse.ArgumentParser, epochs: int, batches: int, rounds: int | None = 1) -> None:
     """How long each stack trains: the demo-sized defaults; a GPU config wants e.g. ``--epochs 8 --batches 200``."""
-    p.add_argument("--epochs", type=int, default=epochs, help="--trainer.max_epochs per round (one validation per epoch)")
-    p.add_argument("--batches", type=int, default=batches, help="--trainer.limit_train_batches: training steps per epoch")
+    p.add_argument(
+        "--epochs", type=int, default=epochs, help="--trainer.max_epochs per round (one validation per epoch)"
+    )
+    p.add_argument(
+        "--batches", type=int, default=batches, help="--trainer.limit_train_batches: training steps per epoch"
+    )
     if rounds is not None:
         p.add_argument("--rounds", type=int, default=rounds, help="--boosting.max_rounds")
 
@@ -102,7 +139,14 @@ class Bench:
     def run_dir(self, label: str) -> Path:
         return self.args.runs / self.name / label
 
-    def fit(self, label: str, overrides: list[str], config: Path | None = None, fresh: bool = True, done_if: str | None = None) -> Path:
+    def fit(
+        self,
+        label: str,
+        overrides: list[str],
+        config: Path | None = None,
+        fresh: bool = True,
+        done_if: str | None = None,
+    ) -> Path:
         """``brainstacks fit --config C --trainer.default_root_dir RUN <overrides>``; returns RUN.
 
         ``fresh`` removes an earlier run directory first (unless ``--reuse``); ``fresh=False``
@@ -111,7 +155,16 @@ class Bench:
         that retrains on rerun, unlike the SFT curriculum which skips finished domains).
         """
         run_dir = self.run_dir(label)
-        argv = ["fit", "--config", str(config or self.args.config), "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false", *overrides]
+        argv = [
+            "fit",
+            "--config",
+            str(config or self.args.config),
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--trainer.enable_progress_bar",
+            "false",
+            *overrides,
+        ]
         self.commands.append("brainstacks " + shlex.join(_relative(a) for a in argv))
         if self.dry:
             print(self.commands[-1])
@@ -135,9 +188,14 @@ class Bench:
         """``<out>/<name>.json`` and ``.md``; the Markdown names the command that made it."""
         command = "python " + shlex.join([_relative(a) for a in [sys.argv[0], *sys.argv[1:]]])
         result = {
-            "name": self.name, "command": command, "config": _relative(str(self.args.config)),
+            "name": self.name,
+            "command": command,
+            "config": _relative(str(self.args.config)),
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-            "git_at_write": self.code, "seconds": self.seconds, "fit_commands": self.commands, **result,
+            "git_at_write": self.code,
+            "seconds": self.seconds,
+            "fit_commands": self.commands,
+            **result,
         }
         self.args.out.mkdir(parents=True, exist_ok=True)
         (self.args.out / f"{self.name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -27,10 +27,15 @@ def summarise(forgetting: dict) -> dict:
     final = rows[-1]["ungated"]
     rise = {d: final[d] - forgetting["at_freeze"][d] for d in domains}
     return {
-        "ungated": {row["after"]: row["ungated"] for row in rows}, "isolated_final": rows[-1]["isolated"],
-        "at_freeze": forgetting["at_freeze"], "final_ungated": final, "forgetting": rise,
+        "ungated": {row["after"]: row["ungated"] for row in rows},
+        "isolated_final": rows[-1]["isolated"],
+        "at_freeze": forgetting["at_freeze"],
+        "final_ungated": final,
+        "forgetting": rise,
         "mean_forgetting": statistics.mean(rise.values()),
-        "mean_at_freeze_projected": statistics.mean(forgetting["at_freeze"][d] for d in domains[1:]) if len(domains) > 1 else None,
+        "mean_at_freeze_projected": statistics.mean(forgetting["at_freeze"][d] for d in domains[1:])
+        if len(domains) > 1
+        else None,
     }
 
 
@@ -38,9 +43,20 @@ def to_markdown(modes: dict[str, dict], domains: list[str]) -> str:
     header = "| after | " + " | ".join(f"{d} ({m})" for d in domains for m in modes) + " |"
     lines = [header, "|---" * (1 + len(domains) * len(modes)) + "|"]
     for after in domains:
-        cells = [fmt(modes[m]["ungated"].get(after, {}).get(d)) if d in modes[m]["ungated"].get(after, {}) else "" for d in domains for m in modes]
+        cells = [
+            fmt(modes[m]["ungated"].get(after, {}).get(d)) if d in modes[m]["ungated"].get(after, {}) else ""
+            for d in domains
+            for m in modes
+        ]
         lines.append(f"| {after} | " + " | ".join(cells) + " |")
-    lines += ["", "| mode | " + " | ".join(f"{d} at freeze" for d in domains) + " | " + " | ".join(f"{d} rise (ungated, end)" for d in domains) + " | mean rise |"]
+    lines += [
+        "",
+        "| mode | "
+        + " | ".join(f"{d} at freeze" for d in domains)
+        + " | "
+        + " | ".join(f"{d} rise (ungated, end)" for d in domains)
+        + " | mean rise |",
+    ]
     lines.append("|---" * (2 + 2 * len(domains)) + "|")
     for mode, s in modes.items():
         cells = [fmt(s["at_freeze"][d]) for d in domains] + [f"{s['forgetting'][d]:+.4f}" for d in domains]
@@ -57,7 +73,13 @@ def main() -> None:
     a = bench.args
     runs = {}
     for mode in a.modes:
-        overrides = [*domains_flag(a.config, a.domains), *training_overrides(a), "--null_space.mode", mode, *(["--null_space.k", str(a.k)] if a.k else [])]
+        overrides = [
+            *domains_flag(a.config, a.domains),
+            *training_overrides(a),
+            "--null_space.mode",
+            mode,
+            *(["--null_space.k", str(a.k)] if a.k else []),
+        ]
         runs[mode] = bench.fit(mode, overrides)
     if bench.dry:
         return
@@ -65,27 +87,35 @@ def main() -> None:
     domains = read_forgetting(runs[a.modes[0]])["domains"]
     result = {
         "paper": "Table 3: null-space projection gives zero forgetting in isolation and less ungated interference than no projection",
-        "setting": {"domains": domains, "epochs": a.epochs, "batches": a.batches, "rounds": a.rounds, "k": a.k}, "modes": modes,
+        "setting": {"domains": domains, "epochs": a.epochs, "batches": a.batches, "rounds": a.rounds, "k": a.k},
+        "modes": modes,
     }
     verdict = []
     if "off" in modes:
         for mode in (m for m in modes if m != "off"):
             less = modes[mode]["mean_forgetting"] < modes["off"]["mean_forgetting"]
-            verdict.append(f"`{mode}` {'lowers' if less else 'does not lower'} the mean ungated rise vs `off` "
-                           f"({modes[mode]['mean_forgetting']:+.4f} vs {modes['off']['mean_forgetting']:+.4f}).")
+            verdict.append(
+                f"`{mode}` {'lowers' if less else 'does not lower'} the mean ungated rise vs `off` "
+                f"({modes[mode]['mean_forgetting']:+.4f} vs {modes['off']['mean_forgetting']:+.4f})."
+            )
     if "weight" in modes and "delta" in modes and len(domains) > 1:
         w, d = modes["weight"]["mean_at_freeze_projected"], modes["delta"]["mean_at_freeze_projected"]
         result["weight_vs_delta"] = {"weight": w, "delta": d, "trains_better": "weight" if w < d else "delta"}
-        verdict.append(f"Mean loss at freeze of the projected domains ({', '.join(domains[1:])}): weight {w:.4f}, delta {d:.4f}: "
-                       f"**{result['weight_vs_delta']['trains_better']}** trains them better (one seed).")
+        verdict.append(
+            f"Mean loss at freeze of the projected domains ({', '.join(domains[1:])}): weight {w:.4f}, delta {d:.4f}: "
+            f"**{result['weight_vs_delta']['trains_better']}** trains them better (one seed)."
+        )
     if "off" in modes:
         projected = {m: modes[m]["mean_forgetting"] for m in modes if m != "off"}
         lower = all(v < modes["off"]["mean_forgetting"] for v in projected.values())
-        result["verdict"] = (f"{'direction reproduced' if lower else '**not reproduced**'}: mean ungated rise off {modes['off']['mean_forgetting']:+.3f}, "
-                             + ", ".join(f"{m} {v:+.3f}" for m, v in projected.items()) + "; as frozen: 0")
+        result["verdict"] = (
+            f"{'direction reproduced' if lower else '**not reproduced**'}: mean ungated rise off {modes['off']['mean_forgetting']:+.3f}, "
+            + ", ".join(f"{m} {v:+.3f}" for m, v in projected.items())
+            + "; as frozen: 0"
+        )
     body = f"""
 Setting: domains {domains} in order, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps each, one seed.
-Paper: {result['paper']}. Ungated validation loss: rows = after training domain X, columns = domain Y with every stack so far on.
+Paper: {result["paper"]}. Ungated validation loss: rows = after training domain X, columns = domain Y with every stack so far on.
 "Rise" = final ungated loss minus the loss when the domain finished (its own and earlier stacks only).
 
 {to_markdown(modes, domains)}

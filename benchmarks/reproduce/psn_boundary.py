@@ -20,8 +20,16 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from common import Bench, add_training_flags, domains_flag, fmt, parser, read_forgetting, read_manifest, training_overrides
+from common import (
+    Bench,
+    add_training_flags,
+    domains_flag,
+    fmt,
+    parser,
+    read_forgetting,
+    read_manifest,
+    training_overrides,
+)
 
 from brainstacks_pl.assets import resolve_model_name
 
@@ -44,7 +52,11 @@ def summary(run_dir: Path) -> dict:
     for record in stacks:
         first.setdefault(record["domain"], record)
     return {
-        d: {"start": first[d]["start_val_loss"], "at_freeze": matrix["at_freeze"][d], "final_ungated": matrix["rows"][-1]["ungated"][d]}
+        d: {
+            "start": first[d]["start_val_loss"],
+            "at_freeze": matrix["at_freeze"][d],
+            "final_ungated": matrix["rows"][-1]["ungated"][d],
+        }
         for d in matrix["domains"]
     }
 
@@ -70,28 +82,48 @@ def main() -> None:
     domains = list(bases["pretrained"])
     result = {
         "paper": "boundary experiment: the stacking architecture on a randomly initialised model (PSN pretraining)",
-        "setting": {"domains": domains, "base": name, "epochs": a.epochs, "batches": a.batches, "rounds": a.rounds, "base_seed": a.base_seed},
+        "setting": {
+            "domains": domains,
+            "base": name,
+            "epochs": a.epochs,
+            "batches": a.batches,
+            "rounds": a.rounds,
+            "base_seed": a.base_seed,
+        },
         "bases": bases,
         "gap_at_freeze": {d: bases["random"][d]["at_freeze"] - bases["pretrained"][d]["at_freeze"] for d in domains},
     }
     rows = ["| domain | base | loss before its stacks | at freeze | final (ungated) |", "|---|---|---|---|---|"]
-    rows += [f"| {d} | {label} | {fmt(b[d]['start'])} | {fmt(b[d]['at_freeze'])} | {fmt(b[d]['final_ungated'])} |" for d in domains for label, b in bases.items()]
+    rows += [
+        f"| {d} | {label} | {fmt(b[d]['start'])} | {fmt(b[d]['at_freeze'])} | {fmt(b[d]['final_ungated'])} |"
+        for d in domains
+        for label, b in bases.items()
+    ]
     gaps = ", ".join(f"{d} {g:+.4f}" for d, g in result["gap_at_freeze"].items())
-    result["verdict"] = "boundary shown: loss at freeze on a random base " + ", ".join(f"{d} {g:+.2f}" for d, g in result["gap_at_freeze"].items()) + " vs the pretrained base"
+    result["verdict"] = (
+        "boundary shown: loss at freeze on a random base "
+        + ", ".join(f"{d} {g:+.2f}" for d, g in result["gap_at_freeze"].items())
+        + " vs the pretrained base"
+    )
     uniform = math.log(json.loads((base_dir / "config.json").read_text())["vocab_size"])
     result["uniform_loss"] = uniform
     above = [d for d in domains if bases["pretrained"][d]["start"] > uniform]
-    above = (f"The pretrained base starts *above* uniform on {', '.join(above)}: it is confidently wrong on answer formats it "
-             "never saw in pretraining, which its stacks then fix." if above else "")
+    above = (
+        f"The pretrained base starts *above* uniform on {', '.join(above)}: it is confidently wrong on answer formats it "
+        "never saw in pretraining, which its stacks then fix."
+        if above
+        else ""
+    )
     reading = (
         "The stacks cannot stand in for pretraining: with the base frozen, a stack only adds low-rank deltas to projections "
         "whose random weights carry no language model, so the loss falls far less than on the pretrained base."
-        if all(g > 0 for g in result["gap_at_freeze"].values()) else "The random base does not end worse on every domain here."
+        if all(g > 0 for g in result["gap_at_freeze"].values())
+        else "The random base does not end worse on every domain here."
     )
     body = f"""
 Setting: base `{name}` pretrained vs the same architecture and tokenizer randomly initialised (seed {a.base_seed});
 domains {domains}, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps each, identical stack settings.
-Paper: {result['paper']}; its numbers are not restated here, and its PSN setup (partitioned subspaces trained from a
+Paper: {result["paper"]}; its numbers are not restated here, and its PSN setup (partitioned subspaces trained from a
 random init) may differ in detail from this one (frozen random base, the demo's stacks on top).
 
 {chr(10).join(rows)}

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from common import REPO, Bench, add_training_flags, config_domains, domains_flag, fmt, parser, training_overrides
 
 from brainstacks_pl.data.curriculum import CurriculumDataModule, DomainConfig, encode_examples
@@ -36,7 +35,11 @@ def run_losses(run_dir: Path, domains: list[DomainConfig], limit: int, max_seq_l
     """Per domain, mean validation answer loss routed vs ungated vs base only, on the same padded batch."""
     generator = RoutedGenerator.from_run(run_dir, require_router=True)
     stacks = generator.stacks
-    data = CurriculumDataModule([d for d in domains if d.name in generator.router_domains], tokenizer=Manifest.load(run_dir).base_model_id, max_seq_len=max_seq_len)
+    data = CurriculumDataModule(
+        [d for d in domains if d.name in generator.router_domains],
+        tokenizer=Manifest.load(run_dir).base_model_id,
+        max_seq_len=max_seq_len,
+    )
     generator.load_domains(stacks.domains)
     out = {}
     for domain in generator.router_domains:
@@ -58,21 +61,33 @@ def report_table(report: dict) -> str:
     lines = ["| source domain | n | oracle routes (discovery) | router routes | agreement |", "|---|---|---|---|---|"]
     for source, entry in report["per_source"].items():
         share = lambda routes: ", ".join(f"{name} {p:.0%}" for name, p in sorted(routes.items(), key=lambda kv: -kv[1]))  # noqa: E731
-        lines.append(f"| {source} | {entry['n']} | {share(entry.get('oracle', {}))} | {share(entry.get('router', {}))} | {fmt(entry.get('agreement'), 3)} |")
+        lines.append(
+            f"| {source} | {entry['n']} | {share(entry.get('oracle', {}))} | {share(entry.get('router', {}))} | {fmt(entry.get('agreement'), 3)} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = parser(__doc__, domains=["chat", "code", "math", "medical", "reasoning"])
-    p.add_argument("--router_config", type=Path, default=REPO / "configs" / "router_demo.yaml", help="the router phase's config")
+    p.add_argument(
+        "--router_config", type=Path, default=REPO / "configs" / "router_demo.yaml", help="the router phase's config"
+    )
     add_training_flags(p, epochs=4, batches=16)
-    p.add_argument("--router_epochs", type=int, default=None, help="router --trainer.max_epochs (default: the router config's)")
+    p.add_argument(
+        "--router_epochs", type=int, default=None, help="router --trainer.max_epochs (default: the router config's)"
+    )
     p.add_argument("--examples", type=int, default=32, help="validation examples per domain in the loss comparison")
     bench = Bench("routing", p.parse_args())
     a = bench.args
     domains = domains_flag(a.config, a.domains)
     run = bench.fit("run", [*domains, *training_overrides(a)])
-    bench.fit("run", [*domains, *(["--trainer.max_epochs", str(a.router_epochs)] if a.router_epochs else [])], config=a.router_config, fresh=False, done_if="router/router.safetensors")
+    bench.fit(
+        "run",
+        [*domains, *(["--trainer.max_epochs", str(a.router_epochs)] if a.router_epochs else [])],
+        config=a.router_config,
+        fresh=False,
+        done_if="router/router.safetensors",
+    )
     if bench.dry:
         return
     entries = [DomainConfig(**d) for d in config_domains(a.config)]
@@ -82,28 +97,51 @@ def main() -> None:
     mean = {m: sum(r[m] for r in losses.values()) / len(losses) for m in MODES}
     result = {
         "paper": "the routed system recovers the quality ungated stack accumulation destroys; medical prompts route to chat+math in 97% of cases (Gemma-3-12B)",
-        "setting": {"domains": a.domains, "epochs": a.epochs, "batches": a.batches, "rounds": a.rounds, "examples_per_domain": a.examples},
-        "losses": losses, "mean": mean, "routing_report": report,
+        "setting": {
+            "domains": a.domains,
+            "epochs": a.epochs,
+            "batches": a.batches,
+            "rounds": a.rounds,
+            "examples_per_domain": a.examples,
+        },
+        "losses": losses,
+        "mean": mean,
+        "routing_report": report,
         "routed_beats_ungated": {d: r["routed"] < r["ungated"] for d, r in losses.items()},
     }
-    result["verdict"] = (f"{'reproduced' if mean['routed'] < mean['ungated'] else '**not reproduced**'}: mean loss routed {mean['routed']:.3f}, "
-                         f"ungated {mean['ungated']:.3f}, base {mean['base']:.3f}")
+    result["verdict"] = (
+        f"{'reproduced' if mean['routed'] < mean['ungated'] else '**not reproduced**'}: mean loss routed {mean['routed']:.3f}, "
+        f"ungated {mean['ungated']:.3f}, base {mean['base']:.3f}"
+    )
     rows = ["| domain | routed | ungated | base only | best |", "|---|---|---|---|---|"]
-    rows += [f"| {d} | {fmt(r['routed'])} | {fmt(r['ungated'])} | {fmt(r['base'])} | {min(MODES, key=r.get)} |" for d, r in losses.items()]
-    rows.append(f"| **mean** | {fmt(mean['routed'])} | {fmt(mean['ungated'])} | {fmt(mean['base'])} | {min(MODES, key=mean.get)} |")
+    rows += [
+        f"| {d} | {fmt(r['routed'])} | {fmt(r['ungated'])} | {fmt(r['base'])} | {min(MODES, key=r.get)} |"
+        for d, r in losses.items()
+    ]
+    rows.append(
+        f"| **mean** | {fmt(mean['routed'])} | {fmt(mean['ungated'])} | {fmt(mean['base'])} | {min(MODES, key=mean.get)} |"
+    )
     wins = sum(result["routed_beats_ungated"].values())
     losers = [d for d, better in result["routed_beats_ungated"].items() if not better]
-    exceptions = (f"Ungated is lower on {', '.join(losers)}: where the router already switches on every stack (see the report), routed "
-                  "differs from ungated only by weights below 1." if losers else "")
+    exceptions = (
+        f"Ungated is lower on {', '.join(losers)}: where the router already switches on every stack (see the report), routed "
+        "differs from ungated only by weights below 1."
+        if losers
+        else ""
+    )
     medical = report["per_source"].get("medical", {}).get("router", {})
     with_chat_math = sum(p for route, p in medical.items() if {"chat", "math"} <= set(route.split("+")))
     result["medical_routes_with_chat_and_math"] = with_chat_math if medical else None
-    medical_line = (f"Medical validation prompts whose route includes chat and math: {with_chat_math:.0%} (paper: 97% routed to chat+math; "
-                    f"here the medical stack itself is usually in the route too, see the table)." if medical else "")
+    medical_line = (
+        f"Medical validation prompts whose route includes chat and math: {with_chat_math:.0%} (paper: 97% routed to chat+math; "
+        f"here the medical stack itself is usually in the route too, see the table)."
+        if medical
+        else ""
+    )
     body = f"""
 Setting: domains {a.domains}, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps per domain, then the router phase
 (`{a.router_config.relative_to(REPO) if a.router_config.is_relative_to(REPO) else a.router_config}`); losses on the first {a.examples} validation examples per domain.
-Paper: {result['paper']}.
+Paper: {result["paper"]}.
 
 Validation answer loss (lower is better):
 

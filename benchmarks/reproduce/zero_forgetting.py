@@ -17,12 +17,25 @@ from __future__ import annotations
 
 import hashlib
 
-from common import Bench, add_training_flags, domains_flag, fmt, parser, read_forgetting, read_manifest, training_overrides
+from common import (
+    Bench,
+    add_training_flags,
+    domains_flag,
+    fmt,
+    parser,
+    read_forgetting,
+    read_manifest,
+    training_overrides,
+)
 
 
 def file_hashes(run_dir, domain: str) -> dict[str, str]:
     """sha256 of the bytes on disk of every stack file of ``domain`` (not the manifest's record of it)."""
-    return {r["file"]: hashlib.sha256((run_dir / r["file"]).read_bytes()).hexdigest() for r in read_manifest(run_dir)["stacks"] if r["domain"] == domain}
+    return {
+        r["file"]: hashlib.sha256((run_dir / r["file"]).read_bytes()).hexdigest()
+        for r in read_manifest(run_dir)["stacks"]
+        if r["domain"] == domain
+    }
 
 
 def main() -> None:
@@ -35,7 +48,11 @@ def main() -> None:
         raise SystemExit("zero_forgetting needs at least two --domains")
     settings = training_overrides(a)
     run = bench.fit("run", [*domains_flag(a.config, [first]), *settings])
-    before = None if bench.dry else {"hashes": file_hashes(run, first), "at_freeze": read_forgetting(run)["at_freeze"][first]}
+    before = (
+        None
+        if bench.dry
+        else {"hashes": file_hashes(run, first), "at_freeze": read_forgetting(run)["at_freeze"][first]}
+    )
     bench.fit("run", [*domains_flag(a.config, a.domains), *settings], fresh=False)
     if bench.dry:
         return
@@ -45,7 +62,16 @@ def main() -> None:
     checks = []
     for row in matrix["rows"]:
         for domain, loss in row["as_frozen"].items():
-            checks.append({"after": row["after"], "domain": domain, "as_frozen": loss, "at_freeze": at_freeze[domain], "ungated": row["ungated"][domain], "identical": loss == at_freeze[domain]})
+            checks.append(
+                {
+                    "after": row["after"],
+                    "domain": domain,
+                    "as_frozen": loss,
+                    "at_freeze": at_freeze[domain],
+                    "ungated": row["ungated"][domain],
+                    "identical": loss == at_freeze[domain],
+                }
+            )
     result = {
         "paper": "zero forgetting when domains are evaluated in isolation (with the stacks they were trained with)",
         "setting": {"domains": a.domains, "epochs": a.epochs, "batches": a.batches, "rounds": a.rounds},
@@ -55,18 +81,24 @@ def main() -> None:
         "checks": checks,
         "all_as_frozen_identical": all(c["identical"] for c in checks) and before["at_freeze"] == at_freeze[first],
     }
-    rows = ["| after | domain | loss at freeze | as frozen now | bit-identical | ungated now (all stacks on) |", "|---|---|---|---|---|---|"]
-    rows += [f"| {c['after']} | {c['domain']} | {c['at_freeze']!r} | {c['as_frozen']!r} | {'yes' if c['identical'] else '**no**'} | {fmt(c['ungated'])} |" for c in checks]
+    rows = [
+        "| after | domain | loss at freeze | as frozen now | bit-identical | ungated now (all stacks on) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {c['after']} | {c['domain']} | {c['at_freeze']!r} | {c['as_frozen']!r} | {'yes' if c['identical'] else '**no**'} | {fmt(c['ungated'])} |"
+        for c in checks
+    ]
     body = f"""
 Setting: domains {a.domains}; step 1 trains `{first}` alone, step 2 resumes the same run with the whole curriculum;
-{a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps. Paper: {result['paper']}. Losses printed in full (repr).
+{a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps. Paper: {result["paper"]}. Losses printed in full (repr).
 
 {chr(10).join(rows)}
 
-`{first}` stack files sha256 before vs after the later domains: {'identical' if result['stack_files_identical'] else '**different**'}
-({', '.join(f'{k}: {v[:16]}...' for k, v in after_hashes.items())}); `{first}` loss at freeze alone {before['at_freeze']!r},
-after the curriculum {at_freeze[first]!r}. Every as-frozen entry bit-identical: **{'yes' if result['all_as_frozen_identical'] else 'no'}**
-({'reproduced' if result['all_as_frozen_identical'] and result['stack_files_identical'] else 'NOT reproduced'}).
+`{first}` stack files sha256 before vs after the later domains: {"identical" if result["stack_files_identical"] else "**different**"}
+({", ".join(f"{k}: {v[:16]}..." for k, v in after_hashes.items())}); `{first}` loss at freeze alone {before["at_freeze"]!r},
+after the curriculum {at_freeze[first]!r}. Every as-frozen entry bit-identical: **{"yes" if result["all_as_frozen_identical"] else "no"}**
+({"reproduced" if result["all_as_frozen_identical"] and result["stack_files_identical"] else "NOT reproduced"}).
 """
     bench.write(result, "Zero forgetting: as-frozen losses bit-identical after later domains", body)
 
