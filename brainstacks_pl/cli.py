@@ -158,7 +158,11 @@ class BrainstacksCLI(LightningCLI):
 def round_checkpoint(work_dir: Path) -> ModelCheckpoint:
     """``<work_dir>/checkpoints/last.ckpt``, written at every epoch end: what a rerun resumes from."""
     return ModelCheckpoint(
-        dirpath=Path(work_dir) / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+        dirpath=Path(work_dir) / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
     )
 
 

@@ -104,7 +104,9 @@ class BestStackCallback(Callback):
             if self.bad_evals >= self.patience:
                 self._stop(trainer, f"patience ({self.patience} evaluations without improvement)")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: StackModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: StackModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if pl_module.last_step_skipped:
             self.restore_best(pl_module)  # a non-finite loss: go back to the last good weights
 

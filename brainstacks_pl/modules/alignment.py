@@ -107,7 +107,8 @@ class AlignmentModule(StackModule):
     def run_phase(self, context: PhaseContext) -> None:
         from brainstacks_pl.run import RunDirectory
 
-        run = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=context.accept_new_base)
+        is_writer = getattr(rank_zero_only, "rank", 0) == 0
+        run = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         if not Manifest.exists(run.root):
             raise FileNotFoundError(f"{run.root}: no manifest.json; run the SFT phase (configs/demo.yaml) into this --trainer.default_root_dir first")
         stacks = self.build(Manifest.load(run.root))

@@ -241,7 +241,9 @@ class GRPOModule(AlignmentModule):
             }, on_step=True, on_epoch=False, batch_size=prompt_ids.shape[0])
             last, skipped = None, self.nonfinite_steps
             for _ in range(self.updates_per_batch):
-                loss = self._update(optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask)
+                loss = self._update(
+                    optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask
+                )
                 last = loss if loss is not None else last
             # A batch none of whose updates could be taken sends BestStackCallback back to its snapshot.
             self.last_step_skipped = self.nonfinite_steps - skipped == self.updates_per_batch
@@ -277,7 +279,8 @@ class GRPOModule(AlignmentModule):
         self.manual_backward(loss)
         if self.max_grad_norm:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-        if self.skip_if_nonfinite(*(p.grad for p in self.stacks.parameters() if p.grad is not None), what="GRPO gradient"):
+        grads = [p.grad for p in self.stacks.parameters() if p.grad is not None]
+        if self.skip_if_nonfinite(*grads, what="GRPO gradient"):
             optimizer.zero_grad(set_to_none=True)
             return None
         optimizer.step()

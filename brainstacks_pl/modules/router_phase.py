@@ -40,7 +40,8 @@ __all__ = ["RouterPhase"]
 class RouterPhase:
     def __init__(self, module, context):
         self.module, self.context = module, context
-        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=context.accept_new_base)
+        is_writer = getattr(rank_zero_only, "rank", 0) == 0
+        self.run_dir = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         self.datamodule = context.datamodule
 
     # ------------------------------------------------------------------ setup

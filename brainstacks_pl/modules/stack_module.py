@@ -125,8 +125,12 @@ class StackModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation and checkpoints
     def configure_optimizers(self) -> Any:
         return stack_optimizers(
-            self.stacks.parameters(), self.optimizer_factory, self.trainer.estimated_stepping_batches,
-            self.warmup_steps, self.scheduler_name, self.min_lr_ratio,
+            self.stacks.parameters(),
+            self.optimizer_factory,
+            self.trainer.estimated_stepping_batches,
+            self.warmup_steps,
+            self.scheduler_name,
+            self.min_lr_ratio,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
