@@ -116,7 +116,7 @@ class BrainstacksCLI(LightningCLI):
         ]
         show_progress = trainer_config.get("enable_progress_bar", True) is not False
 
-        def trainer_factory(work_dir: Path) -> Trainer:
+        def trainer_factory(work_dir: Path, checkpoint: bool = True) -> Trainer:
             config = copy.copy(trainer_config)
             config.update({key: copy.deepcopy(value) for key, value in self._pristine_trainer_args.items()})
             # Each fit (an SFT round, the router fit, an alignment round) logs into its own run
@@ -126,11 +126,11 @@ class BrainstacksCLI(LightningCLI):
             config.update(
                 default_root_dir=str(work_dir),
                 logger=fit_logger if fit_logger is not None else False,
-                enable_checkpointing=True,
+                enable_checkpointing=checkpoint,
                 callbacks=[
-                    *user_callbacks,
+                    *(cb for cb in user_callbacks if checkpoint or not isinstance(cb, ModelCheckpoint)),
                     *forced.values(),
-                    ModelCheckpoint(dirpath=Path(work_dir) / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
+                    *([round_checkpoint(work_dir)] if checkpoint else []),
                     *([CurriculumProgressBar()] if show_progress else []),
                     *([LearningRateMonitor(logging_interval="step")] if logger is not None else []),
                 ],
@@ -153,6 +153,17 @@ class BrainstacksCLI(LightningCLI):
         if configured is None or configured is True:
             return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=phase, default_hp_metric=False)
         return configured[0] if isinstance(configured, list) else configured
+
+
+def round_checkpoint(work_dir: Path) -> ModelCheckpoint:
+    """``<work_dir>/checkpoints/last.ckpt``, written at every epoch end: what a rerun resumes from."""
+    return ModelCheckpoint(
+        dirpath=Path(work_dir) / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
 
 
 def phase_log_name(model: L.LightningModule) -> str:

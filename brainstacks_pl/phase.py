@@ -12,7 +12,8 @@ of them a phase's trainers actually carry is the phase's call: a LightningModule
 ``phase_callbacks`` (a class attribute, a tuple of those config keys); without it, it gets all
 of them (the SFT curriculum). A phase that does not use a callback must not carry it, rather
 than remove it from a built trainer by hand: ``ResidualBoosting`` freezes SFT rounds and
-measures LM loss on an LM data module, which an alignment phase has neither of.
+measures LM loss on an LM data module, which an alignment phase has neither of. Likewise a
+phase that keeps no round checkpoint asks the factory for a trainer without one.
 """
 
 from __future__ import annotations
@@ -61,9 +62,12 @@ def phase_callbacks(module: L.LightningModule) -> tuple[str, ...]:
 class PhaseContext:
     run_dir: Path
     """The run directory (``--trainer.default_root_dir``): manifest, stacks, logs."""
-    trainer_factory: Callable[[Path], L.Trainer]
-    """A fresh Trainer whose own files (checkpoints) go under the given directory; it carries
-    the user's callbacks and exactly the forced callbacks in ``callbacks``."""
+    trainer_factory: Callable[..., L.Trainer]
+    """``trainer_factory(work_dir, checkpoint=True)``: a fresh Trainer whose own files go under
+    ``work_dir``; it carries the user's callbacks and exactly the forced callbacks in
+    ``callbacks``, and with ``checkpoint`` the round checkpoint (``checkpoints/last.ckpt``, what
+    a rerun resumes from). A phase that resumes nothing (the router) asks for one without it,
+    which also leaves out any ``ModelCheckpoint`` the user configured."""
     datamodule: L.LightningDataModule | None
     logger: Logger | None
     """The phase's logger (``RUN/tensorboard/<phase>``: phase-level figures and numbers); each

@@ -2,23 +2,31 @@
 
 The round's starting point is the first candidate: it is snapshotted before the first step,
 so a loss that is NaN from the first validation on (a diverging learning rate) goes back to
-it, never forward with NaN weights. A new best validation loss snapshots the active stack. A
-loss more than ``spike_threshold`` above the best (or a non-finite one) restores the snapshot
-and ends the round; so do ``patience`` evaluations without improvement. When the round ends
-after at least one validation, or with non-finite weights, the best snapshot is restored, so
-the stack that gets frozen is the best one seen. The snapshot is part of the callback state,
-hence of Lightning checkpoints: a resumed round keeps it.
+it, never forward with NaN weights. A phase that has measured the starting point's
+validation loss (an alignment phase: the SFT policy) passes it to ``start_from``: that loss
+is then the one to beat, so a round none of whose evaluations beats it keeps its start.
+
+A new best validation loss snapshots the active stack. A loss more than ``spike_threshold``
+above the best (or a non-finite one) restores the snapshot and ends the round; so do
+``patience`` evaluations without improvement. A training batch that the module skipped as
+non-finite (``StackModule.last_step_skipped``) also goes back to the snapshot. When the round
+ends after at least one validation, or with non-finite weights, the best snapshot is
+restored, so the stack that gets frozen is the best one seen. The snapshot is part of the
+callback state, hence of Lightning checkpoints: a resumed round keeps it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+if TYPE_CHECKING:
+    from brainstacks_pl.modules.stack_module import StackModule
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ class BestStackCallback(Callback):
         self.spike_threshold = spike_threshold
         self.patience = patience
         self.min_delta = min_delta
+        self.start_loss: float | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -53,11 +62,22 @@ class BestStackCallback(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.reset()  # each round starts afresh; a checkpoint restore (after setup) overrides this
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def start_from(self, val_loss: float) -> None:
+        """The starting point's validation loss, measured before the next fit: a finite one
+        becomes the best to beat (without it the starting point's best stays ``inf``)."""
+        self.start_loss = val_loss
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: StackModule) -> None:
         if self.stopped_reason is not None:
             trainer.should_stop = True  # resumed from a checkpoint written after the round had stopped
-        if self.best_state is None and trainer.global_step == 0:
-            self.snapshot(pl_module)  # the starting point: the candidate of last resort (best stays inf)
+        start, self.start_loss = self.start_loss, None
+        if trainer.global_step > 0:
+            return  # resumed: the checkpointed state stands
+        measured = start is not None and math.isfinite(start) and start < self.best
+        if measured:
+            self.best = start
+        if self.best_state is None or measured:
+            self.snapshot(pl_module)  # the starting point: the candidate of last resort
 
     def snapshot(self, pl_module: L.LightningModule) -> None:
         self.best_state = {k: v.cpu() for k, v in pl_module.stacks.active_state_dict().items()}
@@ -84,8 +104,10 @@ class BestStackCallback(Callback):
             if self.bad_evals >= self.patience:
                 self._stop(trainer, f"patience ({self.patience} evaluations without improvement)")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (outputs is None or getattr(pl_module, "last_step_skipped", False)) and getattr(pl_module, "nonfinite_steps", 0):
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: StackModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if pl_module.last_step_skipped:
             self.restore_best(pl_module)  # a non-finite loss: go back to the last good weights
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -24,20 +24,16 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.layers.stack_format import is_active_key
-from brainstacks_pl.optim import stack_optimizers
-from brainstacks_pl.phase import record_settings, stack_seed
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.serving import ServedConfiguration
+from brainstacks_pl.modules.stack_module import StackModule
+from brainstacks_pl.phase import PhaseContext, record_settings, stack_seed
 from brainstacks_pl.storage import Manifest, StackRecord
 
 log = logging.getLogger(__name__)
@@ -45,26 +41,22 @@ log = logging.getLogger(__name__)
 __all__ = ["AlignmentModule"]
 
 
-class AlignmentModule(L.LightningModule):
+class AlignmentModule(StackModule):
     """Base of the alignment phases (see the module docstring); subclasses set ``phase``.
 
     Args:
         domain: The domain whose next stack this phase trains (must be in the run's manifest).
         model_name_or_path: Base model; None: the run manifest's ``base_model_id`` (the same
             model at another path is fine: layer shapes are checked).
-        quantization: ``nf4`` loads the base in 4-bit NF4 (QLoRA); ``None`` keeps it dense.
-        dtype: Base weights / compute dtype (``float32``, ``bfloat16``, ``float16``).
-        optimizer: Optimizer for the active stack; receives only its parameters.
         warmup_steps: Linear warmup steps of the learning rate.
         scheduler: ``constant`` after warmup, or ``cosine`` decay to ``min_lr_ratio`` x lr.
-        min_lr_ratio: Final learning rate as a fraction of the peak (cosine only).
-        seed: Seed of the stack initialisation (and of GRPO's sampling).
         max_phase_stacks: Stacks of this phase the domain ends up with: a rerun once they exist
             does nothing; raise it to train one more on top.
         serve: The configuration the stack trains and is measured in, the one it will be served
             in (``modules/serving.py``): ``auto`` = ``routed`` by the run's trained router when
             there is one, else ``as_frozen`` (the domain's and earlier domains' stacks);
             ``ungated`` = every stack on.
+        **kwargs: See ``StackModule`` (quantization, dtype, optimizer, min_lr_ratio, seed).
     """
 
     phase: ClassVar[str] = ""
@@ -77,39 +69,22 @@ class AlignmentModule(L.LightningModule):
     def __init__(
         self,
         domain: str,
-        model_name_or_path: Optional[str] = None,
-        quantization: Optional[Literal["nf4"]] = None,
-        dtype: str = "float32",
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        model_name_or_path: str | None = None,
         warmup_steps: int = 0,
         scheduler: Literal["constant", "cosine"] = "constant",
-        min_lr_ratio: float = 0.1,
-        seed: int = 0,
         max_phase_stacks: int = 1,
         serve: Literal["auto", "routed", "as_frozen", "ungated"] = "auto",
+        **kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(model_name_or_path, warmup_steps=warmup_steps, scheduler=scheduler, **kwargs)
         if max_phase_stacks < 1:
             raise ValueError(f"max_phase_stacks must be >= 1, got {max_phase_stacks}")
         self.domain = domain
-        self.model_name_or_path = model_name_or_path
-        self.quantization = quantization
-        self.dtype_name = dtype
-        self.optimizer_factory = optimizer
-        self.warmup_steps = warmup_steps
-        self.scheduler_name = scheduler
-        self.min_lr_ratio = min_lr_ratio
-        self.seed = seed
         self.max_phase_stacks = max_phase_stacks
         self.serve = serve
         self.serving: ServedConfiguration | None = None
-        self.stacks: BrainstacksModel | None = None
-        self.stack_config: StackConfig | None = None
         self.tokenizer = None
-        self.strict_loading = False  # checkpoints hold only the active stack
-        self.nonfinite_steps = 0
         self._phase_logger = None
-        self._baseline: tuple[float, Any] | None = None  # (held-out val_loss before training, BestStackCallback)
 
     # ------------------------------------------------------------------ model
     def build(self, manifest: Manifest) -> BrainstacksModel:
@@ -128,14 +103,12 @@ class AlignmentModule(L.LightningModule):
         outside ``run_phase`` (a module driven by hand) the routing is left as it is."""
         return self.serving.scope(prompts, repeat, tile) if self.serving is not None else contextlib.nullcontext()
 
-    def aux_term(self, aux_loss: Tensor) -> Tensor:
-        return self.stack_config.aux_coeff * aux_loss
-
     # ------------------------------------------------------------------ the phase
-    def run_phase(self, context: Any) -> None:
+    def run_phase(self, context: PhaseContext) -> None:
         from brainstacks_pl.run import RunDirectory
 
-        run = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=getattr(context, "accept_new_base", False))
+        is_writer = getattr(rank_zero_only, "rank", 0) == 0
+        run = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         if not Manifest.exists(run.root):
             raise FileNotFoundError(f"{run.root}: no manifest.json; run the SFT phase (configs/demo.yaml) into this --trainer.default_root_dir first")
         stacks = self.build(Manifest.load(run.root))
@@ -187,7 +160,11 @@ class AlignmentModule(L.LightningModule):
         datamodule.setup("fit")
         before = self.evaluate(datamodule.val_dataloader())
         self._log_summary("before", before, round)
-        self._baseline = (before["val_loss"], context.callbacks.get("best_stack"))
+        best = context.callbacks.get("best_stack")
+        if best is not None:
+            # The SFT policy (the new stack at B = 0) is the first candidate: a phase none of whose
+            # epochs beats it writes that no-op stack, never one worse on the held-out set.
+            best.start_from(before["val_loss"])
         started = time.monotonic()
         trainer = context.trainer_factory(run.round_dir(self.domain, round))
         ckpt = run.resume_checkpoint(self.domain, round)
@@ -201,7 +178,6 @@ class AlignmentModule(L.LightningModule):
             raise FloatingPointError(f"the {self.phase} stack has non-finite weights in {bad[:3]}; nothing was written")
         after = self.evaluate(datamodule.val_dataloader())
         self._log_summary("after", after, round)
-        best = context.callbacks.get("best_stack")
         tensors = stacks.freeze_stack()
         record = StackRecord(
             file="", sha256="", domain=self.domain, round=round, phase=self.phase,
@@ -217,17 +193,6 @@ class AlignmentModule(L.LightningModule):
         )
         return run.write_stack(tensors, record)
 
-    def on_train_start(self) -> None:
-        # The policy before training (the new stack at B = 0: the SFT model) is the first candidate
-        # of BestStackCallback: a phase none of whose epochs beats it writes that no-op stack, never
-        # one that is worse on the held-out set. A resumed fit keeps the checkpointed state instead.
-        if self._baseline is None or self.trainer.global_step > 0:
-            return
-        before, best = self._baseline
-        if best is not None and math.isfinite(before) and before < best.best:
-            best.best = before
-            best.snapshot(self)
-
     def _log_summary(self, when: str, metrics: dict[str, float], round: int) -> None:
         log.info("%s %s round %d, held-out %s: %s", self.phase, self.domain, round, when, {k: round_seconds(v) for k, v in metrics.items()})
         logger = self._phase_logger
@@ -237,16 +202,6 @@ class AlignmentModule(L.LightningModule):
     def evaluate(self, dataloader) -> dict[str, float]:
         """Held-out metrics of the current policy (subclasses); must include ``val_loss``."""
         raise NotImplementedError
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> Any:
-        return stack_optimizers(
-            self.stacks.parameters(), self.optimizer_factory, self.trainer.estimated_stepping_batches,
-            self.warmup_steps, self.scheduler_name, self.min_lr_ratio,
-        )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_active_key(k)}
 
 
 def round_seconds(value: float) -> float:

@@ -22,7 +22,6 @@ from torch import Tensor
 from brainstacks_pl.losses import IGNORE_INDEX, dpo_loss, per_sample_lm_loss
 from brainstacks_pl.modules.alignment import AlignmentModule
 from brainstacks_pl.modules.serving import prompt_rows
-from brainstacks_pl.optim import SkipNonFiniteSteps
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ def sequence_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return -sums
 
 
-class DPOModule(SkipNonFiniteSteps, AlignmentModule):
+class DPOModule(AlignmentModule):
     """Sigmoid DPO on the active stack of ``domain``; the reference is the stack switched off.
 
     Args:
@@ -44,7 +43,7 @@ class DPOModule(SkipNonFiniteSteps, AlignmentModule):
             reference before the loss saturates (0.1 in the DPO paper).
         label_smoothing: Conservative DPO (cDPO): the assumed probability that a preference
             label is flipped; 0 is plain DPO.
-        **kwargs: See ``AlignmentModule`` (model, optimizer, scheduler, seed, ...).
+        **kwargs: See ``AlignmentModule`` and ``StackModule`` (model, optimizer, schedule, seed, ...).
     """
 
     phase = "dpo"
@@ -95,10 +94,7 @@ class DPOModule(SkipNonFiniteSteps, AlignmentModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         out = self._forward_pairs(batch)
         loss = out["dpo_loss"] + self.aux_term(out["aux_loss"])
-        if self.nonfinite_anywhere(loss):
-            # Every rank alike skips the optimizer step (SkipNonFiniteSteps); BestStackCallback restores.
-            self.nonfinite_steps += 1
-            log.warning("non-finite DPO loss at step %d; step skipped", self.global_step)
+        if self.skip_if_nonfinite(loss, what="DPO loss"):  # every rank alike; BestStackCallback restores
             return self.skip_step()
         self._log_step("train", out, batch["input_ids"].shape[0] // 2)
         self.log("train_loss", loss, prog_bar=True)

@@ -97,7 +97,7 @@ class GRPOModule(AlignmentModule):
         advantage_eps: Added to the group std before dividing.
         val_max_new_tokens: Longest greedy completion in validation (None: ``max_new_tokens``).
         on_reward_error: ``raise`` stops training with the function's name; ``skip`` skips the batch.
-        **kwargs: See ``AlignmentModule`` (model, optimizer, scheduler, seed, ...).
+        **kwargs: See ``AlignmentModule`` and ``StackModule`` (model, optimizer, schedule, seed, ...).
     """
 
     phase = "grpo"
@@ -199,6 +199,7 @@ class GRPOModule(AlignmentModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        self.last_step_skipped = False
         group, prompt_ids = self.group_size, batch["input_ids"]
         # Seeded by (seed, update, rank): reruns replay the same groups; ranks draw independently.
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank)
@@ -238,9 +239,14 @@ class GRPOModule(AlignmentModule):
                 "train/completion_tokens": completion_mask.sum(1).float().mean(),
                 "train/skipped_groups": float(self.skipped_groups),
             }, on_step=True, on_epoch=False, batch_size=prompt_ids.shape[0])
-            last = None
+            last, skipped = None, self.nonfinite_steps
             for _ in range(self.updates_per_batch):
-                last = self._update(optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask) or last
+                loss = self._update(
+                    optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask
+                )
+                last = loss if loss is not None else last
+            # A batch none of whose updates could be taken sends BestStackCallback back to its snapshot.
+            self.last_step_skipped = self.nonfinite_steps - skipped == self.updates_per_batch
             return last
         finally:
             self.stacks.train()
@@ -266,20 +272,16 @@ class GRPOModule(AlignmentModule):
         out = grpo_loss(logps, old_logps, ref_logps, advantages, completion_mask, self.clip_eps, self.kl_coeff)
         loss = out.loss + self.aux_term(aux)
         # Under DDP every rank must take the same branch: a rank that skipped backward would
-        # leave the others waiting in the gradient all-reduce.
-        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
-            self.nonfinite_steps += 1
-            log.warning("non-finite GRPO loss at step %d; update skipped", self.global_step)
+        # leave the others waiting in the gradient all-reduce (skip_if_nonfinite agrees it).
+        if self.skip_if_nonfinite(loss, what="GRPO loss"):
             return None
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.max_grad_norm:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
         grads = [p.grad for p in self.stacks.parameters() if p.grad is not None]
-        if any(not torch.isfinite(g).all() for g in grads):
-            self.nonfinite_steps += 1
+        if self.skip_if_nonfinite(*grads, what="GRPO gradient"):
             optimizer.zero_grad(set_to_none=True)
-            log.warning("non-finite GRPO gradient at step %d; update skipped", self.global_step)
             return None
         optimizer.step()
         scheduler.step()

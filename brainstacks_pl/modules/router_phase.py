@@ -4,7 +4,7 @@
 2. outcome discovery per router domain, train and val split, cached on disk (resumable);
 3. split by unique prompt, base-only features once per prompt;
 4. one ``Trainer.fit`` of the router alone (``RouterModule.phase_callbacks`` is empty, and
-   the round checkpoint is left out of its trainer);
+   its trainer is asked for without the round checkpoint);
 5. save the best epoch, record it in the manifest, write and print the routing report.
 """
 
@@ -17,7 +17,6 @@ import shutil
 from dataclasses import asdict
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from brainstacks_pl.config import StackConfig
@@ -41,7 +40,8 @@ __all__ = ["RouterPhase"]
 class RouterPhase:
     def __init__(self, module, context):
         self.module, self.context = module, context
-        self.run_dir = RunDirectory(context.run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=getattr(context, "accept_new_base", False))
+        is_writer = getattr(rank_zero_only, "rank", 0) == 0
+        self.run_dir = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         self.datamodule = context.datamodule
 
     # ------------------------------------------------------------------ setup
@@ -59,7 +59,7 @@ class RouterPhase:
             self._use_run_domains(manifest, missing, with_stacks)
         base = module.model_name_or_path or manifest.base_model_id
         if is_local(base):  # fail before loading; run.open checks every base again once it is loaded
-            check_base_model(manifest.base_model, base, str(root / "manifest.json"), getattr(self.context, "accept_new_base", False))
+            check_base_model(manifest.base_model, base, str(root / "manifest.json"), self.context.accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name)
         if getattr(self.datamodule, "tokenizer_name", "set") is None:
@@ -146,9 +146,8 @@ class RouterPhase:
         try:
             run.open(stacks)
             run.load_stacks(stacks)
-            trainer = self.context.trainer_factory(work_dir)
-            # The round checkpoint holds a stack; the router phase keeps its best epoch itself.
-            trainer.callbacks[:] = [cb for cb in trainer.callbacks if not isinstance(cb, ModelCheckpoint)]
+            # No round checkpoint (it would hold a stack): the router phase keeps its best epoch itself.
+            trainer = self.context.trainer_factory(work_dir, checkpoint=False)
             device = trainer.strategy.root_device
             stacks.to(device).eval()
             rows = self.discover(stacks, run.manifest, device)

@@ -10,29 +10,26 @@ frozen stacks from their files.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar
 
-import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.layers.stack_format import is_active_key
 from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.optim import SkipNonFiniteSteps, stack_optimizers
+from brainstacks_pl.modules.stack_module import StackModule
 from brainstacks_pl.phase import PhaseContext
-from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
+from brainstacks_pl.validation import evaluate_loss
 
 log = logging.getLogger(__name__)
 
 __all__ = ["StackSFTModule", "evaluate_loss"]
 
 
-class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
+class StackSFTModule(StackModule):
     """Causal-LM loss on response tokens + ``aux_coeff`` x the summed load-balance losses.
 
     Args:
@@ -40,15 +37,8 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
             (``brainstacks-demo`` is the bundled tiny base).
         stack: MoE-LoRA hyperparameters shared by every stack of the run.
         domains: Domain names in curriculum order (linked from the data module by the CLI).
-        quantization: ``nf4`` loads the base in 4-bit NF4 (QLoRA); ``None`` keeps it dense.
-        dtype: Base weights / compute dtype (``float32``, ``bfloat16``, ``float16``).
-        optimizer: Optimizer for the active stack (e.g. ``torch.optim.AdamW`` or
-            ``bitsandbytes.optim.AdamW8bit``); receives only the trainable parameters.
-        warmup_steps: Linear warmup steps of the learning-rate schedule.
-        scheduler: ``cosine`` decays to ``min_lr_ratio`` x lr after warmup; ``constant`` keeps it.
-        min_lr_ratio: Final learning rate as a fraction of the peak (cosine only).
-        seed: Seed of stack initialisation and of the per-epoch gating noise.
         log_expert_utilisation_every: Log per-expert utilisation every N training steps (0 = never).
+        **kwargs: See ``StackModule`` (quantization, dtype, optimizer, schedule, seed).
     """
 
     phase: ClassVar[str] = "sft"
@@ -57,32 +47,15 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
     def __init__(
         self,
         model_name_or_path: str = "brainstacks-demo",
-        stack: Optional[StackConfig] = None,
-        domains: Optional[list[str]] = None,
-        quantization: Optional[Literal["nf4"]] = None,
-        dtype: str = "float32",
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        warmup_steps: int = 10,
-        scheduler: Literal["cosine", "constant"] = "cosine",
-        min_lr_ratio: float = 0.1,
-        seed: int = 0,
+        stack: StackConfig | None = None,
+        domains: list[str] | None = None,
         log_expert_utilisation_every: int = 10,
+        **kwargs: Any,
     ):
-        super().__init__()
-        self.model_name_or_path = model_name_or_path
+        super().__init__(model_name_or_path, **kwargs)
         self.stack_config = stack or StackConfig()
         self.domain_names = list(domains or [])
-        self.quantization = quantization
-        self.dtype_name = dtype
-        self.optimizer_factory = optimizer
-        self.warmup_steps = warmup_steps
-        self.scheduler_name = scheduler
-        self.min_lr_ratio = min_lr_ratio
-        self.seed = seed
         self.log_expert_utilisation_every = log_expert_utilisation_every
-        self.stacks: BrainstacksModel | None = None
-        self.strict_loading = False  # checkpoints hold only the active stack
-        self.nonfinite_steps = 0
 
     # ------------------------------------------------------------------ model
     def build(self) -> BrainstacksModel:
@@ -108,17 +81,12 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
         if self._device_mesh is not None:
             shard_stacks(self.stacks, data_parallel_mesh(self._device_mesh))
 
-    @property
-    def stack_tag(self) -> str:
-        info = self.build().active_info
-        return f"{info.domain}/stack{info.round}" if info else "frozen"
-
     # ------------------------------------------------------------------ steps
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         collect = stage == "train" and self.log_expert_utilisation_every > 0 and self.global_step % self.log_expert_utilisation_every == 0
         out = self.stacks(batch["input_ids"], batch["attention_mask"], collect_expert_fractions=collect)
         task_loss = causal_lm_loss(out.logits, batch["labels"])
-        loss = task_loss + self.stack_config.aux_coeff * out.aux_loss
+        loss = task_loss + self.aux_term(out.aux_loss)
         tag, batch_size = self.stack_tag, batch["input_ids"].shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss/{tag}", task_loss, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
@@ -133,9 +101,7 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._common_step(batch, "train")
-        if self.nonfinite_anywhere(loss):  # every rank skips, or none does (SkipNonFiniteSteps)
-            self.nonfinite_steps += 1
-            log.warning("non-finite training loss at step %d of %s; step skipped", self.global_step, self.stack_tag)
+        if self.skip_if_nonfinite(loss, what="training loss"):  # every rank skips, or none does
             return self.skip_step()
         self.log("train_loss", loss, prog_bar=True)
         return loss
@@ -158,13 +124,6 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
         generator.manual_seed(self.seed * 1_000_003 + offset * 10_007 + self.current_epoch)
         self.stacks.context.noise_generator = generator
 
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> Any:
-        return stack_optimizers(
-            self.stacks.parameters(), self.optimizer_factory, self.trainer.estimated_stepping_batches,
-            self.warmup_steps, self.scheduler_name, self.min_lr_ratio,
-        )
-
     # ------------------------------------------------------------------ the phase
     def run_phase(self, context: PhaseContext) -> None:
         """The whole curriculum: every domain, every boosting round (see ``driver.py``)."""
@@ -181,6 +140,3 @@ class StackSFTModule(SkipNonFiniteSteps, L.LightningModule):
             print_forgetting_report(driver.forgetting, driver.run.root, context.logger)
             print_sft_summary(manifest, driver.run.root, context.settings, rerun=not driver.trained)
 
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_active_key(k)}
