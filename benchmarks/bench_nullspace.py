@@ -159,8 +159,13 @@ def bench_collection(texts: int, batch_size: int, rounds: int) -> dict:
     data.setup("fit")
     available = len(data.examples("chat", "val"))
     texts = min(texts, available)
-    batched = lambda: collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=batch_size))  # noqa: E731
-    single = lambda: collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=1))  # noqa: E731
+
+    def batched() -> dict:
+        return collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=batch_size))
+
+    def single() -> dict:
+        return collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=1))
+
     times = interleaved({"batched": batched, "one_at_a_time": single}, rounds, warmup=1)
     a, b = batched(), single()
     diff = max(float((a[name] - b[name]).abs().max() / b[name].abs().max().clamp_min(1e-30)) for name in a)
