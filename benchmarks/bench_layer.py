@@ -348,7 +348,10 @@ def print_table(results: list[dict]) -> None:
             ),
         ]
         for metric, ours, ref, ratio, target, verdict in rows:
-            fmt = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
+
+            def fmt(value: float | None) -> str:
+                return "-" if value is None else f"{value:.2f}"
+
             table.add_row(r["shape"], metric, fmt(ours), fmt(ref), fmt(ratio), target, verdict)
     Console().print(table)
 

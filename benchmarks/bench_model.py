@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "dtype": args.dtype,
         "nf4": args.nf4,
-        "model": f"Llama hidden {args.hidden}, MLP {args.intermediate}, 32 heads, 4 KV heads, vocab 32000, {args.layers} layers, random weights",
+        "model": f"Llama hidden {args.hidden}, MLP {args.intermediate}, 32 heads, 4 KV heads, vocab 32000, "
+        f"{args.layers} layers, random weights",
         "stack_config": StackConfig().to_dict(),
         "peft": "LoRA r=64, alpha 16, rsLoRA, same 7 projections",
         "args": vars(args),
@@ -524,19 +525,23 @@ def print_report(report: dict) -> None:
         if key.startswith("forward_") and key not in report["verdicts"]:
             floor = report["floors"].get(key.replace("_uncached", ""))
             print(
-                f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f} {floor or 0:>7.3f}"
+                f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) "
+                f"{r['wall']['median']:>11.3f} {floor or 0:>7.3f}"
             )
         elif key.startswith("train_") and key not in report["verdicts"]:
             print(
-                f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) {r['wall']['median']:>11.3f}"
+                f"{key:<32} {r['cpu']['median']:>10.3f} ({r['cpu']['min']:.2f}-{r['cpu']['max']:.2f}) "
+                f"{r['wall']['median']:>11.3f}"
             )
     if "saved_bytes_MiB" in report["results"]:
         print(
-            f"saved MiB: {report['results']['saved_bytes_MiB']}, operand cache MiB (4 frozen): {report['results']['operand_cache_MiB_4frozen']:.1f}"
+            f"saved MiB: {report['results']['saved_bytes_MiB']}, "
+            f"operand cache MiB (4 frozen): {report['results']['operand_cache_MiB_4frozen']:.1f}"
         )
     if "decode_base_only_vs_hf" in report["results"]:
         print(
-            f"our decode loop without stacks vs HF generate: {report['results']['decode_base_only_vs_hf']['cpu']['median']:.3f}x tokens/s"
+            "our decode loop without stacks vs HF generate: "
+            f"{report['results']['decode_base_only_vs_hf']['cpu']['median']:.3f}x tokens/s"
         )
 
 

@@ -98,7 +98,8 @@ def bench_train_step(d: int, tokens: int, k: int, rounds: int) -> dict:
         "delta_vs_none": times["delta"] / times["none"],
         "weight_vs_none": (times["none"] + projection) / times["none"],
         "weight_vs_none_direct": times["weight"] / times["none"],
-        "note": "forward + backward (input grad on), no optimizer step (it is the same for every variant); weight adds project_out_",
+        "note": "forward + backward (input grad on), no optimizer step (it is the same for every variant); "
+        "weight adds project_out_",
     }
 
 
@@ -158,8 +159,13 @@ def bench_collection(texts: int, batch_size: int, rounds: int) -> dict:
     data.setup("fit")
     available = len(data.examples("chat", "val"))
     texts = min(texts, available)
-    batched = lambda: collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=batch_size))  # noqa: E731
-    single = lambda: collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=1))  # noqa: E731
+
+    def batched() -> dict:
+        return collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=batch_size))
+
+    def single() -> dict:
+        return collect_frozen_deltas(stacks, data.text_dataloader("chat", limit=texts, batch_size=1))
+
     times = interleaved({"batched": batched, "one_at_a_time": single}, rounds, warmup=1)
     a, b = batched(), single()
     diff = max(float((a[name] - b[name]).abs().max() / b[name].abs().max().clamp_min(1e-30)) for name in a)
@@ -233,17 +239,23 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    ms = lambda s: f"{1000 * s:8.2f} ms"  # noqa: E731
+    def ms(s: float) -> str:
+        return f"{1000 * s:8.2f} ms"
+
     print(
-        f"train step, StackedLinear {args.d}->{args.d}, T={args.tokens}, K={args.k} (fp32, {torch.get_num_threads()} thread)"
+        f"train step, StackedLinear {args.d}->{args.d}, T={args.tokens}, K={args.k} "
+        f"(fp32, {torch.get_num_threads()} thread)"
     )
     print(f"  none   {ms(train['seconds']['none'])}")
     print(
-        f"  delta  {ms(train['seconds']['delta'])}   {train['delta_vs_none']:.3f}x  (target <= {TARGETS['train_delta_vs_none']}x: {result['pass']['train_delta_vs_none']})"
+        f"  delta  {ms(train['seconds']['delta'])}   {train['delta_vs_none']:.3f}x  "
+        f"(target <= {TARGETS['train_delta_vs_none']}x: {result['pass']['train_delta_vs_none']})"
     )
     print(
-        f"  weight {ms(train['seconds']['none'] + train['seconds']['projection'])}   {train['weight_vs_none']:.3f}x  (target <= {TARGETS['train_weight_vs_none']}x: {result['pass']['train_weight_vs_none']})"
-        f"   [projection {ms(train['seconds']['projection'])}; timed as one step: {train['weight_vs_none_direct']:.3f}x]"
+        f"  weight {ms(train['seconds']['none'] + train['seconds']['projection'])}   {train['weight_vs_none']:.3f}x  "
+        f"(target <= {TARGETS['train_weight_vs_none']}x: {result['pass']['train_weight_vs_none']})"
+        f"   [projection {ms(train['seconds']['projection'])}; "
+        f"timed as one step: {train['weight_vs_none_direct']:.3f}x]"
     )
     print(f"basis of a [{args.rows}, {args.d}] matrix, K={args.k} (optimal energy {solvers['optimal_energy']:.6f})")
     for name in ("svd", "gram", "randomized"):
@@ -255,12 +267,16 @@ def main() -> None:
         print(f"  {name:10s} {ms(solvers['seconds'][name])}   energy {solvers['energy'][name]:.6f}{ratio}")
     print(f"collection on the demo base ({collection['layers']} layers, {collection['texts']} texts)")
     print(
-        f"  batched ({collection['batch_size']}) {ms(collection['seconds']['batched'])}   one at a time {ms(collection['seconds']['one_at_a_time'])}   {collection['batched_vs_one_at_a_time']:.3f}x   max rel. diff {collection['max_relative_difference']:.1e}"
+        f"  batched ({collection['batch_size']}) {ms(collection['seconds']['batched'])}   "
+        f"one at a time {ms(collection['seconds']['one_at_a_time'])}   "
+        f"{collection['batched_vs_one_at_a_time']:.3f}x   "
+        f"max rel. diff {collection['max_relative_difference']:.1e}"
     )
     print(f"memory, K={args.k}, fp32")
     for name, entry in mem.items():
         print(
-            f"  {name:15s} bases {entry['bases_GiB']:8.3f} GiB   dense projectors {entry['dense_GiB']:8.2f} GiB   {entry['dense_vs_bases']:.0f}x"
+            f"  {name:15s} bases {entry['bases_GiB']:8.3f} GiB   "
+            f"dense projectors {entry['dense_GiB']:8.2f} GiB   {entry['dense_vs_bases']:.0f}x"
         )
     print(f"wrote {args.out}")
 

@@ -177,7 +177,8 @@ def main() -> None:
     for key, value in d["pairs_per_second"].items():
         print(f"{'discovery pairs/s, ' + key:<52} {value:>12.1f}")
     print(
-        f"{'speedup batched vs one forward per pair':<52} {d['speedup_vs_per_pair']:>11.2f}x  target >= {TARGET_SPEEDUP}x: {d['verdict']}"
+        f"{'speedup batched vs one forward per pair':<52} {d['speedup_vs_per_pair']:>11.2f}x  "
+        f"target >= {TARGET_SPEEDUP}x: {d['verdict']}"
     )
     print(f"{'speedup batched vs one forward per route':<52} {d['speedup_vs_per_route']:>11.2f}x")
     print(f"{'router per prompt (features + router), ms':<52} {1000 * o['route_seconds']:>12.1f}")

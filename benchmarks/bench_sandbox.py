@@ -123,7 +123,7 @@ def main() -> None:
     completions, tests = group_completions()
     expected = [1.0] * 6 + [0.0] * 10
     group_variants = {
-        "isolated executor, pool of %d" % default_workers(): lambda: code_tests_reward([""] * 16, completions, tests)
+        f"isolated executor, pool of {default_workers()}": lambda: code_tests_reward([""] * 16, completions, tests)
     }
     if legacy is not None:
         group_variants["reward before this change (2 threads)"] = lambda: legacy.code_tests_reward(
@@ -136,7 +136,7 @@ def main() -> None:
         for name, fn in group_variants.items():
             group_samples[name].append(timed(fn))
     group_medians = {name: statistics.median(v) for name, v in group_samples.items()}
-    new_group = group_medians["isolated executor, pool of %d" % default_workers()]
+    new_group = group_medians[f"isolated executor, pool of {default_workers()}"]
     old_group = group_medians.get("reward before this change (2 threads)")
 
     result = {
@@ -168,18 +168,21 @@ def main() -> None:
             if old_group is None or new_group <= old_group + TARGET_ADDED_MS * 16 / default_workers()
             else "miss",
         },
-        "note": "Absolute times depend on the machine and its load (recorded above); the differences are taken within interleaved rounds.",
+        "note": "Absolute times depend on the machine and its load (recorded above); "
+        "the differences are taken within interleaved rounds.",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in list(medians) + list(group_medians))
     print(
-        f"per completion, median of {args.rounds} interleaved rounds (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):"
+        f"per completion, median of {args.rounds} interleaved rounds "
+        f"(load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):"
     )
     for name, value in medians.items():
         print(f"  {name:<{width}}  {value:8.1f} ms")
     print(
-        f"  added by the isolated executor: {added:+.1f} ms vs python -c, {added_tight:+.1f} ms vs python -I -S -c  (target <= {TARGET_ADDED_MS:.0f}: {result['per_completion']['verdict']})"
+        f"  added by the isolated executor: {added:+.1f} ms vs python -c, {added_tight:+.1f} ms vs python -I -S -c  "
+        f"(target <= {TARGET_ADDED_MS:.0f}: {result['per_completion']['verdict']})"
     )
     print(f"G=16 group, median of {args.group_rounds} rounds:")
     for name, value in group_medians.items():

@@ -109,7 +109,10 @@ def run_level(url: str, bodies: list[dict], clients: int, deadline: float) -> di
     wall = time.perf_counter() - start
     latencies = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
-    pct = lambda q: latencies[min(len(latencies) - 1, round(q * (len(latencies) - 1)))] if latencies else None  # noqa: E731
+
+    def pct(q: float) -> float | None:
+        return latencies[min(len(latencies) - 1, round(q * (len(latencies) - 1)))] if latencies else None
+
     return {
         "clients": clients,
         "requests": len(results),

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     best = result["best_gate"]
     print(
-        f"gap AUROC {result['auroc']:.3f} ({result['n_in_domain']} in-domain vs {result['n_out_of_domain']} out-of-domain prompts)"
+        f"gap AUROC {result['auroc']:.3f} "
+        f"({result['n_in_domain']} in-domain vs {result['n_out_of_domain']} out-of-domain prompts)"
     )
     print(
         f"gate {result['gate']:.2f}: {result['gate_in_domain_passes']:.0%} of in-domain prompts pass, "

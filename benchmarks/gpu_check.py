@@ -130,7 +130,8 @@ def run_case(name: str, extra: list[str], args: argparse.Namespace, model_dir: P
         "-1.0",
         "--null_space.mode",
         "off",
-        f"--trainer.callbacks=[{{class_path: brainstacks_pl.callbacks.throughput.ThroughputRecorder, init_args: {{out_path: {out}}}}}]",
+        "--trainer.callbacks=[{class_path: brainstacks_pl.callbacks.throughput.ThroughputRecorder, "
+        f"init_args: {{out_path: {out}}}}}]",
         *extra,
     ]
     started = time.monotonic()
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     for case in results["cases"]:
         for record in case.get("rounds") or [{}]:
             print(
-                f"{case['case']:<12} {case['status']:<8} {record.get('stack', '-'):<14} {record.get('tokens_per_s', float('nan')):>10.0f} {record.get('peak_memory_gib', float('nan')):>9.2f}"
+                f"{case['case']:<12} {case['status']:<8} {record.get('stack', '-'):<14} "
+                f"{record.get('tokens_per_s', float('nan')):>10.0f} {record.get('peak_memory_gib', float('nan')):>9.2f}"
             )
         if case["status"] == "failed":
             print(f"    {case['error']}")

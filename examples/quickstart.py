@@ -59,7 +59,8 @@ def main(steps: int = 10, out_dir: str | None = None) -> dict[str, float]:
         optimizer.step()
         first = out.loss.item() if first is None else first
         print(
-            f"step {step}: loss {out.loss.item():.4f}  aux_loss {out.aux_loss.item():.3f} (x {config.aux_coeff} = {config.aux_coeff * out.aux_loss.item():.4f})"
+            f"step {step}: loss {out.loss.item():.4f}  aux_loss {out.aux_loss.item():.3f} "
+            f"(x {config.aux_coeff} = {config.aux_coeff * out.aux_loss.item():.4f})"
         )
 
     tensors = stacks.freeze_stack()  # frozen, half precision; returns the stack's tensors

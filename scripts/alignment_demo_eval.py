@@ -92,7 +92,10 @@ def measure(
         passed.extend((scores.max(1).values > 0).float().tolist())
         signal.extend((scores.min(1).values < scores.max(1).values).float().tolist())
         count += len(answers)
-    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None
+
+    def mean(xs: list) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
+
     return {
         "prompts": count,
         "greedy_exact_match": {k: mean(v) for k, v in sorted(greedy.items())},

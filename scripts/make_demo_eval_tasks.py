@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for offset, domain in enumerate(DEMO_DOMAINS):
         r = (_NewConstants if domain == "code" else random.Random)(args.seed + offset)
-        pairs = _held_out(lambda rr: _pair(domain, t, rr), r, args.mc, banned)
+        pairs = _held_out(lambda rr, domain=domain: _pair(domain, t, rr), r, args.mc, banned)
         _write(args.out, f"{domain}_mc", mc_rows(pairs, r), {"domain": domain, "type": "mc"})
 
     r = random.Random(args.seed + 10)

@@ -26,9 +26,11 @@ def stall_note(single: list[tuple[int, float]], plateau: float) -> str:
     """Where one long stack passes round 1's best validation loss (the same per-validation metric as the curve)."""
     step = next((s for s, loss in single if loss <= plateau), None)
     return (
-        f"The single stack passes round 1's best validation loss ({plateau:.4f}) at step {step} and keeps improving through stalls of its own: "
-        "here the round-1 plateau is where early stopping reacted to a stall, not a capacity limit of one stack, and the "
-        "gain of boosting is real but smaller than that of training one stack longer. The paper reports no such control."
+        f"The single stack passes round 1's best validation loss ({plateau:.4f}) at step {step} "
+        "and keeps improving through stalls of its own: "
+        "here the round-1 plateau is where early stopping reacted to a stall, not a capacity limit of one stack, "
+        "and the gain of boosting is real but smaller than that of training one stack longer. "
+        "The paper reports no such control."
     )
 
 
@@ -104,7 +106,8 @@ def main() -> None:
     }
     gain = losses[0] - losses[-1]
     result["verdict"] = (
-        f"{'reproduced' if result['reproduced'] else '**not reproduced**'}: {gain:+.4f} below the plateau (paper +0.0210); "
+        f"{'reproduced' if result['reproduced'] else '**not reproduced**'}: "
+        f"{gain:+.4f} below the plateau (paper +0.0210); "
         f"one stack with the same steps is {'worse' if result['beats_single_same_steps'] else '**better**'}"
     )
     rows = [
@@ -112,11 +115,13 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     rows += [
-        f"| boosting round {r['round'] + 1} | {off + r['steps']} | {fmt(r['loss_at_freeze'])} | {', '.join(fmt(v) for v in r['val_losses'][-3:])} |"
+        f"| boosting round {r['round'] + 1} | {off + r['steps']} | {fmt(r['loss_at_freeze'])} | "
+        f"{', '.join(fmt(v) for v in r['val_losses'][-3:])} |"
         for r, off in zip(rounds, offsets)
     ]
     rows.append(
-        f"| one stack, same total steps, no early stop | {single['steps']} | {fmt(single['loss_at_freeze'])} | {', '.join(fmt(v) for v in single['val_losses'][-3:])} |"
+        f"| one stack, same total steps, no early stop | {single['steps']} | {fmt(single['loss_at_freeze'])} | "
+        f"{', '.join(fmt(v) for v in single['val_losses'][-3:])} |"
     )
     beats_plateau = "lower" if losses[-1] < losses[0] else "not lower"
     beats_single = "beats" if losses[-1] < single["loss_at_freeze"] else "does not beat"
@@ -128,7 +133,8 @@ plateau. Paper: {result["paper"]}, a gain of 0.0210 (2.4%).
 {chr(10).join(rows)}
 
 Ours: {" -> ".join(fmt(v) for v in losses)} after {len(losses)} rounds: the boosted loss is **{beats_plateau}** than the
-single-stack plateau (gain {result["boosting_gain_over_plateau"]:+.4f}), and {beats_single} one stack trained for the same
+single-stack plateau (gain {result["boosting_gain_over_plateau"]:+.4f}), and {beats_single} one stack \
+trained for the same
 {single["steps"]} steps ({fmt(single["loss_at_freeze"])}; difference {result["boosted_minus_single_same_steps"]:+.4f}).
 {stall_note(result["single_curve"], rounds[0]["best_val_loss"]) if not result["beats_single_same_steps"] else ""}
 Losses are measured with the frozen (storage-precision) stacks on the same held-out examples in every row; one seed.

@@ -118,7 +118,7 @@ def domains_flag(config: Path, names: list[str] | None) -> list[str]:
 
 @dataclass
 class Bench:
-    """One script's runs: it plans ``brainstacks fit`` commands, runs them (or only prints them) and writes the result."""
+    """One script's runs: plans ``brainstacks fit`` commands, runs them (or only prints them) and writes the result."""
 
     name: str
     args: argparse.Namespace
@@ -191,7 +191,8 @@ class Bench:
             "name": self.name,
             "command": command,
             "config": _relative(str(self.args.config)),
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), "
+            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
             "git_at_write": self.code,
             "seconds": self.seconds,
             "fit_commands": self.commands,
@@ -200,7 +201,10 @@ class Bench:
         self.args.out.mkdir(parents=True, exist_ok=True)
         (self.args.out / f"{self.name}.json").write_text(json.dumps(result, indent=2) + "\n")
         title = f"{title} [{self.args.tag}]" if self.args.tag else title
-        md = f"## {title}\n\nCommand: `{command}` (config `{result['config']}`; {result['machine']}; stack training seconds per run, noisy on a shared CPU: {self.seconds})\n\n{body.strip()}\n"
+        md = (
+            f"## {title}\n\nCommand: `{command}` (config `{result['config']}`; {result['machine']}; "
+            f"stack training seconds per run, noisy on a shared CPU: {self.seconds})\n\n{body.strip()}\n"
+        )
         (self.args.out / f"{self.name}.md").write_text(md)
         print(md)
         return result

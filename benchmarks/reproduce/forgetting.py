@@ -1,4 +1,4 @@
-"""The forgetting matrix with and without null-space projection (the paper's Table 3), side by side.
+r"""The forgetting matrix with and without null-space projection (the paper's Table 3), side by side.
 
 Paper (Table 3): with null-space projection, domains evaluated in isolation show zero
 forgetting, and the projection lowers the interference that later domains' stacks cause when
@@ -10,7 +10,8 @@ each domain's loss when it finished (as frozen) and its rise by the end of the c
 (ungated), and which of weight / delta trains the projected domains better.
 
     python benchmarks/reproduce/forgetting.py                                   # 3 demo domains, ~6 min on 2 cores
-    python benchmarks/reproduce/forgetting.py --config configs/tinyllama_nf4.yaml --domains chat code math medical --epochs 8 --batches 200
+    python benchmarks/reproduce/forgetting.py --config configs/tinyllama_nf4.yaml \
+        --domains chat code math medical --epochs 8 --batches 200
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main() -> None:
     modes = {mode: summarise(read_forgetting(run)) for mode, run in runs.items()}
     domains = read_forgetting(runs[a.modes[0]])["domains"]
     result = {
-        "paper": "Table 3: null-space projection gives zero forgetting in isolation and less ungated interference than no projection",
+        "paper": "Table 3: null-space projection gives zero forgetting in isolation "
+        "and less ungated interference than no projection",
         "setting": {"domains": domains, "epochs": a.epochs, "batches": a.batches, "rounds": a.rounds, "k": a.k},
         "modes": modes,
     }
@@ -109,13 +111,15 @@ def main() -> None:
         projected = {m: modes[m]["mean_forgetting"] for m in modes if m != "off"}
         lower = all(v < modes["off"]["mean_forgetting"] for v in projected.values())
         result["verdict"] = (
-            f"{'direction reproduced' if lower else '**not reproduced**'}: mean ungated rise off {modes['off']['mean_forgetting']:+.3f}, "
+            f"{'direction reproduced' if lower else '**not reproduced**'}: "
+            f"mean ungated rise off {modes['off']['mean_forgetting']:+.3f}, "
             + ", ".join(f"{m} {v:+.3f}" for m, v in projected.items())
             + "; as frozen: 0"
         )
     body = f"""
 Setting: domains {domains} in order, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps each, one seed.
-Paper: {result["paper"]}. Ungated validation loss: rows = after training domain X, columns = domain Y with every stack so far on.
+Paper: {result["paper"]}. Ungated validation loss: rows = after training domain X, \
+columns = domain Y with every stack so far on.
 "Rise" = final ungated loss minus the loss when the domain finished (its own and earlier stacks only).
 
 {to_markdown(modes, domains)}
@@ -126,7 +130,8 @@ frozen stacks never change: see zero_forgetting. The ungated rise is the interfe
 
 Where ours differs: the paper's per-cell numbers (real data, 1B-12B bases) are not restated here; the claim checked
 is the direction. The projection lowers the ungated rise only a little on the demo: it protects null_space.k directions
-(the demo config: 16) of each projection's 64-352 output directions, and a later stack also disturbs earlier domains through
+(the demo config: 16) of each projection's 64-352 output directions, and a later stack \
+also disturbs earlier domains through
 the hidden states it changes in later layers, which a per-layer output projection cannot stop (docs/nullspace.md).
 """
     bench.write(result, "Forgetting matrix with and without null-space projection (paper Table 3)", body)

@@ -1,4 +1,4 @@
-"""MoE-LoRA (4 experts x r16, top-2) vs a parameter-matched LoRA (1 expert, r64) per step.
+r"""MoE-LoRA (4 experts x r16, top-2) vs a parameter-matched LoRA (1 expert, r64) per step.
 
 Paper: MoE-LoRA reaches the single LoRA's final loss at ~0.4 of the steps ("2.5x faster
 convergence"). Each arm is a one-domain, one-round ``brainstacks fit``; the validation loss
@@ -11,7 +11,8 @@ noise; the data order and the validation set stay fixed).
 
     python benchmarks/reproduce/moe_vs_lora.py                      # demo, chat, ~20 min on 2 cores
     python benchmarks/reproduce/moe_vs_lora.py --tag long --epochs 30 --lrs 0.004 --seeds 1   # 240 steps, ~8 min
-    python benchmarks/reproduce/moe_vs_lora.py --config configs/tinyllama_nf4.yaml --lrs 1e-4 2e-4 4e-4 --epochs 8 --batches 200
+    python benchmarks/reproduce/moe_vs_lora.py --config configs/tinyllama_nf4.yaml \
+        --lrs 1e-4 2e-4 4e-4 --epochs 8 --batches 200
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def main() -> None:
     rows = ["| lr | " + " | ".join(f"{ARMS[arm][0]} final val loss" for arm in ARMS) + " |", "|---|---|---|"]
     rows += [f"| {lr:g} | " + " | ".join(fmt(sweep[arm][lr][-1][1]) for arm in ARMS) + " |" for lr in a.lrs]
     ablation_rows = [
-        "| one change, at the arm's best lr, seed 0 | final val loss | vs the arm itself (seed 0) | MoE side reaches the LoRA side's final at |",
+        "| one change, at the arm's best lr, seed 0 | final val loss | vs the arm itself (seed 0) "
+        "| MoE side reaches the LoRA side's final at |",
         "|---|---|---|---|",
     ]
     for n, c in ablations.items():
@@ -162,11 +164,12 @@ def main() -> None:
         )
     steps = [s for s, _ in seeds["moe"][0]]
     curve_rows = [
-        "| step | MoE-LoRA (lr %g, seed 0) | LoRA r64 (lr %g, seed 0) |" % (best_lr["moe"], best_lr["lora"]),
+        f"| step | MoE-LoRA (lr {best_lr['moe']:g}, seed 0) | LoRA r64 (lr {best_lr['lora']:g}, seed 0) |",
         "|---|---|---|",
     ]
     curve_rows += [
-        f"| {s} | {fmt(m)} | {fmt(l)} |" for s, (_, m), (_, l) in zip(steps, seeds["moe"][0], seeds["lora"][0])
+        f"| {s} | {fmt(moe)} | {fmt(lora)} |"
+        for s, (_, moe), (_, lora) in zip(steps, seeds["moe"][0], seeds["lora"][0])
     ]
     explain = []
     if "moe_nonoise" in ablations:
@@ -176,37 +179,55 @@ def main() -> None:
         )
         share = "most" if abs(quiet) < abs(gap) / 2 else "only part"
         explain.append(
-            f"Switching the gating noise off moves MoE-LoRA from {gap:+.4f} to {quiet:+.4f} against the LoRA after {total} steps (seed 0): {share} of the gap. "
-            "The noise (softplus(W_n x) * eps, W_n = 0 at init: std ~0.69, larger than the spread of router logits that start near 0, "
-            "W_r ~ N(0, 0.02)) plausibly makes the top-2 choice close to random per token early on, so each expert's gradient is noisy"
+            f"Switching the gating noise off moves MoE-LoRA from {gap:+.4f} to {quiet:+.4f} against the LoRA "
+            f"after {total} steps (seed 0): {share} of the gap. "
+            "The noise (softplus(W_n x) * eps, W_n = 0 at init: std ~0.69, "
+            "larger than the spread of router logits that start near 0, "
+            "W_r ~ N(0, 0.02)) plausibly makes the top-2 choice close to random per token early on, "
+            "so each expert's gradient is noisy"
             + (
                 "."
                 if share == "most"
                 else "; what remains is, our best explanation, that one small domain on a 1M-parameter base gives "
-                "four rank-16 experts nothing to specialise on, so a top-2 mixture of them fits less than one rank-64 adapter."
+                "four rank-16 experts nothing to specialise on, "
+                "so a top-2 mixture of them fits less than one rank-64 adapter."
             )
         )
     if "lora_alpha_over_r" in ablations:
         reach = result["ablations"]["lora_alpha_over_r"]["moe_side_reaches_lora_side_final_at"]
         explain.append(
-            f"Against a LoRA with plain alpha/r scaling (8x smaller output scale at the same lr, as a LoRA baseline without rsLoRA "
-            f"would have), MoE-LoRA reaches the LoRA's final loss at {'never' if reach is None else f'{reach / total:.2f}'} of the steps: "
-            f"the paper's ~0.4 may depend on how its LoRA baseline was scaled (we have not verified how the paper scaled it)."
+            "Against a LoRA with plain alpha/r scaling "
+            "(8x smaller output scale at the same lr, as a LoRA baseline without rsLoRA would have), "
+            f"MoE-LoRA reaches the LoRA's final loss at {'never' if reach is None else f'{reach / total:.2f}'} "
+            "of the steps: the paper's ~0.4 may depend on how its LoRA baseline was scaled "
+            "(we have not verified how the paper scaled it)."
         )
     result["verdict"] = (
-        f"{'reproduced' if result['reproduced'] else '**not reproduced**'}: final loss MoE-LoRA {mean['moe']:.4f} vs LoRA {mean['lora']:.4f} "
+        f"{'reproduced' if result['reproduced'] else '**not reproduced**'}: "
+        f"final loss MoE-LoRA {mean['moe']:.4f} vs LoRA {mean['lora']:.4f} "
         f"at each arm's best lr ({a.seeds} seeds)"
         + (
-            f"; without gating noise MoE-LoRA {ablations['moe_nonoise'][-1][1]:.4f} vs LoRA {seeds['lora'][0][-1][1]:.4f} (seed 0)"
+            f"; without gating noise MoE-LoRA {ablations['moe_nonoise'][-1][1]:.4f} "
+            f"vs LoRA {seeds['lora'][0][-1][1]:.4f} (seed 0)"
             if "moe_nonoise" in ablations
             else ""
         )
     )
     verdict = (
-        f"MoE-LoRA reaches the LoRA's final loss at {statistics.mean(fractions):.2f} of the steps (mean over {len(fractions)} seed(s) where it does)."
+        f"MoE-LoRA reaches the LoRA's final loss at {statistics.mean(fractions):.2f} of the steps "
+        f"(mean over {len(fractions)} seed(s) where it does)."
         if fractions
         else "MoE-LoRA never reaches the LoRA's final loss within the steps: **not reproduced**."
     )
+    finals = [
+        (
+            round(s["moe_final"], 4),
+            round(s["lora_final"], 4),
+            s["moe_reaches_lora_final_at"],
+            s["lora_reaches_moe_final_at"],
+        )
+        for s in per_seed
+    ]
     body = f"""
 Setting: domain(s) {a.domains}, {total} steps, validation every {a.batches} steps, each arm at its own best
 lr of {a.lrs} (seed 0), then {a.seeds} seed(s) at that lr. Paper: {result["paper"]} (TinyLlama-1.1B / Gemma-3-12B).
@@ -215,7 +236,7 @@ lr of {a.lrs} (seed 0), then {a.seeds} seed(s) at that lr. Paper: {result["paper
 
 Final validation loss at the best lr over {a.seeds} seed(s): MoE-LoRA {mean["moe"]:.4f} +- {sd["moe"]:.4f},
 LoRA r64 {mean["lora"]:.4f} +- {sd["lora"]:.4f}. Per seed (MoE final, LoRA final, step MoE reaches LoRA's final,
-step LoRA reaches MoE's final): {[(round(s["moe_final"], 4), round(s["lora_final"], 4), s["moe_reaches_lora_final_at"], s["lora_reaches_moe_final_at"]) for s in per_seed]}.
+step LoRA reaches MoE's final): {finals}.
 
 {verdict}
 

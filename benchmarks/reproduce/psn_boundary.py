@@ -109,14 +109,15 @@ def main() -> None:
     result["uniform_loss"] = uniform
     above = [d for d in domains if bases["pretrained"][d]["start"] > uniform]
     above = (
-        f"The pretrained base starts *above* uniform on {', '.join(above)}: it is confidently wrong on answer formats it "
-        "never saw in pretraining, which its stacks then fix."
+        f"The pretrained base starts *above* uniform on {', '.join(above)}: "
+        "it is confidently wrong on answer formats it never saw in pretraining, which its stacks then fix."
         if above
         else ""
     )
     reading = (
-        "The stacks cannot stand in for pretraining: with the base frozen, a stack only adds low-rank deltas to projections "
-        "whose random weights carry no language model, so the loss falls far less than on the pretrained base."
+        "The stacks cannot stand in for pretraining: with the base frozen, "
+        "a stack only adds low-rank deltas to projections whose random weights carry no language model, "
+        "so the loss falls far less than on the pretrained base."
         if all(g > 0 for g in result["gap_at_freeze"].values())
         else "The random base does not end worse on every domain here."
     )

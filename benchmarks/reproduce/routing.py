@@ -1,4 +1,4 @@
-"""Routed vs ungated vs base-only validation loss per domain, and the routing report.
+r"""Routed vs ungated vs base-only validation loss per domain, and the routing report.
 
 Paper: ungated stack accumulation (every stack on) destroys quality that the outcome-based
 sigmoid meta-router recovers by switching on only the stacks that help; the routing report
@@ -10,7 +10,8 @@ and with no stack (base), and the routing report the router phase wrote (oracle 
 by discovery vs the router's, on the validation prompts).
 
     python benchmarks/reproduce/routing.py                  # 5 demo domains + router, ~10 min on 2 cores
-    python benchmarks/reproduce/routing.py --config configs/tinyllama_nf4.yaml --router_config ROUTER.yaml --epochs 8 --batches 200
+    python benchmarks/reproduce/routing.py --config configs/tinyllama_nf4.yaml --router_config ROUTER.yaml \
+        --epochs 8 --batches 200
 """
 
 from __future__ import annotations
@@ -59,10 +60,14 @@ def run_losses(run_dir: Path, domains: list[DomainConfig], limit: int, max_seq_l
 
 def report_table(report: dict) -> str:
     lines = ["| source domain | n | oracle routes (discovery) | router routes | agreement |", "|---|---|---|---|---|"]
+
+    def share(routes: dict) -> str:
+        return ", ".join(f"{name} {p:.0%}" for name, p in sorted(routes.items(), key=lambda kv: -kv[1]))
+
     for source, entry in report["per_source"].items():
-        share = lambda routes: ", ".join(f"{name} {p:.0%}" for name, p in sorted(routes.items(), key=lambda kv: -kv[1]))  # noqa: E731
         lines.append(
-            f"| {source} | {entry['n']} | {share(entry.get('oracle', {}))} | {share(entry.get('router', {}))} | {fmt(entry.get('agreement'), 3)} |"
+            f"| {source} | {entry['n']} | {share(entry.get('oracle', {}))} | {share(entry.get('router', {}))} "
+            f"| {fmt(entry.get('agreement'), 3)} |"
         )
     return "\n".join(lines)
 
@@ -96,7 +101,8 @@ def main() -> None:
     report = json.loads((run / "router" / "routing_report.json").read_text())
     mean = {m: sum(r[m] for r in losses.values()) / len(losses) for m in MODES}
     result = {
-        "paper": "the routed system recovers the quality ungated stack accumulation destroys; medical prompts route to chat+math in 97% of cases (Gemma-3-12B)",
+        "paper": "the routed system recovers the quality ungated stack accumulation destroys; "
+        "medical prompts route to chat+math in 97% of cases (Gemma-3-12B)",
         "setting": {
             "domains": a.domains,
             "epochs": a.epochs,
@@ -110,7 +116,8 @@ def main() -> None:
         "routed_beats_ungated": {d: r["routed"] < r["ungated"] for d, r in losses.items()},
     }
     result["verdict"] = (
-        f"{'reproduced' if mean['routed'] < mean['ungated'] else '**not reproduced**'}: mean loss routed {mean['routed']:.3f}, "
+        f"{'reproduced' if mean['routed'] < mean['ungated'] else '**not reproduced**'}: "
+        f"mean loss routed {mean['routed']:.3f}, "
         f"ungated {mean['ungated']:.3f}, base {mean['base']:.3f}"
     )
     rows = ["| domain | routed | ungated | base only | best |", "|---|---|---|---|---|"]
@@ -119,13 +126,15 @@ def main() -> None:
         for d, r in losses.items()
     ]
     rows.append(
-        f"| **mean** | {fmt(mean['routed'])} | {fmt(mean['ungated'])} | {fmt(mean['base'])} | {min(MODES, key=mean.get)} |"
+        f"| **mean** | {fmt(mean['routed'])} | {fmt(mean['ungated'])} | {fmt(mean['base'])} "
+        f"| {min(MODES, key=mean.get)} |"
     )
     wins = sum(result["routed_beats_ungated"].values())
     losers = [d for d, better in result["routed_beats_ungated"].items() if not better]
     exceptions = (
-        f"Ungated is lower on {', '.join(losers)}: where the router already switches on every stack (see the report), routed "
-        "differs from ungated only by weights below 1."
+        f"Ungated is lower on {', '.join(losers)}: "
+        "where the router already switches on every stack (see the report), "
+        "routed differs from ungated only by weights below 1."
         if losers
         else ""
     )
@@ -133,21 +142,25 @@ def main() -> None:
     with_chat_math = sum(p for route, p in medical.items() if {"chat", "math"} <= set(route.split("+")))
     result["medical_routes_with_chat_and_math"] = with_chat_math if medical else None
     medical_line = (
-        f"Medical validation prompts whose route includes chat and math: {with_chat_math:.0%} (paper: 97% routed to chat+math; "
+        f"Medical validation prompts whose route includes chat and math: {with_chat_math:.0%} "
+        "(paper: 97% routed to chat+math; "
         f"here the medical stack itself is usually in the route too, see the table)."
         if medical
         else ""
     )
+    router_config = a.router_config.relative_to(REPO) if a.router_config.is_relative_to(REPO) else a.router_config
     body = f"""
-Setting: domains {a.domains}, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps per domain, then the router phase
-(`{a.router_config.relative_to(REPO) if a.router_config.is_relative_to(REPO) else a.router_config}`); losses on the first {a.examples} validation examples per domain.
+Setting: domains {a.domains}, {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps per domain, \
+then the router phase
+(`{router_config}`); losses on the first {a.examples} validation examples per domain.
 Paper: {result["paper"]}.
 
 Validation answer loss (lower is better):
 
 {chr(10).join(rows)}
 
-Routed beats ungated on {wins} of {len(losses)} domains. Routing report (validation prompts; a route is the set of domains with p >= 0.5):
+Routed beats ungated on {wins} of {len(losses)} domains. Routing report \
+(validation prompts; a route is the set of domains with p >= 0.5):
 
 {report_table(report)}
 

@@ -1,4 +1,4 @@
-"""Zero forgetting: a domain's as-frozen loss is bit-identical after every later domain.
+r"""Zero forgetting: a domain's as-frozen loss is bit-identical after every later domain.
 
 Paper: "zero forgetting when domains are evaluated in isolation". Here in two steps on one run
 directory: ``brainstacks fit`` on the first domain alone, then the same command with the whole
@@ -10,7 +10,8 @@ and the first domain's loss at freeze is the same number in both steps. The unga
 (every stack on) are shown beside them: that is where later domains do interfere.
 
     python benchmarks/reproduce/zero_forgetting.py                 # 3 demo domains, ~3 min on 2 cores
-    python benchmarks/reproduce/zero_forgetting.py --config configs/tinyllama_nf4.yaml --domains chat code math medical --epochs 8 --batches 200
+    python benchmarks/reproduce/zero_forgetting.py --config configs/tinyllama_nf4.yaml \
+        --domains chat code math medical --epochs 8 --batches 200
 """
 
 from __future__ import annotations
@@ -86,18 +87,22 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     rows += [
-        f"| {c['after']} | {c['domain']} | {c['at_freeze']!r} | {c['as_frozen']!r} | {'yes' if c['identical'] else '**no**'} | {fmt(c['ungated'])} |"
+        f"| {c['after']} | {c['domain']} | {c['at_freeze']!r} | {c['as_frozen']!r} "
+        f"| {'yes' if c['identical'] else '**no**'} | {fmt(c['ungated'])} |"
         for c in checks
     ]
+    files = "identical" if result["stack_files_identical"] else "**different**"
+    hashes = ", ".join(f"{k}: {v[:16]}..." for k, v in after_hashes.items())
+    all_identical = "yes" if result["all_as_frozen_identical"] else "no"
     body = f"""
 Setting: domains {a.domains}; step 1 trains `{first}` alone, step 2 resumes the same run with the whole curriculum;
 {a.rounds} round(s) of {a.epochs} epochs x {a.batches} steps. Paper: {result["paper"]}. Losses printed in full (repr).
 
 {chr(10).join(rows)}
 
-`{first}` stack files sha256 before vs after the later domains: {"identical" if result["stack_files_identical"] else "**different**"}
-({", ".join(f"{k}: {v[:16]}..." for k, v in after_hashes.items())}); `{first}` loss at freeze alone {before["at_freeze"]!r},
-after the curriculum {at_freeze[first]!r}. Every as-frozen entry bit-identical: **{"yes" if result["all_as_frozen_identical"] else "no"}**
+`{first}` stack files sha256 before vs after the later domains: {files}
+({hashes}); `{first}` loss at freeze alone {before["at_freeze"]!r},
+after the curriculum {at_freeze[first]!r}. Every as-frozen entry bit-identical: **{all_identical}**
 ({"reproduced" if result["all_as_frozen_identical"] and result["stack_files_identical"] else "NOT reproduced"}).
 """
     bench.write(result, "Zero forgetting: as-frozen losses bit-identical after later domains", body)
