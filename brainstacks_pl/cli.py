@@ -53,7 +53,9 @@ class BrainstacksCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         # No abbreviations: ``--trainer.max_epoch 2`` must be an error, not ``max_epochs``.
-        kwargs.setdefault("parser_kwargs", {"prog": "brainstacks", "allow_abbrev": False, "fit": {"allow_abbrev": False}})
+        kwargs.setdefault(
+            "parser_kwargs", {"prog": "brainstacks", "allow_abbrev": False, "fit": {"allow_abbrev": False}}
+        )
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     @staticmethod
@@ -67,7 +69,9 @@ class BrainstacksCLI(LightningCLI):
         parser.add_lightning_class_args(NullSpaceProjection, "null_space")
         parser.set_defaults({"trainer.default_root_dir": "runs/brainstacks", "trainer.enable_checkpointing": False})
         parser.add_argument(
-            "--accept_new_base", type=bool, default=False,
+            "--accept_new_base",
+            type=bool,
+            default=False,
             help="Resume on a base model whose fingerprint differs from the one the run recorded (a deliberate change; docs/run_directory.md).",
         )
 
@@ -77,7 +81,8 @@ class BrainstacksCLI(LightningCLI):
         # refused by the next ("accelerator set through both strategy class and accelerator
         # flag"), so keep pristine copies before the CLI's own Trainer binds the originals.
         self._pristine_trainer_args = {
-            key: copy.deepcopy(config[key]) for key in STATEFUL_TRAINER_ARGS
+            key: copy.deepcopy(config[key])
+            for key in STATEFUL_TRAINER_ARGS
             if config.get(key) is not None and not isinstance(config[key], (str, int))
         }
         return super()._instantiate_trainer(config, callbacks)
@@ -86,20 +91,39 @@ class BrainstacksCLI(LightningCLI):
         # Programmatic links (they differ per phase): the data's tokenizer is the model's, and
         # the model's domain list is the curriculum's.
         model, data = self.model, self.datamodule
-        if data is not None and getattr(data, "tokenizer_name", "unset") is None and hasattr(model, "model_name_or_path"):
+        if (
+            data is not None
+            and getattr(data, "tokenizer_name", "unset") is None
+            and hasattr(model, "model_name_or_path")
+        ):
             data.tokenizer_name = model.model_name_or_path
-        if data is not None and hasattr(model, "domain_names") and not model.domain_names and hasattr(data, "domain_names"):
+        if (
+            data is not None
+            and hasattr(model, "domain_names")
+            and not model.domain_names
+            and hasattr(data, "domain_names")
+        ):
             model.domain_names = list(data.domain_names)
 
-    def fit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str | None = None, **_: Any) -> None:
+    def fit(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        **_: Any,
+    ) -> None:
         refuse_zero_step_rounds(self.trainer)
         context = self.phase_context(model, datamodule)
         if hasattr(model, "run_phase"):
             if ckpt_path is not None:
-                raise ValueError("--ckpt_path is not used by this phase: rerun the same command with the same default_root_dir to resume")
+                raise ValueError(
+                    "--ckpt_path is not used by this phase: rerun the same command with the same default_root_dir to resume"
+                )
             model.run_phase(context)
         else:
-            context.trainer_factory(context.run_dir).fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            context.trainer_factory(context.run_dir).fit(
+                model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+            )
 
     def phase_context(self, model: L.LightningModule, datamodule) -> PhaseContext:
         run_dir = Path(self.trainer.default_root_dir)
@@ -111,7 +135,8 @@ class BrainstacksCLI(LightningCLI):
         forced = {key: self._get(self.config_init, key) for key in phase_callbacks(model)}
         # LightningCLI appends every forced callback and SaveConfigCallback to this list in place.
         user_callbacks = [
-            cb for cb in trainer_config.get("callbacks") or []
+            cb
+            for cb in trainer_config.get("callbacks") or []
             if not any(cb is f for f in parsed) and not isinstance(cb, SaveConfigCallback)
         ]
         show_progress = trainer_config.get("enable_progress_bar", True) is not False
@@ -122,7 +147,13 @@ class BrainstacksCLI(LightningCLI):
             # Each fit (an SFT round, the router fit, an alignment round) logs into its own run
             # ``tensorboard/<phase>/<fit>``: its step axis starts at 0 and its val_loss means one thing.
             fit_name = Path(work_dir).name if Path(work_dir).parent.name == "rounds" else "fit"
-            fit_logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=f"{phase}/{fit_name}", default_hp_metric=False) if own_logger else logger
+            fit_logger = (
+                TensorBoardLogger(
+                    save_dir=str(run_dir), name="tensorboard", version=f"{phase}/{fit_name}", default_hp_metric=False
+                )
+                if own_logger
+                else logger
+            )
             config.update(
                 default_root_dir=str(work_dir),
                 logger=fit_logger if fit_logger is not None else False,
@@ -140,7 +171,12 @@ class BrainstacksCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         settings = flatten_settings(config.clone().as_dict()) if config is not None else {}
         return PhaseContext(
-            run_dir=run_dir, trainer_factory=trainer_factory, datamodule=datamodule, logger=logger, callbacks=forced, settings=settings,
+            run_dir=run_dir,
+            trainer_factory=trainer_factory,
+            datamodule=datamodule,
+            logger=logger,
+            callbacks=forced,
+            settings=settings,
             accept_new_base=bool(config.get("accept_new_base", False)) if config is not None else False,
         )
 
@@ -176,9 +212,15 @@ def phase_log_name(model: L.LightningModule) -> str:
 def refuse_zero_step_rounds(trainer: Trainer) -> None:
     """A round that cannot take a step would freeze an untrained stack and mark its domain done."""
     limit = trainer.limit_train_batches
-    for flag, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps), ("limit_train_batches", limit)):
+    for flag, value in (
+        ("max_epochs", trainer.max_epochs),
+        ("max_steps", trainer.max_steps),
+        ("limit_train_batches", limit),
+    ):
         if value == 0:
-            raise UserError(f"--trainer.{flag} 0 would freeze untrained stacks and mark their domains completed; every round needs at least one step")
+            raise UserError(
+                f"--trainer.{flag} 0 would freeze untrained stacks and mark their domains completed; every round needs at least one step"
+            )
 
 
 def cli_main(args: list[str] | None = None) -> BrainstacksCLI:

@@ -34,16 +34,27 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", help="base compute dtype: float32, bfloat16 or float16")
     p.add_argument("--model_name_or_path", default=None, help="base model (default: the run's base model)")
-    p.add_argument("--accept_new_base", action="store_true", help="use a base whose fingerprint differs from the run's (a deliberate change; docs/run_directory.md)")
+    p.add_argument(
+        "--accept_new_base",
+        action="store_true",
+        help="use a base whose fingerprint differs from the run's (a deliberate change; docs/run_directory.md)",
+    )
 
 
 def _cache_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache_mb", type=float, default=None, help="host-memory budget of the stack cache in MiB (default: unbounded)")
+    p.add_argument(
+        "--cache_mb", type=float, default=None, help="host-memory budget of the stack cache in MiB (default: unbounded)"
+    )
 
 
 def _generation_options(p: argparse.ArgumentParser) -> None:
     _run_options(p)
-    p.add_argument("--mode", choices=MODES, default="routed", help="routed: stacks the router selects; ungated: every stack at weight 1; base: no stack")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="routed",
+        help="routed: stacks the router selects; ungated: every stack at weight 1; base: no stack",
+    )
     p.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples from softmax(logits / T)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -57,7 +68,11 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _run_options(p)
-    p.add_argument("--tasks", default="demo", help="comma list: demo (all bundled tasks), a bundled task name, a task YAML, or a folder of YAMLs")
+    p.add_argument(
+        "--tasks",
+        default="demo",
+        help="comma list: demo (all bundled tasks), a bundled task name, a task YAML, or a folder of YAMLs",
+    )
     p.add_argument("--modes", default="base,ungated,routed", help="comma list of base, ungated, routed")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward")
@@ -94,10 +109,23 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "fit": Subcommand("train a phase from a YAML config: SFT curriculum, router, DPO, GRPO (brainstacks fit --help)", "brainstacks_pl.cli:run_fit"),
-    "generate": Subcommand("answer one prompt with the stacks the router selects", "brainstacks_pl.inference_cli:run_generate", _generate_arguments),
-    "chat": Subcommand("interactive session with routed stacks", "brainstacks_pl.inference_cli:run_chat", _generation_options),
-    "evaluate": Subcommand("score a run on evaluation tasks: base vs ungated vs routed", "brainstacks_pl.evaluation.run_eval:run", _evaluate_arguments),
+    "fit": Subcommand(
+        "train a phase from a YAML config: SFT curriculum, router, DPO, GRPO (brainstacks fit --help)",
+        "brainstacks_pl.cli:run_fit",
+    ),
+    "generate": Subcommand(
+        "answer one prompt with the stacks the router selects",
+        "brainstacks_pl.inference_cli:run_generate",
+        _generate_arguments,
+    ),
+    "chat": Subcommand(
+        "interactive session with routed stacks", "brainstacks_pl.inference_cli:run_chat", _generation_options
+    ),
+    "evaluate": Subcommand(
+        "score a run on evaluation tasks: base vs ungated vs routed",
+        "brainstacks_pl.evaluation.run_eval:run",
+        _evaluate_arguments,
+    ),
 }
 SUBCOMMANDS["serve"] = Subcommand(
     "OpenAI-compatible HTTP server; every request routed to its own stacks, batched together",
@@ -108,11 +136,14 @@ SUBCOMMANDS["serve"] = Subcommand(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brainstacks", allow_abbrev=False,
+        prog="brainstacks",
+        allow_abbrev=False,
         description="Continual multi-domain fine-tuning with frozen MoE-LoRA stacks.",
         epilog="User errors print one 'error: ...' line and exit 2; set BRAINSTACKS_DEBUG=1 for the traceback.",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (also BRAINSTACKS_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of user errors too (also BRAINSTACKS_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, spec in SUBCOMMANDS.items():
         if spec.arguments is None:

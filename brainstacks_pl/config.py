@@ -57,6 +57,6 @@ class StackConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StackConfig":
+    def from_dict(cls, data: dict[str, Any]) -> StackConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

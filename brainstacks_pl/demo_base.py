@@ -47,7 +47,9 @@ __all__ = ["DemoBaseConfig", "build_demo_tokenizer", "general_corpus", "pretrain
 # ---------------------------------------------------------------------------------------------
 
 
-def build_demo_tokenizer(texts: list[str], vocab_size: int = 1024, model_max_length: int = 512) -> PreTrainedTokenizerFast:
+def build_demo_tokenizer(
+    texts: list[str], vocab_size: int = 1024, model_max_length: int = 512
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts``: specials at ids 0..3, all 256 byte symbols, then merges.
 
     Same special ids and pre-tokenisation as ``tokenization.byte_tokenizer``; the byte alphabet is
@@ -58,8 +60,13 @@ def build_demo_tokenizer(texts: list[str], vocab_size: int = 1024, model_max_len
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **SPECIAL_TOKENS)
     fast.padding_side = "right"
@@ -117,7 +124,9 @@ class DemoBaseConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"DemoBaseConfig.hidden_size={self.hidden_size} must divide by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"DemoBaseConfig.num_attention_heads={self.num_attention_heads} must divide by num_key_value_heads={self.num_key_value_heads}")
+            raise ValueError(
+                f"DemoBaseConfig.num_attention_heads={self.num_attention_heads} must divide by num_key_value_heads={self.num_key_value_heads}"
+            )
         if self.vocab_size < 260:
             raise ValueError(f"DemoBaseConfig.vocab_size must hold 4 specials + 256 bytes, got {self.vocab_size}")
         if self.seq_len > self.max_position_embeddings:
@@ -125,11 +134,19 @@ class DemoBaseConfig:
 
     def llama_kwargs(self, tokenizer: PreTrainedTokenizerFast) -> dict:
         """``LlamaConfig`` kwargs; the vocabulary size and special ids come from the trained tokenizer."""
-        return dict(vocab_size=len(tokenizer), hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-                    num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-                    num_key_value_heads=self.num_key_value_heads, max_position_embeddings=self.max_position_embeddings,
-                    tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id)
+        return dict(
+            vocab_size=len(tokenizer),
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
 
 
 def _corpus_sha256(texts: list[str]) -> str:
@@ -195,19 +212,38 @@ def _pretrain(out_dir: Path, config: DemoBaseConfig, progress: bool) -> Path:
 
     train_rows = rows_of(texts)  # [R, S]
     heldout_rows = rows_of(general_corpus(config.seed + 1, config.heldout_docs))
-    module = PretrainModule(config.llama_kwargs(tokenizer), lr=config.lr, warmup_steps=config.warmup_steps,
-                            max_steps=config.max_steps, weight_decay=config.weight_decay,
-                            min_lr_ratio=config.min_lr_ratio)
+    module = PretrainModule(
+        config.llama_kwargs(tokenizer),
+        lr=config.lr,
+        warmup_steps=config.warmup_steps,
+        max_steps=config.max_steps,
+        weight_decay=config.weight_decay,
+        min_lr_ratio=config.min_lr_ratio,
+    )
     random_init_heldout = lm_loss(module.model, heldout_rows)
-    loader = DataLoader(PackedDataset(train_rows), batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(
+        PackedDataset(train_rows),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     history = LossHistory()
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        max_steps=config.max_steps, gradient_clip_val=1.0, callbacks=[history],
-                        enable_progress_bar=progress, enable_model_summary=False, deterministic=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        max_steps=config.max_steps,
+        gradient_clip_val=1.0,
+        callbacks=[history],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=True,
+    )
     trainer.fit(module, train_dataloaders=loader)
     losses = history.losses
-    tail = losses[-min(20, len(losses)):]
+    tail = losses[-min(20, len(losses)) :]
     report = {
         "name": DEMO_BASE_NAME,
         "config": asdict(config),

@@ -13,40 +13,155 @@ import random
 __all__ = ["general_corpus"]
 
 
-_NAMES = ("Anna", "Ben", "Chloé", "David", "Elena", "Farid", "Grace", "Hiro", "Iris", "Jonas", "Kemal",
-          "Lena", "Marco", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tomás", "Uma", "Victor",
-          "Wen", "Yara", "Zoe")
-_PLACES = ("the park", "the market", "the library", "the beach", "the old town", "the station", "the garden",
-           "the school", "the museum", "the harbour", "the bakery", "the forest", "the village", "the café")
+_NAMES = (
+    "Anna",
+    "Ben",
+    "Chloé",
+    "David",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Iris",
+    "Jonas",
+    "Kemal",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tomás",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Yara",
+    "Zoe",
+)
+_PLACES = (
+    "the park",
+    "the market",
+    "the library",
+    "the beach",
+    "the old town",
+    "the station",
+    "the garden",
+    "the school",
+    "the museum",
+    "the harbour",
+    "the bakery",
+    "the forest",
+    "the village",
+    "the café",
+)
 _ANIMALS = ("cat", "dog", "fox", "owl", "rabbit", "horse", "duck", "bee", "turtle", "goat", "sparrow", "dolphin")
-_OBJECTS = ("an old map", "a red umbrella", "a small key", "a letter", "a lost wallet", "a blue bicycle",
-            "a wooden box", "a strange stone", "a book of poems", "a broken clock", "a paper kite")
+_OBJECTS = (
+    "an old map",
+    "a red umbrella",
+    "a small key",
+    "a letter",
+    "a lost wallet",
+    "a blue bicycle",
+    "a wooden box",
+    "a strange stone",
+    "a book of poems",
+    "a broken clock",
+    "a paper kite",
+)
 _FEELINGS = ("happy", "surprised", "calm", "curious", "tired", "proud", "nervous", "grateful", "excited")
-_ADJECTIVES = ("quiet", "busy", "bright", "cold", "warm", "small", "large", "green", "noisy", "peaceful",
-               "crowded", "clean", "famous", "simple", "friendly")
-_TIMES = ("In the morning", "Every Sunday", "Last summer", "One rainy day", "After lunch", "On Monday",
-          "Late at night", "In the spring", "Once upon a time", "Yesterday", "Early in the evening")
+_ADJECTIVES = (
+    "quiet",
+    "busy",
+    "bright",
+    "cold",
+    "warm",
+    "small",
+    "large",
+    "green",
+    "noisy",
+    "peaceful",
+    "crowded",
+    "clean",
+    "famous",
+    "simple",
+    "friendly",
+)
+_TIMES = (
+    "In the morning",
+    "Every Sunday",
+    "Last summer",
+    "One rainy day",
+    "After lunch",
+    "On Monday",
+    "Late at night",
+    "In the spring",
+    "Once upon a time",
+    "Yesterday",
+    "Early in the evening",
+)
 _TOPICS = {
-    "weather": ("The sky is {adj} today and the wind comes from the west.", "It will rain in the afternoon, so take a coat.",
-                "In winter the days are short and the nights are long.", "The temperature is about {n} °C."),
-    "cooking": ("To make soup, cut the vegetables and boil them in water.", "Fresh bread smells wonderful.",
-                "Add a pinch of salt and stir for {n} minutes.", "A good meal does not need to be expensive."),
-    "gardening": ("Tomatoes need a lot of sun and regular water.", "In autumn the leaves turn yellow and fall.",
-                  "Plant the seeds {n} centimetres deep.", "A {adj} garden is a good place to rest."),
-    "travel": ("The train leaves at {n} o'clock.", "Pack light and bring a good pair of shoes.",
-               "Many people visit {place} in the summer.", "A map helps when the streets are {adj}."),
-    "school": ("The students read a chapter every week.", "The teacher wrote {n} questions on the board.",
-               "Homework is easier when you start early.", "Reading every day builds a large vocabulary."),
-    "work": ("The meeting starts at {n} and ends before lunch.", "A short list of tasks keeps the day in order.",
-             "Good teams share information openly.", "She sent the report before the deadline."),
-    "sports": ("The team practised for {n} hours.", "Running in the park is good exercise.",
-               "The match ended in a draw.", "Stretching before a game prevents injuries."),
-    "music": ("He plays the piano every evening.", "The concert in {place} was {adj} and full.",
-              "A song often repeats its chorus.", "Music can make a long trip feel short."),
-    "home": ("The kitchen is the warmest room in the house.", "Open the window to let fresh air in.",
-             "They painted the walls a {adj} colour.", "There are {n} chairs around the table."),
-    "nature": ("The river flows to the sea.", "A {animal} lives near the edge of the forest.",
-               "Mountains are cold at the top.", "Bees carry pollen from flower to flower."),
+    "weather": (
+        "The sky is {adj} today and the wind comes from the west.",
+        "It will rain in the afternoon, so take a coat.",
+        "In winter the days are short and the nights are long.",
+        "The temperature is about {n} °C.",
+    ),
+    "cooking": (
+        "To make soup, cut the vegetables and boil them in water.",
+        "Fresh bread smells wonderful.",
+        "Add a pinch of salt and stir for {n} minutes.",
+        "A good meal does not need to be expensive.",
+    ),
+    "gardening": (
+        "Tomatoes need a lot of sun and regular water.",
+        "In autumn the leaves turn yellow and fall.",
+        "Plant the seeds {n} centimetres deep.",
+        "A {adj} garden is a good place to rest.",
+    ),
+    "travel": (
+        "The train leaves at {n} o'clock.",
+        "Pack light and bring a good pair of shoes.",
+        "Many people visit {place} in the summer.",
+        "A map helps when the streets are {adj}.",
+    ),
+    "school": (
+        "The students read a chapter every week.",
+        "The teacher wrote {n} questions on the board.",
+        "Homework is easier when you start early.",
+        "Reading every day builds a large vocabulary.",
+    ),
+    "work": (
+        "The meeting starts at {n} and ends before lunch.",
+        "A short list of tasks keeps the day in order.",
+        "Good teams share information openly.",
+        "She sent the report before the deadline.",
+    ),
+    "sports": (
+        "The team practised for {n} hours.",
+        "Running in the park is good exercise.",
+        "The match ended in a draw.",
+        "Stretching before a game prevents injuries.",
+    ),
+    "music": (
+        "He plays the piano every evening.",
+        "The concert in {place} was {adj} and full.",
+        "A song often repeats its chorus.",
+        "Music can make a long trip feel short.",
+    ),
+    "home": (
+        "The kitchen is the warmest room in the house.",
+        "Open the window to let fresh air in.",
+        "They painted the walls a {adj} colour.",
+        "There are {n} chairs around the table.",
+    ),
+    "nature": (
+        "The river flows to the sea.",
+        "A {animal} lives near the edge of the forest.",
+        "Mountains are cold at the top.",
+        "Bees carry pollen from flower to flower.",
+    ),
 }
 _DEFINITIONS = {
     "calendar": "a table that shows the days, weeks and months of a year",
@@ -74,29 +189,117 @@ _DEFINITIONS = {
     "kettle": "a pot used for boiling water",
     "journey": "a trip from one place to another",
 }
-_REQUESTS = (("make a cup of tea", ("Boil some water.", "Put a tea bag in a cup.", "Pour the water and wait three minutes.",
-                                    "Remove the bag and add milk if you like.")),
-             ("plan a short trip", ("Choose a place and a date.", "Check the train times.", "Pack a small bag.",
-                                    "Tell a friend where you are going.")),
-             ("learn new words", ("Read a little every day.", "Write down words you do not know.",
-                                  "Use each new word in a sentence.", "Review the list at the end of the week.")),
-             ("keep a plant alive", ("Put it near a window.", "Water it when the soil is dry.",
-                                     "Turn it now and then so it grows straight.")),
-             ("write a letter", ("Start with a greeting.", "Say why you are writing.", "Keep it short and clear.",
-                                 "End with your name.")),
-             ("save some money", ("Write down what you spend.", "Set a small goal each month.",
-                                  "Cook at home more often.")))
-_GREETINGS = (("Hello!", "Hello! How can I help you today?"), ("Good morning.", "Good morning! What would you like to do?"),
-              ("Thank you.", "You are welcome."), ("Can you help me?", "Of course. What do you need?"),
-              ("Goodbye.", "Goodbye, and have a nice day!"))
-_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_REQUESTS = (
+    (
+        "make a cup of tea",
+        (
+            "Boil some water.",
+            "Put a tea bag in a cup.",
+            "Pour the water and wait three minutes.",
+            "Remove the bag and add milk if you like.",
+        ),
+    ),
+    (
+        "plan a short trip",
+        (
+            "Choose a place and a date.",
+            "Check the train times.",
+            "Pack a small bag.",
+            "Tell a friend where you are going.",
+        ),
+    ),
+    (
+        "learn new words",
+        (
+            "Read a little every day.",
+            "Write down words you do not know.",
+            "Use each new word in a sentence.",
+            "Review the list at the end of the week.",
+        ),
+    ),
+    (
+        "keep a plant alive",
+        ("Put it near a window.", "Water it when the soil is dry.", "Turn it now and then so it grows straight."),
+    ),
+    (
+        "write a letter",
+        ("Start with a greeting.", "Say why you are writing.", "Keep it short and clear.", "End with your name."),
+    ),
+    ("save some money", ("Write down what you spend.", "Set a small goal each month.", "Cook at home more often.")),
+)
+_GREETINGS = (
+    ("Hello!", "Hello! How can I help you today?"),
+    ("Good morning.", "Good morning! What would you like to do?"),
+    ("Thank you.", "You are welcome."),
+    ("Can you help me?", "Of course. What do you need?"),
+    ("Goodbye.", "Goodbye, and have a nice day!"),
+)
+_ONES = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+)
 _TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _SHOPPING = ("milk", "bread", "eggs", "apples", "rice", "cheese", "tea", "butter", "onions", "soap", "pasta", "oranges")
-_NOUNS = ("teacher", "farmer", "child", "doctor", "neighbour", "driver", "painter", "student", "baker", "sailor",
-          "river", "window", "road", "letter", "song", "train", "city", "lamp", "bridge", "door", "cloud", "field")
-_VERBS = ("opened", "watched", "carried", "painted", "found", "followed", "cleaned", "fixed", "visited", "counted",
-          "described", "remembered", "passed", "closed", "built", "explained")
+_NOUNS = (
+    "teacher",
+    "farmer",
+    "child",
+    "doctor",
+    "neighbour",
+    "driver",
+    "painter",
+    "student",
+    "baker",
+    "sailor",
+    "river",
+    "window",
+    "road",
+    "letter",
+    "song",
+    "train",
+    "city",
+    "lamp",
+    "bridge",
+    "door",
+    "cloud",
+    "field",
+)
+_VERBS = (
+    "opened",
+    "watched",
+    "carried",
+    "painted",
+    "found",
+    "followed",
+    "cleaned",
+    "fixed",
+    "visited",
+    "counted",
+    "described",
+    "remembered",
+    "passed",
+    "closed",
+    "built",
+    "explained",
+)
 _ADVERBS = ("slowly", "carefully", "quickly", "quietly", "again", "together", "at last", "without a word", "twice")
 _PREPS = ("near", "behind", "across", "under", "beside", "inside", "along", "past", "towards")
 _FUNC_NAMES = ("add", "total", "combine", "merge", "plus")
@@ -114,8 +317,9 @@ def _number_words(n: int) -> str:
 
 
 def _fill(rng: random.Random, template: str) -> str:
-    return template.format(adj=rng.choice(_ADJECTIVES), n=rng.randint(2, 30), place=rng.choice(_PLACES),
-                           animal=rng.choice(_ANIMALS))
+    return template.format(
+        adj=rng.choice(_ADJECTIVES), n=rng.randint(2, 30), place=rng.choice(_PLACES), animal=rng.choice(_ANIMALS)
+    )
 
 
 def _topic_paragraph(rng: random.Random) -> str:
@@ -129,14 +333,26 @@ def _story(rng: random.Random) -> str:
     a, b = rng.sample(_NAMES, 2)
     place, obj, animal = rng.choice(_PLACES), rng.choice(_OBJECTS), rng.choice(_ANIMALS)
     feeling = rng.choice(_FEELINGS)
-    parts = [f"{rng.choice(_TIMES)}, {a} walked to {place}.",
-             rng.choice((f"The streets were {rng.choice(_ADJECTIVES)}.", f"A {animal} followed {a} for a while.", "")),
-             f"There, {a} found {obj}.",
-             rng.choice((f"{a} showed it to {b}, who laughed.", f"{b} asked where it came from.",
-                         f"{a} did not know what to do with it.")),
-             rng.choice(("Together they looked for its owner until the sun went down.",
-                         f"In the end, {a} gave it to {b} as a present.", f"{a} took it home and kept it safe.")),
-             f"{a} felt {feeling}."]
+    parts = [
+        f"{rng.choice(_TIMES)}, {a} walked to {place}.",
+        rng.choice((f"The streets were {rng.choice(_ADJECTIVES)}.", f"A {animal} followed {a} for a while.", "")),
+        f"There, {a} found {obj}.",
+        rng.choice(
+            (
+                f"{a} showed it to {b}, who laughed.",
+                f"{b} asked where it came from.",
+                f"{a} did not know what to do with it.",
+            )
+        ),
+        rng.choice(
+            (
+                "Together they looked for its owner until the sun went down.",
+                f"In the end, {a} gave it to {b} as a present.",
+                f"{a} took it home and kept it safe.",
+            )
+        ),
+        f"{a} felt {feeling}.",
+    ]
     return " ".join(p for p in parts if p)
 
 
@@ -228,8 +444,16 @@ def _list_doc(rng: random.Random) -> str:
     return f"How to {task}:\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
 
 
-_KINDS = ((_plain_sentences, 3), (_topic_paragraph, 3), (_story, 3), (_definition, 2), (_dialogue, 3), (_arithmetic, 2),
-          (_python_snippet, 1), (_list_doc, 1))
+_KINDS = (
+    (_plain_sentences, 3),
+    (_topic_paragraph, 3),
+    (_story, 3),
+    (_definition, 2),
+    (_dialogue, 3),
+    (_arithmetic, 2),
+    (_python_snippet, 1),
+    (_list_doc, 1),
+)
 
 
 def general_corpus(seed: int = 0, n_docs: int = 4000) -> list[str]:

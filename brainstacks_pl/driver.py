@@ -12,8 +12,8 @@ interrupted round from its last checkpoint and goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
@@ -49,7 +49,9 @@ class CurriculumDriver:
     ):
         self.module = module
         self.datamodule = datamodule
-        self.run = RunDirectory(run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=accept_new_base)
+        self.run = RunDirectory(
+            run_dir, is_writer=getattr(rank_zero_only, "rank", 0) == 0, accept_new_base=accept_new_base
+        )
         self.trainer_factory = trainer_factory
         self.boosting = boosting
         self.logger = logger
@@ -74,7 +76,9 @@ class CurriculumDriver:
                 if domain in manifest.completed_domains:
                     continue
                 self._train_domain(domain_index, domain)
-                self.forgetting.evaluate(stacks, self.datamodule, domain, self.module.device, self.logger, write=self.run.is_writer)
+                self.forgetting.evaluate(
+                    stacks, self.datamodule, domain, self.module.device, self.logger, write=self.run.is_writer
+                )
                 manifest.completed_domains.append(domain)
                 self.trained.append(domain)
                 self.run.save_manifest()
@@ -89,8 +93,14 @@ class CurriculumDriver:
         stacks = self.module.stacks
         self.datamodule.set_domain(domain)
         start = DomainStart(
-            domain=domain, domain_index=domain_index, previous_domains=list(self.datamodule.domain_names[:domain_index]),
-            stacks=stacks, datamodule=self.datamodule, run=self.run, device=self.module.device, logger=self.logger,
+            domain=domain,
+            domain_index=domain_index,
+            previous_domains=list(self.datamodule.domain_names[:domain_index]),
+            stacks=stacks,
+            datamodule=self.datamodule,
+            run=self.run,
+            device=self.module.device,
+            logger=self.logger,
         )
         for hook in self.domain_hooks:
             hook.on_domain_start(start)
@@ -103,4 +113,6 @@ class CurriculumDriver:
                 log.info("resuming %s round %d from %s", domain, round, ckpt)
             trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True)
             if stacks.active_info is not None:
-                raise RuntimeError(f"training of {domain} round {round} was interrupted; run the same command again to resume it")
+                raise RuntimeError(
+                    f"training of {domain} round {round} was interrupted; run the same command again to resume it"
+                )

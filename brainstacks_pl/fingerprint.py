@@ -33,7 +33,16 @@ from typing import Any
 
 from brainstacks_pl.errors import UserError
 
-__all__ = ["BaseModelMismatch", "base_location", "check_base_exists", "is_local", "base_directory", "fingerprint", "check_base_model", "ACCEPT_FLAG"]
+__all__ = [
+    "BaseModelMismatch",
+    "base_location",
+    "check_base_exists",
+    "is_local",
+    "base_directory",
+    "fingerprint",
+    "check_base_model",
+    "ACCEPT_FLAG",
+]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 WHOLE_FILE_BYTES = 32 * 2**20
@@ -52,7 +61,13 @@ class BaseModelMismatch(UserError, ValueError):
 
 
 def _looks_like_path(name: str) -> bool:
-    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    return (
+        Path(name).is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+    )
 
 
 def base_location(name_or_path: str) -> str:
@@ -94,10 +109,12 @@ def base_directory(name_or_path: str) -> Path:
 
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception as err:  # not downloaded, or not a valid hub id
-        raise BaseModelMismatch(f"base model {name_or_path!r}: no such directory and not in the local Hugging Face cache ({type(err).__name__})") from err
+        raise BaseModelMismatch(
+            f"base model {name_or_path!r}: no such directory and not in the local Hugging Face cache ({type(err).__name__})"
+        ) from err
 
 
-def _hash_file(path: Path, digest: "hashlib._Hash") -> None:
+def _hash_file(path: Path, digest: hashlib._Hash) -> None:
     size = path.stat().st_size
     digest.update(f"{path.name}\0{size}\0".encode())
     with path.open("rb") as handle:
@@ -121,13 +138,17 @@ def fingerprint(name_or_path: str) -> dict[str, Any]:
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise BaseModelMismatch(f"base model {name_or_path!r}: cannot read {directory / 'config.json'} ({err})") from err
+        raise BaseModelMismatch(
+            f"base model {name_or_path!r}: cannot read {directory / 'config.json'} ({err})"
+        ) from err
     if not isinstance(config, dict):
         raise BaseModelMismatch(f"base model {name_or_path!r}: {directory / 'config.json'} is not a JSON object")
     canonical = json.dumps({k: v for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}, sort_keys=True)
     files = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not files:
-        raise BaseModelMismatch(f"base model {name_or_path!r}: no weights files ({', '.join(WEIGHT_SUFFIXES)}) in {directory}")
+        raise BaseModelMismatch(
+            f"base model {name_or_path!r}: no weights files ({', '.join(WEIGHT_SUFFIXES)}) in {directory}"
+        )
     weights = hashlib.sha256()
     for path in files:
         _hash_file(path, weights)
@@ -139,7 +160,9 @@ def fingerprint(name_or_path: str) -> dict[str, Any]:
     }
 
 
-def check_base_model(recorded: dict[str, Any], name_or_path: str, where: str, accept_new_base: bool = False) -> dict[str, Any]:
+def check_base_model(
+    recorded: dict[str, Any], name_or_path: str, where: str, accept_new_base: bool = False
+) -> dict[str, Any]:
     """Compare the base at ``name_or_path`` with the manifest's ``base_model`` record.
 
     Returns the record to keep: the recorded one with the new location when the fingerprints

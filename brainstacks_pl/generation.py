@@ -40,8 +40,8 @@ def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, length - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, length - len(seq):] = 1
+        ids[row, length - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, length - len(seq) :] = 1
     return ids, mask
 
 
@@ -103,7 +103,14 @@ def generate(
             break
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, T]: left padding keeps positions
         if use_cache:
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions[:, -step_ids.shape[1]:], use_cache=True, **keep, **cache)
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions[:, -step_ids.shape[1] :],
+                use_cache=True,
+                **keep,
+                **cache,
+            )
         else:
             ids = torch.cat([input_ids, *generated], 1) if generated else input_ids
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep)
@@ -116,4 +123,4 @@ def generate(
             done = done | (token == eos_token_id)
         done = done | (budget <= step + 1)
     sequences = torch.cat([input_ids, *generated], 1)
-    return Decoded(sequences, mask[:, input_ids.shape[1]:])
+    return Decoded(sequences, mask[:, input_ids.shape[1] :])

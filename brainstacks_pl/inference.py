@@ -99,7 +99,12 @@ class StackCache:
         self.loads[record.file] = self.loads.get(record.file, 0) + 1
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.budget_bytes is not None and size > self.budget_bytes:
-            log.warning("stack %s (%d bytes) exceeds the cache budget (%d bytes); not cached", record.file, size, self.budget_bytes)
+            log.warning(
+                "stack %s (%d bytes) exceeds the cache budget (%d bytes); not cached",
+                record.file,
+                size,
+                self.budget_bytes,
+            )
             return tensors
         while self.budget_bytes is not None and self._entries and self.bytes_used + size > self.budget_bytes:
             self._entries.popitem(last=False)
@@ -158,7 +163,12 @@ class RoutedGenerator:
         chat_floor: float | None = None,
         device: torch.device | str = "cpu",
     ):
-        self.stacks, self.tokenizer, self.manifest, self.device = stacks.eval(), tokenizer, manifest, torch.device(device)
+        self.stacks, self.tokenizer, self.manifest, self.device = (
+            stacks.eval(),
+            tokenizer,
+            manifest,
+            torch.device(device),
+        )
         self.router = router.to(self.device).eval() if router is not None else None
         # The router's settings (the spec's defaults without a router); the arguments override its gate and floor.
         self.spec = (spec or RouterSpec()).with_overrides(gate_threshold, chat_floor)
@@ -184,11 +194,12 @@ class RoutedGenerator:
         """
         from transformers import AutoTokenizer
 
-
         root = Path(run_dir)
         device = check_device(device)
         if not isinstance(getattr(torch, str(dtype), None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
-            raise InferenceError(f"--dtype must be a floating-point torch dtype such as {', '.join(DTYPES)}, got {dtype!r}")
+            raise InferenceError(
+                f"--dtype must be a floating-point torch dtype such as {', '.join(DTYPES)}, got {dtype!r}"
+            )
         manifest = Manifest.load(root)
         base = model_name_or_path or manifest.base_model_id
         # The base must be the one the stacks were trained on: checked before loading a local base,
@@ -197,15 +208,21 @@ class RoutedGenerator:
         if local:
             manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
-        stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=quantization, dtype=dtype).to(device)
+        stacks = BrainstacksModel.from_pretrained(
+            base, config, manifest.domains, quantization=quantization, dtype=dtype
+        ).to(device)
         if not local:
             manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
-        manifest.check_compatible(stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json"))
+        manifest.check_compatible(
+            stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json")
+        )
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
         router, spec = (None, None)
         if require_router or manifest.extra.get("router"):
             router, spec = load_router(root, manifest)
-        return cls(stacks, tokenizer, manifest, root, router, spec, StackCache(root, manifest, cache_bytes), device=device)
+        return cls(
+            stacks, tokenizer, manifest, root, router, spec, StackCache(root, manifest, cache_bytes), device=device
+        )
 
     @property
     def router_domains(self) -> list[str]:
@@ -234,17 +251,23 @@ class RoutedGenerator:
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as err:  # bytes that were not UTF-8, kept as surrogates by the terminal reader
-            raise InferenceError(f"the prompt is not valid UTF-8 text (undecodable byte at character {err.start}); check the terminal's encoding") from None
+            raise InferenceError(
+                f"the prompt is not valid UTF-8 text (undecodable byte at character {err.start}); check the terminal's encoding"
+            ) from None
         ids = prompt_ids(self.tokenizer, prompt, self.template)
         if self.context_length is not None and len(ids) >= self.context_length:
-            raise InferenceError(f"prompt is {len(ids)} tokens with the template, the model's context is {self.context_length}: shorten it")
+            raise InferenceError(
+                f"prompt is {len(ids)} tokens with the template, the model's context is {self.context_length}: shorten it"
+            )
         return ids
 
     # ------------------------------------------------------------------ routing
     def route(self, prompts: Sequence[str]) -> list[RouteDecision]:
         """Run the router once per prompt (one batch) and apply the gate and the chat floor."""
         if self.router is None:
-            raise InferenceError("this run has no trained router: use --mode ungated or base, or train one (configs/router_demo.yaml)")
+            raise InferenceError(
+                "this run has no trained router: use --mode ungated or base, or train one (configs/router_demo.yaml)"
+            )
         return self.route_ids([self.encode(p) for p in prompts])
 
     @torch.no_grad()
@@ -282,7 +305,14 @@ class RoutedGenerator:
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: Sequence[str] | str, mode: Mode = "routed", max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str] | str,
+        mode: Mode = "routed",
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
         """Answer a batch of prompts; ``temperature`` 0 is greedy, > 0 samples from softmax(logits / T)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if mode not in MODES:
@@ -315,15 +345,27 @@ class RoutedGenerator:
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     @torch.no_grad()
-    def decode_batch(self, encoded: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+    def decode_batch(
+        self, encoded: list[list[int]], max_new_tokens: int, temperature: float, seed: int
+    ) -> list[list[int]]:
         """Left-padded batch through ``generation.generate`` (KV cache); each row's tokens up to,
         not including, its eos, and never past the model's context."""
         ids, mask = pad_left(encoded, self._pad_id)
         generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         out = generate(
-            self.stacks.model, ids.to(self.device), mask.to(self.device), max_new_tokens, temperature if temperature > 0 else None,
-            generator, self.tokenizer.eos_token_id, self._pad_id, max_length=self.context_length,
+            self.stacks.model,
+            ids.to(self.device),
+            mask.to(self.device),
+            max_new_tokens,
+            temperature if temperature > 0 else None,
+            generator,
+            self.tokenizer.eos_token_id,
+            self._pad_id,
+            max_length=self.context_length,
         )
-        completions = out.sequences[:, ids.shape[1]:].tolist()
+        completions = out.sequences[:, ids.shape[1] :].tolist()
         eos = self.tokenizer.eos_token_id
-        return [[t for t, m in zip(row, keep) if m and t != eos] for row, keep in zip(completions, out.completion_mask.tolist())]
+        return [
+            [t for t, m in zip(row, keep) if m and t != eos]
+            for row, keep in zip(completions, out.completion_mask.tolist())
+        ]

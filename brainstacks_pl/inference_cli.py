@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 from brainstacks_pl.commands import MODES, parse_subcommand
 from brainstacks_pl.data.prompts import Turn, prompt_text
@@ -57,8 +58,23 @@ def _print_generation(gen: Generation, generator: RoutedGenerator, out: TextIO) 
 class ChatSession:
     """The interactive loop's state and command dispatch (testable with any text streams)."""
 
-    def __init__(self, generator: RoutedGenerator, mode: str = "routed", max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, out: TextIO = sys.stdout):
-        self.generator, self.mode, self.max_new_tokens, self.temperature, self.seed, self.out = generator, mode, max_new_tokens, temperature, seed, out
+    def __init__(
+        self,
+        generator: RoutedGenerator,
+        mode: str = "routed",
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        out: TextIO = sys.stdout,
+    ):
+        self.generator, self.mode, self.max_new_tokens, self.temperature, self.seed, self.out = (
+            generator,
+            mode,
+            max_new_tokens,
+            temperature,
+            seed,
+            out,
+        )
         self.history: list[Turn] = []
 
     def conversation(self, line: str) -> str:
@@ -66,13 +82,20 @@ class ChatSession:
         until the rendered prompt leaves room for the answer in the model's context."""
         turns = [*self.history, ("User", line)]
         gen = self.generator
-        while len(turns) > 1 and gen.context_length is not None and len(prompt_ids(gen.tokenizer, prompt_text(turns), gen.template)) + self.max_new_tokens > gen.context_length:
+        while (
+            len(turns) > 1
+            and gen.context_length is not None
+            and len(prompt_ids(gen.tokenizer, prompt_text(turns), gen.template)) + self.max_new_tokens
+            > gen.context_length
+        ):
             turns = turns[2:]
         return prompt_text(turns)
 
     def answer(self, line: str) -> None:
         start = time.perf_counter()
-        gen = self.generator.generate([self.conversation(line)], self.mode, self.max_new_tokens, self.temperature, self.seed)[0]
+        gen = self.generator.generate(
+            [self.conversation(line)], self.mode, self.max_new_tokens, self.temperature, self.seed
+        )[0]
         seconds = time.perf_counter() - start
         _print_generation(gen, self.generator, self.out)
         self.say(f"[{len(gen.tokens)} tokens, {len(gen.tokens) / max(seconds, 1e-9):.1f} tokens/s]")
@@ -100,7 +123,9 @@ class ChatSession:
         elif command == "stacks":
             cache = self.generator.cache
             resident = ", ".join(f"{s.domain}-r{s.round}" for s in self.generator.stacks.frozen_stacks) or "none"
-            self.say(f"resident stacks: {resident}\ncache: {len(cache.cached_files)} files, {cache.bytes_used / 2**20:.2f} MiB, {cache.hits} hits, {cache.misses} misses, {cache.evictions} evictions")
+            self.say(
+                f"resident stacks: {resident}\ncache: {len(cache.cached_files)} files, {cache.bytes_used / 2**20:.2f} MiB, {cache.hits} hits, {cache.misses} misses, {cache.evictions} evictions"
+            )
         elif command == "mode":
             if arg not in MODES:
                 raise InferenceError(f"usage: /mode {'|'.join(MODES)}")
@@ -168,8 +193,12 @@ def _number(text: str, kind, usage: str, minimum: float):
 
 def _open_generator(args: argparse.Namespace, require_router: bool) -> RoutedGenerator:
     return RoutedGenerator.from_run(
-        args.run, device=args.device, model_name_or_path=args.model_name_or_path, dtype=args.dtype,
-        cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20), require_router=require_router,
+        args.run,
+        device=args.device,
+        model_name_or_path=args.model_name_or_path,
+        dtype=args.dtype,
+        cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20),
+        require_router=require_router,
         accept_new_base=args.accept_new_base,
     )
 
@@ -192,7 +221,9 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
     if args.mode == "routed" and generator.router is None:
         print("this run has no trained router: chat starts in mode ungated", file=out)
         args.mode = "ungated"
-    ChatSession(generator, args.mode, args.max_new_tokens, args.temperature, args.seed, out).run(stream, interactive=stream.isatty())
+    ChatSession(generator, args.mode, args.max_new_tokens, args.temperature, args.seed, out).run(
+        stream, interactive=stream.isatty()
+    )
     return 0
 
 

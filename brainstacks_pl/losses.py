@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "token_losses", "causal_lm_loss", "per_sample_lm_loss", "dpo_loss", "group_advantages", "grpo_loss", "GRPOLoss"]
+__all__ = [
+    "IGNORE_INDEX",
+    "token_losses",
+    "causal_lm_loss",
+    "per_sample_lm_loss",
+    "dpo_loss",
+    "group_advantages",
+    "grpo_loss",
+    "GRPOLoss",
+]
 
 IGNORE_INDEX = -100
 
@@ -146,7 +155,9 @@ def router_margin_penalty(p: Tensor, margin: float = 0.3) -> Tensor:
     return torch.relu(margin - (p - 0.5).abs()).mean()
 
 
-def router_loss(logits_or_probs: Tensor, targets: Tensor, margin_coeff: float = 0.05, margin: float = 0.3, are_probs: bool = False) -> Tensor:
+def router_loss(
+    logits_or_probs: Tensor, targets: Tensor, margin_coeff: float = 0.05, margin: float = 0.3, are_probs: bool = False
+) -> Tensor:
     """Meta-router loss: per-domain BCE against soft targets + ``margin_coeff`` x margin penalty.
 
     ``logits_or_probs`` [B, D] are logits (BCE-with-logits, numerically stable) unless

@@ -7,18 +7,18 @@ load-balance losses come back as a return value of ``forward``, never as hidden 
 
 from __future__ import annotations
 
-from brainstacks_pl.assets import resolve_model_name
-
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.layers.dtensor import assign_, full_tensor
 from brainstacks_pl.layers.context import RoutingMode, StackContext
+from brainstacks_pl.layers.dtensor import assign_, full_tensor
 from brainstacks_pl.layers.moe_lora import MoELoRA
 from brainstacks_pl.layers.stack_format import check_shapes, file_key, file_shapes, layer_tensors
 from brainstacks_pl.layers.stacked_linear import StackedLinear
@@ -59,7 +59,6 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-
     from brainstacks_pl.fingerprint import check_base_exists
 
     check_base_exists(name_or_path)
@@ -86,7 +85,13 @@ def inject_stacks(model: nn.Module, config: StackConfig, context: StackContext) 
     targets = set(config.target_modules)
     matches = [(name, module) for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in targets]
     if not matches:
-        linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"})
+        linear_names = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+            }
+        )
         raise ValueError(
             f"none of target_modules {sorted(targets)} exist in {type(model).__name__}; "
             f"its linear modules are named: {linear_names}. Set StackConfig.target_modules accordingly."
@@ -135,7 +140,9 @@ class BrainstacksModel(nn.Module):
         self.active_info: FrozenStackInfo | None = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, stack_config: StackConfig, domains: list[str], **load_kwargs) -> "BrainstacksModel":
+    def from_pretrained(
+        cls, name_or_path: str, stack_config: StackConfig, domains: list[str], **load_kwargs
+    ) -> BrainstacksModel:
         return cls(load_base_model(name_or_path, **load_kwargs), stack_config, domains, base_model_id=name_or_path)
 
     @property
@@ -227,7 +234,9 @@ class BrainstacksModel(nn.Module):
 
     # ------------------------------------------------------------------ routing
     @contextlib.contextmanager
-    def routing(self, mode: RoutingMode, domains: frozenset[str] | set[str] | list[str] = (), weights: Tensor | None = None) -> Iterator[None]:
+    def routing(
+        self, mode: RoutingMode, domains: frozenset[str] | set[str] | list[str] = (), weights: Tensor | None = None
+    ) -> Iterator[None]:
         """Scope a routing mode; the previous one is restored on exit (also on error)."""
         if mode not in ("ungated", "isolated", "routed", "base"):
             raise ValueError(f"unknown routing mode {mode!r}")
@@ -235,7 +244,9 @@ class BrainstacksModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown domains {sorted(unknown)}; this model has {self.domains}")
         if mode == "routed" and (weights is None or weights.dim() != 2 or weights.shape[1] != len(self.domains)):
-            raise ValueError(f"routed mode needs weights of shape [batch, {len(self.domains)}], got {None if weights is None else tuple(weights.shape)}")
+            raise ValueError(
+                f"routed mode needs weights of shape [batch, {len(self.domains)}], got {None if weights is None else tuple(weights.shape)}"
+            )
         ctx = self.context
         saved = (ctx.mode, ctx.active_domains, ctx.weights)
         ctx.mode, ctx.active_domains, ctx.weights = mode, frozenset(domains), weights
@@ -268,7 +279,14 @@ class BrainstacksModel(nn.Module):
             self.context.active_enabled = saved
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, collect_expert_fractions: bool = False, labels: Tensor | None = None, **kwargs) -> StackForward:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        collect_expert_fractions: bool = False,
+        labels: Tensor | None = None,
+        **kwargs,
+    ) -> StackForward:
         ctx = self.context
         ctx.aux_losses = []
         ctx.expert_fractions = [] if collect_expert_fractions else None

@@ -31,7 +31,8 @@ which runs a model under ``no_grad`` with forward hooks that are removed before 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, NamedTuple
+from collections.abc import Iterable
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor

@@ -35,6 +35,7 @@ def stack_optimizers(
         raise RuntimeError("no trainable parameters: add a stack before fitting")
     optimizer = optimizer_factory(params)
     total = max(int(total_steps), 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total, min_lr_ratio, scheduler == "cosine"))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, total, min_lr_ratio, scheduler == "cosine")
+    )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-

@@ -19,9 +19,10 @@ phase that keeps no round checkpoint asks the factory for a trainer without one.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.loggers import Logger
@@ -30,12 +31,28 @@ if TYPE_CHECKING:
     from brainstacks_pl.run import RunDirectory
 
 __all__ = [
-    "FORCED_CALLBACKS", "DomainStart", "PhaseContext", "phase_callbacks", "stack_seed",
-    "flatten_settings", "changed_settings", "record_settings", "settings_note",
+    "FORCED_CALLBACKS",
+    "DomainStart",
+    "PhaseContext",
+    "phase_callbacks",
+    "stack_seed",
+    "flatten_settings",
+    "changed_settings",
+    "record_settings",
+    "settings_note",
 ]
 
 # Settings that say where a phase runs or how it reports, not what it trains.
-_NOT_SETTINGS = ("config", "ckpt_path", "accept_new_base", "trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+_NOT_SETTINGS = (
+    "config",
+    "ckpt_path",
+    "accept_new_base",
+    "trainer.default_root_dir",
+    "trainer.logger",
+    "trainer.callbacks",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 
 FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 """Config keys of the callbacks the CLI parses for every phase."""
@@ -54,7 +71,9 @@ def phase_callbacks(module: L.LightningModule) -> tuple[str, ...]:
         return FORCED_CALLBACKS
     unknown = sorted(set(declared) - set(FORCED_CALLBACKS))
     if unknown:
-        raise ValueError(f"{type(module).__name__}.phase_callbacks names {unknown}; the CLI's forced callbacks are {list(FORCED_CALLBACKS)}")
+        raise ValueError(
+            f"{type(module).__name__}.phase_callbacks names {unknown}; the CLI's forced callbacks are {list(FORCED_CALLBACKS)}"
+        )
     return tuple(declared)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from brainstacks_pl.callbacks.forgetting import MODES, ForgettingMatrix
 
@@ -27,8 +28,12 @@ def print_forgetting_report(forgetting: ForgettingMatrix, run_dir: Path, logger=
         console.print(table)
     console.print(f"run directory: {run_dir}  (manifest.json, stacks/, forgetting_matrix.json)")
     if logger is not None:
-        root = Path(logger.log_dir).parent if Path(logger.log_dir).parent.name == "tensorboard" else Path(logger.log_dir)
-        console.print(f"TensorBoard logs: {logger.log_dir} (this phase; one run per fit below it)  ->  tensorboard --logdir {root}")
+        root = (
+            Path(logger.log_dir).parent if Path(logger.log_dir).parent.name == "tensorboard" else Path(logger.log_dir)
+        )
+        console.print(
+            f"TensorBoard logs: {logger.log_dir} (this phase; one run per fit below it)  ->  tensorboard --logdir {root}"
+        )
 
 
 def _cell(value) -> str:
@@ -39,7 +44,9 @@ def _cell(value) -> str:
     return str(value)
 
 
-def print_phase_summary(title: str, rows: Sequence[tuple[str, Any, Any]], artifacts: dict[str, Any], notes: Sequence[str] = ()) -> None:
+def print_phase_summary(
+    title: str, rows: Sequence[tuple[str, Any, Any]], artifacts: dict[str, Any], notes: Sequence[str] = ()
+) -> None:
     """The table a phase ends with: held-out ``(metric, before, after)`` rows, then where its
     artifacts are (``{what: path}``) and any notes (rich, on stdout, like the forgetting matrix)."""
     from rich.console import Console
@@ -75,7 +82,19 @@ def print_sft_summary(manifest, run_dir: Path, settings: dict, rerun: bool) -> N
     for domain in manifest.domains:
         records = [r for r in manifest.stacks if r.domain == domain and r.phase == "sft"]
         if records:
-            rows.append((f"{domain} val loss ({len(records)} stack{'s' if len(records) > 1 else ''})", records[0].start_val_loss, records[-1].loss_at_freeze))
-    notes = [rerun_note(f"SFT of {', '.join(manifest.completed_domains)} in {run_dir}", manifest, "sft", settings)] if rerun else []
+            rows.append(
+                (
+                    f"{domain} val loss ({len(records)} stack{'s' if len(records) > 1 else ''})",
+                    records[0].start_val_loss,
+                    records[-1].loss_at_freeze,
+                )
+            )
+    notes = (
+        [rerun_note(f"SFT of {', '.join(manifest.completed_domains)} in {run_dir}", manifest, "sft", settings)]
+        if rerun
+        else []
+    )
     artifacts = {"stacks": run_dir / "stacks", "manifest": run_dir / "manifest.json"}
-    print_phase_summary("SFT: each domain's validation loss before its first stack and after its last", rows, artifacts, notes)
+    print_phase_summary(
+        "SFT: each domain's validation loss before its first stack and after its last", rows, artifacts, notes
+    )

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from brainstacks_pl.sandbox import Job, Limits, SandboxError, SandboxUnavailable, get_executor, split_tests
 
@@ -80,7 +81,9 @@ def extract_answer(text: Any) -> float | None:
     return _to_number(numbers[-1]) if numbers else None
 
 
-def math_exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float]:
+def math_exact_match(
+    prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any
+) -> list[float]:
     """1.0 where the completion's final number equals the reference ``answer``'s (to 1e-6), else 0.0."""
     scores = []
     for completion, reference in zip(completions, answer):
@@ -133,7 +136,9 @@ class SandboxResult:
         return not self.timed_out and self.returncode == 0
 
 
-def run_sandboxed(code: str, timeout: float = 5.0, memory_mb: int = 1024, max_output: int = 10_000, executor: Any = None) -> SandboxResult:
+def run_sandboxed(
+    code: str, timeout: float = 5.0, memory_mb: int = 1024, max_output: int = 10_000, executor: Any = None
+) -> SandboxResult:
     """Run ``code`` as a script in the sandbox (``executor``: see ``sandbox.get_executor``; the
     default is the isolated local one, which raises ``SandboxUnavailable`` where it cannot work).
     Keeps the last ``max_output`` bytes of each stream."""
@@ -162,7 +167,7 @@ def code_tests_reward(
     completions: Sequence[str],
     tests: Sequence[Any],
     timeout: float = 5.0,
-    max_workers: Optional[int] = None,
+    max_workers: int | None = None,
     partial_credit: bool = False,
     executor: Any = None,
     memory_mb: int = 1024,
@@ -205,7 +210,9 @@ def code_tests_reward(
     return scores
 
 
-def code_pass_rate_reward(prompts: Sequence[str], completions: Sequence[str], tests: Sequence[Any], **kwargs: Any) -> list[float]:
+def code_pass_rate_reward(
+    prompts: Sequence[str], completions: Sequence[str], tests: Sequence[Any], **kwargs: Any
+) -> list[float]:
     """``code_tests_reward`` with ``partial_credit``: the share of the row's tests that passed."""
     kwargs["partial_credit"] = True
     return code_tests_reward(prompts, completions, tests, **kwargs)

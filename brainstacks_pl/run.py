@@ -31,7 +31,16 @@ from torch import Tensor
 from brainstacks_pl.errors import UserError
 from brainstacks_pl.fingerprint import base_location, check_base_model
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.storage import Manifest, StackRecord, check_domain_name, inside, load_tensors, save_tensors, serialize_tensors, sha256_bytes
+from brainstacks_pl.storage import (
+    Manifest,
+    StackRecord,
+    check_domain_name,
+    inside,
+    load_tensors,
+    save_tensors,
+    serialize_tensors,
+    sha256_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +153,19 @@ class RunDirectory:
         except Exception as err:
             if self.is_writer:
                 round_dir = self.round_dir(domain, round)
-                aside = next(p for n in range(1, 10_000) if not (p := round_dir.with_name(f"{round_dir.name}.unreadable-{n}.ckpt")).exists())
+                aside = next(
+                    p
+                    for n in range(1, 10_000)
+                    if not (p := round_dir.with_name(f"{round_dir.name}.unreadable-{n}.ckpt")).exists()
+                )
                 os.replace(path, aside)
-                log.warning("%s could not be loaded (%s: %s); renamed to %s, the round restarts from its beginning", path, type(err).__name__, err, aside.name)
+                log.warning(
+                    "%s could not be loaded (%s: %s); renamed to %s, the round restarts from its beginning",
+                    path,
+                    type(err).__name__,
+                    err,
+                    aside.name,
+                )
             return None
         return str(path)
 
@@ -177,7 +196,9 @@ class RunDirectory:
             if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
                 return  # ours already (re-entrant)
             if not _stale(owner, me):
-                where = f"process {owner.get('pid')} on {owner.get('host')}" + (f" (SLURM job {owner['slurm_job_id']})" if owner.get("slurm_job_id") else "")
+                where = f"process {owner.get('pid')} on {owner.get('host')}" + (
+                    f" (SLURM job {owner['slurm_job_id']})" if owner.get("slurm_job_id") else ""
+                )
                 raise RunLockedError(
                     f"{self.root} is in use by {where}; wait for it or use another --trainer.default_root_dir"
                     f" (if that process is gone, delete {self.lock_path})"
@@ -208,7 +229,12 @@ class RunDirectory:
             self.manifest.check_compatible(shapes, config, stacks.domains, where=where)
             self.manifest.domains = list(stacks.domains)
         else:
-            self.manifest = Manifest(base_model_id=base_location(stacks.base_model_id), layer_shapes=shapes, stack_config=config, domains=list(stacks.domains))
+            self.manifest = Manifest(
+                base_model_id=base_location(stacks.base_model_id),
+                layer_shapes=shapes,
+                stack_config=config,
+                domains=list(stacks.domains),
+            )
         self.check_base(stacks.base_model_id)
         if asdict(self.manifest) != saved:  # nothing is rewritten that did not change
             self.save_manifest()
@@ -223,9 +249,16 @@ class RunDirectory:
         if not name_or_path:  # a model built in memory (tests, notebooks): nothing on disk to compare
             return
         previous = self.manifest.base_model
-        self.manifest.base_model = check_base_model(previous, name_or_path, str(self.root / "manifest.json"), self.accept_new_base)
+        self.manifest.base_model = check_base_model(
+            previous, name_or_path, str(self.root / "manifest.json"), self.accept_new_base
+        )
         if previous.get("fingerprint") and previous.get("fingerprint") != self.manifest.base_model["fingerprint"]:
-            log.warning("%s: base model replaced by %s (--accept_new_base); stacks trained on %s", self.root, self.manifest.base_model["location"], previous.get("location"))
+            log.warning(
+                "%s: base model replaced by %s (--accept_new_base); stacks trained on %s",
+                self.root,
+                self.manifest.base_model["location"],
+                previous.get("location"),
+            )
         self.manifest.base_model_id = self.manifest.base_model["location"]
 
     def _remove_finished_round_dirs(self) -> None:
@@ -273,14 +306,23 @@ class RunDirectory:
     def write_stack(self, tensors: dict[str, Tensor], record: StackRecord) -> StackRecord:
         """Write a frozen stack file and list it in the manifest (file first, then manifest)."""
         path = self.stack_path(record.domain, record.round)
-        bad = [key for key, value in tensors.items() if not value.is_floating_point() or not bool(torch.isfinite(value).all())]
+        bad = [
+            key
+            for key, value in tensors.items()
+            if not value.is_floating_point() or not bool(torch.isfinite(value).all())
+        ]
         if bad:
             raise NonFiniteStackError(
                 f"the {record.phase} stack {record.domain}-r{record.round} has non-finite weights in {bad[:3]}; nothing was written "
                 "(training diverged: lower the learning rate or enable gradient clipping)"
             )
         record.file = str(path.relative_to(self.root))
-        metadata = {"domain": record.domain, "round": str(record.round), "base_model_id": self.manifest.base_model_id, "phase": record.phase}
+        metadata = {
+            "domain": record.domain,
+            "round": str(record.round),
+            "base_model_id": self.manifest.base_model_id,
+            "phase": record.phase,
+        }
         if self.is_writer:
             record.sha256 = save_tensors(path, tensors, metadata)
         else:  # same bytes, same checksum: every rank's manifest matches rank 0's
@@ -298,4 +340,3 @@ class RunDirectory:
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.root)!r})"
-

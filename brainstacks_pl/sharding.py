@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -46,7 +45,7 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def data_parallel_mesh(mesh: "DeviceMesh") -> "DeviceMesh":
+def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
     """The mesh FSDP shards over: ModelParallelStrategy's ``data_parallel`` dimension.
 
     Tensor parallelism is refused: stacks sit inside the projections that a tensor-parallel
@@ -61,7 +60,7 @@ def data_parallel_mesh(mesh: "DeviceMesh") -> "DeviceMesh":
     return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
-def shard_stacks(stacks: "BrainstacksModel", mesh: "DeviceMesh", reshard_after_forward: bool = True) -> int:
+def shard_stacks(stacks: BrainstacksModel, mesh: DeviceMesh, reshard_after_forward: bool = True) -> int:
     """Shard what is not sharded yet: each active stack, each decoder layer, then the base model.
 
     Idempotent, so ``configure_model`` can call it at every round: the first call shards the

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
-import torch
 from torch import Tensor
 
 from brainstacks_pl.errors import StackFileError, UserError
@@ -68,7 +68,9 @@ class UnsafeNameError(UserError, ValueError):
 def check_domain_name(name: Any, where: str) -> str:
     """``name`` if it is a safe domain name (``DOMAIN_PATTERN``), else an ``UnsafeNameError``."""
     if not isinstance(name, str) or not DOMAIN_PATTERN.fullmatch(name):
-        raise UnsafeNameError(f"{where}: domain name {name!r} is not allowed (letters, digits, '_' and '-', starting with a letter or digit, at most 64 characters)")
+        raise UnsafeNameError(
+            f"{where}: domain name {name!r} is not allowed (letters, digits, '_' and '-', starting with a letter or digit, at most 64 characters)"
+        )
     return name
 
 
@@ -79,13 +81,17 @@ def inside(root: str | Path, relative: Any, where: str) -> Path:
         raise StackFileError(f"{where}: file path {relative!r} is not a relative path")
     parts = Path(relative).parts
     if Path(relative).is_absolute() or ".." in parts:
-        raise StackFileError(f"{where}: file path {relative!r} leaves the run directory (absolute or '..'); files must be inside it")
+        raise StackFileError(
+            f"{where}: file path {relative!r} leaves the run directory (absolute or '..'); files must be inside it"
+        )
     root = Path(root)
     path = root / relative
     try:
         path.resolve().relative_to(root.resolve())
     except ValueError:
-        raise StackFileError(f"{where}: file path {relative!r} resolves outside the run directory (a symlink?)") from None
+        raise StackFileError(
+            f"{where}: file path {relative!r} resolves outside the run directory (a symlink?)"
+        ) from None
     return path
 
 
@@ -147,19 +153,27 @@ def load_tensors(
         raise StackFileError(f"{path}: stack file is missing")
     data = path.read_bytes()
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
-        raise StackFileError(f"{path}: sha256 mismatch (file is corrupt, truncated or was replaced; expected {expected_sha256[:12]}..., got {sha256_bytes(data)[:12]}...)")
+        raise StackFileError(
+            f"{path}: sha256 mismatch (file is corrupt, truncated or was replaced; expected {expected_sha256[:12]}..., got {sha256_bytes(data)[:12]}...)"
+        )
     try:  # safetensors parses without executing anything; a pickle is never unpickled
         tensors = safetensors_load(data)
         metadata = _read_metadata(data)
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
         if _looks_pickled(data):
-            raise StackFileError(f"{path}: looks like a pickle / torch.save archive; only safetensors files are loaded (pickles can run code)") from err
+            raise StackFileError(
+                f"{path}: looks like a pickle / torch.save archive; only safetensors files are loaded (pickles can run code)"
+            ) from err
         raise StackFileError(f"{path}: not a readable safetensors file (truncated or corrupt: {err})") from err
     for key, tensor in tensors.items():
         if not tensor.is_floating_point():
-            raise StackFileError(f"{path}: tensor '{key}' has dtype {tensor.dtype}; stack files hold floating-point tensors only")
+            raise StackFileError(
+                f"{path}: tensor '{key}' has dtype {tensor.dtype}; stack files hold floating-point tensors only"
+            )
         if not bool(torch.isfinite(tensor).all()):
-            raise StackFileError(f"{path}: tensor '{key}' contains NaN or inf; a stack with non-finite weights is never loaded")
+            raise StackFileError(
+                f"{path}: tensor '{key}' contains NaN or inf; a stack with non-finite weights is never loaded"
+            )
     if expected_shapes is not None:
         check_shapes(tensors, expected_shapes, str(path))
     return tensors, metadata
@@ -213,7 +227,7 @@ class Manifest:
         atomic_write_json(Path(run_dir) / MANIFEST_NAME, asdict(self))
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Manifest":
+    def load(cls, run_dir: str | Path) -> Manifest:
         """Parse and validate ``RUN/manifest.json``; every problem is a ``StackFileError`` naming it."""
         path = Path(run_dir) / MANIFEST_NAME
         if Path(run_dir).exists() and not Path(run_dir).is_dir():
@@ -227,23 +241,35 @@ class Manifest:
         except OSError as err:
             raise StackFileError(f"{path}: cannot read the manifest ({err.strerror})") from err
         if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
-            raise StackFileError(f"{path}: unsupported manifest schema_version {raw.get('schema_version') if isinstance(raw, dict) else None!r} (expected {SCHEMA_VERSION})")
+            raise StackFileError(
+                f"{path}: unsupported manifest schema_version {raw.get('schema_version') if isinstance(raw, dict) else None!r} (expected {SCHEMA_VERSION})"
+            )
         return _parse_manifest(raw, Path(run_dir), str(path))
 
     @classmethod
     def exists(cls, run_dir: str | Path) -> bool:
         return (Path(run_dir) / MANIFEST_NAME).is_file()
 
-    def check_compatible(self, layer_shapes: dict[str, list[int]], stack_config: dict[str, Any], domains: list[str], where: str) -> None:
+    def check_compatible(
+        self, layer_shapes: dict[str, list[int]], stack_config: dict[str, Any], domains: list[str], where: str
+    ) -> None:
         """Refuse to mix stacks across base models, stack configs or curricula."""
         if {k: list(v) for k, v in layer_shapes.items()} != self.layer_shapes:
-            diff = sorted(set(layer_shapes) ^ set(self.layer_shapes)) or [k for k in layer_shapes if list(layer_shapes[k]) != self.layer_shapes.get(k)]
-            raise StackFileError(f"{where}: run was made with a different base model ({self.base_model_id!r}); layers differ, e.g. {diff[:3]}")
+            diff = sorted(set(layer_shapes) ^ set(self.layer_shapes)) or [
+                k for k in layer_shapes if list(layer_shapes[k]) != self.layer_shapes.get(k)
+            ]
+            raise StackFileError(
+                f"{where}: run was made with a different base model ({self.base_model_id!r}); layers differ, e.g. {diff[:3]}"
+            )
         for key in ("experts", "rank", "top_k", "target_modules"):
             if stack_config.get(key) != self.stack_config.get(key):
-                raise StackFileError(f"{where}: run used StackConfig.{key}={self.stack_config.get(key)!r}, this config has {stack_config.get(key)!r}")
+                raise StackFileError(
+                    f"{where}: run used StackConfig.{key}={self.stack_config.get(key)!r}, this config has {stack_config.get(key)!r}"
+                )
         if domains[: len(self.completed_domains)] != self.completed_domains:
-            raise StackFileError(f"{where}: run completed domains {self.completed_domains} but the curriculum is now {domains}")
+            raise StackFileError(
+                f"{where}: run completed domains {self.completed_domains} but the curriculum is now {domains}"
+            )
 
     def stack_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of every tensor a stack file of this run holds (``layers/stack_format.py``)."""
@@ -252,12 +278,25 @@ class Manifest:
 
 # ---------------------------------------------------------------------- manifest validation
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "experts": (int,), "rank": (int,), "top_k": (int,), "alpha": (int, float), "rslora": (bool,), "noise": (bool,),
-    "aux_coeff": (int, float), "target_modules": (list,), "frozen_dtype": (str,), "detach_frozen_input": (bool,),
+    "experts": (int,),
+    "rank": (int,),
+    "top_k": (int,),
+    "alpha": (int, float),
+    "rslora": (bool,),
+    "noise": (bool,),
+    "aux_coeff": (int, float),
+    "target_modules": (list,),
+    "frozen_dtype": (str,),
+    "detach_frozen_input": (bool,),
 }
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
-    "phase": (str,), "start_val_loss": (int, float, type(None)), "best_val_loss": (int, float, type(None)),
-    "loss_at_freeze": (int, float, type(None)), "val_losses": (list,), "train_seconds": (int, float, type(None)), "steps": (int, type(None)),
+    "phase": (str,),
+    "start_val_loss": (int, float, type(None)),
+    "best_val_loss": (int, float, type(None)),
+    "loss_at_freeze": (int, float, type(None)),
+    "val_losses": (list,),
+    "train_seconds": (int, float, type(None)),
+    "steps": (int, type(None)),
 }
 
 
@@ -293,9 +332,13 @@ def _parse_stack_config(config: Any, where: str) -> dict[str, Any]:
     if config["top_k"] > config["experts"]:
         raise StackFileError(f"{where}: stack_config.top_k={config['top_k']} exceeds experts={config['experts']}")
     if not config["target_modules"] or not all(isinstance(m, str) and m for m in config["target_modules"]):
-        raise StackFileError(f"{where}: stack_config.target_modules must be a non-empty list of names, got {config['target_modules']!r}")
+        raise StackFileError(
+            f"{where}: stack_config.target_modules must be a non-empty list of names, got {config['target_modules']!r}"
+        )
     if config.get("frozen_dtype", "bfloat16") not in ("bfloat16", "float16", "float32"):
-        raise StackFileError(f"{where}: stack_config.frozen_dtype must be bfloat16, float16 or float32, got {config['frozen_dtype']!r}")
+        raise StackFileError(
+            f"{where}: stack_config.frozen_dtype must be bfloat16, float16 or float32, got {config['frozen_dtype']!r}"
+        )
     return config
 
 
@@ -308,7 +351,9 @@ def _parse_record(raw: Any, index: int, root: Path, domains: list[str], where: s
     file, sha = _file_entry(raw, root, what, where)
     domain = check_domain_name(raw.get("domain"), f"{where}: {what}")
     if domain not in domains:
-        raise StackFileError(f"{where}: {what} is a stack of domain {domain!r}, which is not in the run's domains {domains}")
+        raise StackFileError(
+            f"{where}: {what} is a stack of domain {domain!r}, which is not in the run's domains {domains}"
+        )
     round = _typed(raw.get("round"), (int,), f"{what}.round", where)
     if round < 0:
         raise StackFileError(f"{where}: {what}.round must be >= 0, got {round}")
@@ -327,21 +372,32 @@ def _parse_manifest(raw: dict[str, Any], root: Path, where: str) -> Manifest:
     base = _typed(raw.get("base_model_id"), (str,), "base_model_id", where)
     shapes = _typed(raw.get("layer_shapes"), (dict,), "layer_shapes", where)
     for name, shape in shapes.items():
-        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
-            raise StackFileError(f"{where}: layer_shapes[{name!r}] must be [d_in, d_out] (positive integers), got {shape!r}")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        ):
+            raise StackFileError(
+                f"{where}: layer_shapes[{name!r}] must be [d_in, d_out] (positive integers), got {shape!r}"
+            )
     config = _parse_stack_config(raw.get("stack_config"), where)
     domains = _typed(raw.get("domains"), (list,), "domains", where)
     for name in domains:
         check_domain_name(name, f"{where}: domains")
     if len(set(domains)) != len(domains):
         raise StackFileError(f"{where}: domains lists a name twice: {domains}")
-    stacks = [_parse_record(r, i, root, domains, where) for i, r in enumerate(_typed(raw.get("stacks", []), (list,), "stacks", where))]
+    stacks = [
+        _parse_record(r, i, root, domains, where)
+        for i, r in enumerate(_typed(raw.get("stacks", []), (list,), "stacks", where))
+    ]
     for key in ("file", "domain/round"):
         seen: set = set()
         for record in stacks:
             ident = record.file if key == "file" else (record.domain, record.round)
             if ident in seen:
-                raise StackFileError(f"{where}: stack {ident!r} is listed twice (a duplicated record would be applied twice)")
+                raise StackFileError(
+                    f"{where}: stack {ident!r} is listed twice (a duplicated record would be applied twice)"
+                )
             seen.add(ident)
     completed = _typed(raw.get("completed_domains", []), (list,), "completed_domains", where)
     if any(d not in domains for d in completed) or len(set(completed)) != len(completed):
@@ -349,7 +405,9 @@ def _parse_manifest(raw: dict[str, Any], root: Path, where: str) -> Manifest:
     null_space = _typed(raw.get("null_space", {}), (dict,), "null_space", where)
     for domain, entry in null_space.items():
         if domain not in domains:
-            raise StackFileError(f"{where}: null_space names domain {domain!r}, which is not in the run's domains {domains}")
+            raise StackFileError(
+                f"{where}: null_space names domain {domain!r}, which is not in the run's domains {domains}"
+            )
         _file_entry(entry, root, f"null_space[{domain!r}]", where)
     base_model = _typed(raw.get("base_model", {}), (dict,), "base_model", where)
     extra = _typed(raw.get("extra", {}), (dict,), "extra", where)
@@ -357,6 +415,13 @@ def _parse_manifest(raw: dict[str, Any], root: Path, where: str) -> Manifest:
         _file_entry(extra["router"], root, "extra.router", where)
         inside(root, extra["router"].get("json"), f"{where}: extra.router.json")
     return Manifest(
-        base_model_id=base, layer_shapes=shapes, stack_config=config, domains=list(domains), stacks=stacks,
-        completed_domains=list(completed), null_space=null_space, base_model=base_model, extra=extra,
+        base_model_id=base,
+        layer_shapes=shapes,
+        stack_config=config,
+        domains=list(domains),
+        stacks=stacks,
+        completed_domains=list(completed),
+        null_space=null_space,
+        base_model=base_model,
+        extra=extra,
     )

@@ -13,14 +13,16 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
-def byte_tokenizer(merges: list[tuple[str, str]] | None = None, vocab: dict[str, int] | None = None) -> PreTrainedTokenizerFast:
+def byte_tokenizer(
+    merges: list[tuple[str, str]] | None = None, vocab: dict[str, int] | None = None
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE tokenizer: specials get ids 0..3, then the 256 byte symbols (then ``vocab``'s extras)."""
     byte_symbols = list(pre_tokenizers.ByteLevel.alphabet())
     byte_symbols.sort()
     full_vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
     for sym in byte_symbols:
         full_vocab.setdefault(sym, len(full_vocab))
-    for sym in (vocab or {}):
+    for sym in vocab or {}:
         full_vocab.setdefault(sym, len(full_vocab))
     bpe = models.BPE(vocab=full_vocab, merges=merges or [], unk_token=SPECIAL_TOKENS["unk_token"])
     tok = Tokenizer(bpe)

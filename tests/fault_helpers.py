@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -34,32 +34,59 @@ def fit_args(model_dir: Path, run_dir: Path, *extra: str, batch_size: int = 4) -
     """CLI arguments (after ``brainstacks``) of the tiny 2-domain x 2-round curriculum."""
     return [
         "fit",
-        "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "2",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "64",
-        "--data.batch_size", str(batch_size),
-        "--data.max_val_examples", "8",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path",
+        str(model_dir),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.max_seq_len",
+        "64",
+        "--data.batch_size",
+        str(batch_size),
+        "--data.max_val_examples",
+        "8",
         f"--data.domains={TINY_DOMAINS}",
-        "--boosting.max_rounds", "2",
-        "--boosting.min_loss_delta", "-1.0",  # always boost to max_rounds
-        "--null_space.mode", "weight", "--null_space.k", "4", "--null_space.n_samples", "8",
+        "--boosting.max_rounds",
+        "2",
+        "--boosting.min_loss_delta",
+        "-1.0",  # always boost to max_rounds
+        "--null_space.mode",
+        "weight",
+        "--null_space.k",
+        "4",
+        "--null_space.n_samples",
+        "8",
         *extra,
     ]
 
 
 def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def launch(args: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
     """Start ``python -m brainstacks_pl ARGS`` in its own process group, output to ``log_path``."""
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "brainstacks_pl", *args], cwd=cwd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "brainstacks_pl", *args],
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         log.close()  # the child holds its own descriptor
 
@@ -112,7 +139,11 @@ def tree_digest(root: Path) -> dict[str, str]:
     root = Path(root)
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def stack_bytes(run_dir: Path) -> dict[str, bytes]:

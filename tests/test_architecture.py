@@ -12,8 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "brainstacks_pl"
 
 LOW_LEVEL = ("brainstacks_pl.layers", "brainstacks_pl.storage", "brainstacks_pl.nullspace", "brainstacks_pl.losses")
 HIGH_LEVEL = (
-    "brainstacks_pl.modules", "brainstacks_pl.callbacks", "brainstacks_pl.cli", "brainstacks_pl.commands",
-    "brainstacks_pl.data", "brainstacks_pl.driver", "brainstacks_pl.phase", "brainstacks_pl.inference_cli",
+    "brainstacks_pl.modules",
+    "brainstacks_pl.callbacks",
+    "brainstacks_pl.cli",
+    "brainstacks_pl.commands",
+    "brainstacks_pl.data",
+    "brainstacks_pl.driver",
+    "brainstacks_pl.phase",
+    "brainstacks_pl.inference_cli",
 )
 
 
@@ -66,7 +72,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -86,7 +92,10 @@ def test_the_graph_reader_sees_function_local_and_relative_imports(tmp_path):
     (pkg / "sub" / "c.py").write_text("from . import a\nfrom ..b import g\nfrom brainstacks_pl.sub import a as again\n")
     known = {"brainstacks_pl.sub.a", "brainstacks_pl.b", "brainstacks_pl.sub.c", "brainstacks_pl.sub", "brainstacks_pl"}
     assert imports_of("brainstacks_pl.sub.a", pkg / "sub" / "a.py", known) == {"brainstacks_pl.b"}
-    assert imports_of("brainstacks_pl.sub.c", pkg / "sub" / "c.py", known) == {"brainstacks_pl.sub.a", "brainstacks_pl.b"}
+    assert imports_of("brainstacks_pl.sub.c", pkg / "sub" / "c.py", known) == {
+        "brainstacks_pl.sub.a",
+        "brainstacks_pl.b",
+    }
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -101,7 +110,9 @@ def test_low_level_modules_import_nothing_from_phases_callbacks_cli_or_data(low)
     graph = import_graph()
     offenders = {
         f"{name} -> {target}"
-        for name, targets in graph.items() if name == low or name.startswith(low + ".")
-        for target in targets if target.startswith(HIGH_LEVEL)
+        for name, targets in graph.items()
+        if name == low or name.startswith(low + ".")
+        for target in targets
+        if target.startswith(HIGH_LEVEL)
     }
     assert not offenders, sorted(offenders)

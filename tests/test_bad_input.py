@@ -21,20 +21,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama
+from fault_helpers import REPO, fit_args, make_model_dir, tree_digest
 
 from brainstacks_pl import inference_cli
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data import CurriculumDataModule, DomainConfig
-from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import save_router
 from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackRecord, load_tensors, save_tensors, sha256_bytes
-from conftest import make_tiny_llama
-from fault_helpers import REPO, fit_args, make_model_dir, tree_digest
 
 DOMAINS = ["chat", "math"]
 CONFIG = StackConfig(experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_proj"], frozen_dtype="float32")
@@ -82,7 +81,9 @@ def generate(run: Path, *extra: str) -> tuple[int, str]:
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = inference_cli.main(["generate", "--run", str(run), "--max_new_tokens", "2", *extra], stdout=io.StringIO())
+        code = inference_cli.main(
+            ["generate", "--run", str(run), "--max_new_tokens", "2", *extra], stdout=io.StringIO()
+        )
     return code, err.getvalue()
 
 
@@ -126,7 +127,11 @@ DATA_CASES = {
     # name: (file name, bytes or None for a missing file, what the error must mention)
     "missing file": ("law.jsonl", None, "law.jsonl"),
     "empty file": ("law.jsonl", b"", "empty"),
-    "missing columns": ("law.jsonl", b'{"question_text": "a", "reply": "b"}\n' * 4, "cannot detect the format from columns ['question_text', 'reply']"),
+    "missing columns": (
+        "law.jsonl",
+        b'{"question_text": "a", "reply": "b"}\n' * 4,
+        "cannot detect the format from columns ['question_text', 'reply']",
+    ),
     "non-utf8 bytes": ("law.jsonl", b'{"prompt": "caf\xe9", "response": "ok"}\n', "UTF-8"),
     "empty domain": ("law.jsonl", b'{"prompt": "", "response": ""}\n' * 4, "no usable examples"),
     "not json": ("law.jsonl", b"this is not json\n", "law.jsonl"),
@@ -149,12 +154,16 @@ def test_over_long_text_is_truncated_and_counted_not_a_crash(model_dir, tmp_path
     rows = [{"prompt": f"question {i}", "response": "x" * 5000} for i in range(6)]
     path = tmp_path / "long.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = CurriculumDataModule([DomainConfig("long", str(path))], tokenizer=str(model_dir), max_seq_len=64, batch_size=2, val_fraction=0.0)
+    data = CurriculumDataModule(
+        [DomainConfig("long", str(path))], tokenizer=str(model_dir), max_seq_len=64, batch_size=2, val_fraction=0.0
+    )
     data.setup("fit")
     data.set_domain("long")
     assert data.decontamination_report["long"]["truncated"] == len(rows)
     batch = next(iter(data.train_dataloader()))
-    assert batch["input_ids"].shape[1] <= 64 and (batch["labels"] != -100).any(), "the truncated rows keep response tokens"
+    assert batch["input_ids"].shape[1] <= 64 and (batch["labels"] != -100).any(), (
+        "the truncated rows keep response tokens"
+    )
 
 
 # ---------------------------------------------------------------------- stack files
@@ -248,15 +257,23 @@ def test_generate_on_a_directory_that_is_not_a_run(tmp_path):
 import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from brainstacks_pl import commands
 
 OUTCOMES: dict[str, list[str]] = {"named": [], "handled": [], "raw": [], "silent": []}
 STACK_ARGS = (
-    "--model.stack.experts", "2", "--model.stack.rank", "4", "--model.stack.top_k", "1",
-    "--model.stack.target_modules", "[q_proj, v_proj]", "--model.stack.frozen_dtype", "float32",
+    "--model.stack.experts",
+    "2",
+    "--model.stack.rank",
+    "4",
+    "--model.stack.top_k",
+    "1",
+    "--model.stack.target_modules",
+    "[q_proj, v_proj]",
+    "--model.stack.frozen_dtype",
+    "float32",
 )
 SMALL_DOMAINS = '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, {name: math, path: "demo:math", max_examples: 16}]'
 
@@ -309,7 +326,18 @@ def invoke(argv: list[str], stdin: str = "") -> Outcome:
 
 # ---------------------------------------------------------------------- command lines
 def gen(env: Env, *extra: str) -> list[str]:
-    return ["generate", "--run", str(env.run), "--prompt", "hello", "--max_new_tokens", "2", "--mode", "ungated", *extra]
+    return [
+        "generate",
+        "--run",
+        str(env.run),
+        "--prompt",
+        "hello",
+        "--max_new_tokens",
+        "2",
+        "--mode",
+        "ungated",
+        *extra,
+    ]
 
 
 def chat(env: Env, *extra: str) -> list[str]:
@@ -317,16 +345,43 @@ def chat(env: Env, *extra: str) -> list[str]:
 
 
 def evaluate(env: Env, *extra: str) -> list[str]:
-    return ["evaluate", "--run", str(env.run), "--tasks", "chat_mc", "--modes", "ungated", "--limit", "2", "--no_tensorboard", "--output", str(env.tmp / "results.json"), *extra]
+    return [
+        "evaluate",
+        "--run",
+        str(env.run),
+        "--tasks",
+        "chat_mc",
+        "--modes",
+        "ungated",
+        "--limit",
+        "2",
+        "--no_tensorboard",
+        "--output",
+        str(env.tmp / "results.json"),
+        *extra,
+    ]
 
 
 def fit(env: Env, *extra: str) -> list[str]:
-    return [*fit_args(env.model_dir, env.run, *STACK_ARGS, "--trainer.enable_progress_bar", "false"), SMALL_DOMAINS, *extra]
+    return [
+        *fit_args(env.model_dir, env.run, *STACK_ARGS, "--trainer.enable_progress_bar", "false"),
+        SMALL_DOMAINS,
+        *extra,
+    ]
 
 
 def phase(config: str) -> Callable[..., list[str]]:
     def argv(env: Env, *extra: str) -> list[str]:
-        return ["fit", "--config", str(REPO / "configs" / config), "--trainer.default_root_dir", str(env.run), "--trainer.enable_progress_bar", "false", *extra]
+        return [
+            "fit",
+            "--config",
+            str(REPO / "configs" / config),
+            "--trainer.default_root_dir",
+            str(env.run),
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
 
     return argv
 
@@ -376,7 +431,11 @@ def _set(path: str, value) -> Callable[[dict, Env], None]:
     return change
 
 
-def replace_stack(tensor_change: Callable[[dict[str, torch.Tensor]], None] | None = None, data: Callable[[Env], bytes] | None = None, fix_sha: bool = True) -> Callable[[Env], None]:
+def replace_stack(
+    tensor_change: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    data: Callable[[Env], bytes] | None = None,
+    fix_sha: bool = True,
+) -> Callable[[Env], None]:
     def damage(env: Env) -> None:
         manifest = manifest_of(env)
         path = env.run / manifest["stacks"][0]["file"]
@@ -413,26 +472,47 @@ def _flip_byte(env: Env) -> bytes:
 DAMAGE: dict[str, tuple[Callable[[Env], None], str]] = {
     "domain escapes the run": (edit(_escaping_domain), r"domain name '\.\./\.\./outside/victim' is not allowed"),
     "file outside the run": (edit(_file_outside), r"'\.\./outside/chat-r0\.safetensors' leaves the run directory"),
-    "absolute file path": (edit(_set("stacks.0.file", lambda env: str(env.run / "stacks" / "chat-r0.safetensors"))), r"leaves the run directory"),
+    "absolute file path": (
+        edit(_set("stacks.0.file", lambda env: str(env.run / "stacks" / "chat-r0.safetensors"))),
+        r"leaves the run directory",
+    ),
     "sha256 null": (edit(_set("stacks.0.sha256", None)), r"stacks\[0\] needs a sha256"),
     "sha256 not hex": (edit(_set("stacks.0.sha256", "xyz")), r"stacks\[0\] needs a sha256"),
     "record listed twice": (edit(lambda m, env: m["stacks"].append(dict(m["stacks"][0]))), r"is listed twice"),
-    "stack relabelled to an unknown domain": (edit(_set("stacks.1.domain", "legal")), r"domain 'legal', which is not in the run's domains"),
+    "stack relabelled to an unknown domain": (
+        edit(_set("stacks.1.domain", "legal")),
+        r"domain 'legal', which is not in the run's domains",
+    ),
     "stack_config null": (edit(_set("stack_config", None)), r"stack_config must be dict, got None"),
     "experts four": (edit(_set("stack_config.experts", "four")), r"stack_config\.experts must be int, got 'four'"),
     "top_k above experts": (edit(_set("stack_config.top_k", 5)), r"top_k=5 exceeds experts=2"),
     "unsafe name in domains": (edit(_set("domains", ["chat", "../math"])), r"domain name '\.\./math' is not allowed"),
     "domain listed twice": (edit(_set("domains", ["chat", "chat"])), r"domains lists a name twice"),
-    "layer shape not a pair": (edit(lambda m, env: m["layer_shapes"].update({next(iter(m["layer_shapes"])): [32]})), r"must be \[d_in, d_out\]"),
+    "layer shape not a pair": (
+        edit(lambda m, env: m["layer_shapes"].update({next(iter(m["layer_shapes"])): [32]})),
+        r"must be \[d_in, d_out\]",
+    ),
     "negative round": (edit(_set("stacks.0.round", -1)), r"round must be >= 0"),
     "round a string": (edit(_set("stacks.0.round", "zero")), r"stacks\[0\]\.round must be int"),
     "completed an unknown domain": (edit(_set("completed_domains", ["legal"])), r"completed_domains \['legal'\]"),
-    "null-space basis outside": (edit(_set("null_space", {"chat": {"file": "../../outside/basis.safetensors", "sha256": "0" * 64}})), r"null_space\['chat'\]: file path .* leaves the run directory"),
-    "router file outside": (edit(_set("extra.router.file", "/etc/passwd")), r"extra\.router: file path '/etc/passwd' leaves the run directory"),
+    "null-space basis outside": (
+        edit(_set("null_space", {"chat": {"file": "../../outside/basis.safetensors", "sha256": "0" * 64}})),
+        r"null_space\['chat'\]: file path .* leaves the run directory",
+    ),
+    "router file outside": (
+        edit(_set("extra.router.file", "/etc/passwd")),
+        r"extra\.router: file path '/etc/passwd' leaves the run directory",
+    ),
     "unknown manifest field": (edit(_set("owner", "me")), r"unknown fields \['owner'\]"),
     "stacks not a list": (edit(_set("stacks", {})), r"stacks must be list"),
-    "base_model_id edited": (edit(_set("base_model_id", lambda env: str(env.other_model))), r"is not the one this run's stacks were trained on .*weights differ"),
-    "fingerprint edited": (edit(_set("base_model.fingerprint.weights", "0" * 64)), r"weights differ.*--accept_new_base"),
+    "base_model_id edited": (
+        edit(_set("base_model_id", lambda env: str(env.other_model))),
+        r"is not the one this run's stacks were trained on .*weights differ",
+    ),
+    "fingerprint edited": (
+        edit(_set("base_model.fingerprint.weights", "0" * 64)),
+        r"weights differ.*--accept_new_base",
+    ),
     "manifest not json": (lambda env: (env.run / "manifest.json").write_text("{"), r"manifest is not valid JSON"),
     "manifest missing": (lambda env: (env.run / "manifest.json").unlink(), r"no manifest"),
     "manifest a list": (lambda env: write_manifest(env, [1]), r"unsupported manifest schema_version None"),
@@ -446,14 +526,71 @@ DAMAGE: dict[str, tuple[Callable[[Env], None], str]] = {
     "stack file missing": (lambda env: (env.run / "stacks" / "chat-r0.safetensors").unlink(), r"stack file is missing"),
     "flipped byte": (replace_stack(data=_flip_byte, fix_sha=False), r"sha256 mismatch"),
 }
-MANIFEST_ONLY = [k for k in DAMAGE if k not in ("int64 tensor", "NaN in a tensor", "inf in a tensor", "a pickle", "truncated", "stack of another base", "stack file missing", "flipped byte")]
+MANIFEST_ONLY = [
+    k
+    for k in DAMAGE
+    if k
+    not in (
+        "int64 tensor",
+        "NaN in a tensor",
+        "inf in a tensor",
+        "a pickle",
+        "truncated",
+        "stack of another base",
+        "stack file missing",
+        "flipped byte",
+    )
+]
 DAMAGE_PER_COMMAND = {
     "generate": list(DAMAGE),
-    "evaluate": ["domain escapes the run", "file outside the run", "sha256 null", "record listed twice", "stack relabelled to an unknown domain", "experts four", "base_model_id edited", "NaN in a tensor", "int64 tensor", "manifest not json"],
-    "chat": ["domain escapes the run", "absolute file path", "stack_config null", "record listed twice", "fingerprint edited", "inf in a tensor", "int64 tensor", "flipped byte"],
-    "fit": ["domain escapes the run", "file outside the run", "sha256 null", "record listed twice", "unsafe name in domains", "experts four", "fingerprint edited", "NaN in a tensor"],
-    "router": ["domain escapes the run", "file outside the run", "record listed twice", "stack_config null", "fingerprint edited", "router file outside"],
-    "dpo": ["domain escapes the run", "absolute file path", "sha256 not hex", "record listed twice", "fingerprint edited", "int64 tensor"],
+    "evaluate": [
+        "domain escapes the run",
+        "file outside the run",
+        "sha256 null",
+        "record listed twice",
+        "stack relabelled to an unknown domain",
+        "experts four",
+        "base_model_id edited",
+        "NaN in a tensor",
+        "int64 tensor",
+        "manifest not json",
+    ],
+    "chat": [
+        "domain escapes the run",
+        "absolute file path",
+        "stack_config null",
+        "record listed twice",
+        "fingerprint edited",
+        "inf in a tensor",
+        "int64 tensor",
+        "flipped byte",
+    ],
+    "fit": [
+        "domain escapes the run",
+        "file outside the run",
+        "sha256 null",
+        "record listed twice",
+        "unsafe name in domains",
+        "experts four",
+        "fingerprint edited",
+        "NaN in a tensor",
+    ],
+    "router": [
+        "domain escapes the run",
+        "file outside the run",
+        "record listed twice",
+        "stack_config null",
+        "fingerprint edited",
+        "router file outside",
+    ],
+    "dpo": [
+        "domain escapes the run",
+        "absolute file path",
+        "sha256 not hex",
+        "record listed twice",
+        "fingerprint edited",
+        "int64 tensor",
+    ],
     "grpo": ["domain escapes the run", "null-space basis outside", "experts four", "base_model_id edited"],
 }
 
@@ -467,11 +604,20 @@ def damaged(command: str, damage: str) -> Case:
 
     if command == "chat" and damage not in MANIFEST_ONLY:
         # chat loads stacks per request: the bad file is named for that prompt and the session goes on
-        return Case(command, setup, stdin="hello\n", check=lambda env, out: re.search(f"error: .*{pattern}", out.out) is not None)
+        return Case(
+            command,
+            setup,
+            stdin="hello\n",
+            check=lambda env, out: re.search(f"error: .*{pattern}", out.out) is not None,
+        )
     return Case(command, setup, pattern, stdin="hello\n")
 
 
-CASES: dict[str, Case] = {f"{command}: {damage}": damaged(command, damage) for command, names in DAMAGE_PER_COMMAND.items() for damage in names}
+CASES: dict[str, Case] = {
+    f"{command}: {damage}": damaged(command, damage)
+    for command, names in DAMAGE_PER_COMMAND.items()
+    for damage in names
+}
 
 
 # ---------------------------------------------------------------------- flags, prompts, phases
@@ -479,21 +625,43 @@ def _moved_base(env: Env) -> Path:
     """The run's base copied to a new place, the manifest still naming the old (gone) one."""
     moved = env.tmp / "moved" / "tiny"
     shutil.copytree(env.model_dir, moved)
-    edit(lambda m, env: (m.update(base_model_id="/nonexistent/old/tiny"), m["base_model"].update(location="/nonexistent/old/tiny")))(env)
+    edit(
+        lambda m, env: (
+            m.update(base_model_id="/nonexistent/old/tiny"),
+            m["base_model"].update(location="/nonexistent/old/tiny"),
+        )
+    )(env)
     return moved
 
 
 def _fresh_fit(lr: str) -> Callable[[Env], list[str]]:
     """A new one-domain run trained at a diverging learning rate, the base given as a relative path."""
+
     def setup(env: Env) -> list[str]:
         cwd = env.tmp / "cwd"
         cwd.mkdir()
         env.monkeypatch.chdir(cwd)
         relative = os.path.relpath(env.model_dir, cwd)
         return [
-            *fit_args(Path(relative), env.tmp / "fresh", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"),
-            '--data.domains=[{name: math, path: "demo:math", max_examples: 16}]', "--boosting.max_rounds", "1",
-            "--model.optimizer.init_args.lr", lr, "--model.warmup_steps", "0", "--trainer.gradient_clip_val", "null",
+            *fit_args(
+                Path(relative),
+                env.tmp / "fresh",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+            ),
+            '--data.domains=[{name: math, path: "demo:math", max_examples: 16}]',
+            "--boosting.max_rounds",
+            "1",
+            "--model.optimizer.init_args.lr",
+            lr,
+            "--model.warmup_steps",
+            "0",
+            "--trainer.gradient_clip_val",
+            "null",
         ]
 
     return setup
@@ -502,15 +670,26 @@ def _fresh_fit(lr: str) -> Callable[[Env], list[str]]:
 def _fresh_run_is_finite_and_portable(env: Env, outcome: Outcome) -> bool:
     fresh = env.tmp / "fresh"
     manifest = Manifest.load(fresh)
-    finite = all(bool(torch.isfinite(t).all()) for r in manifest.stacks for t in load_tensors(fresh / r.file)[0].values())
+    finite = all(
+        bool(torch.isfinite(t).all()) for r in manifest.stacks for t in load_tensors(fresh / r.file)[0].values()
+    )
     env.monkeypatch.chdir(env.outside)  # generate from elsewhere: the relative base path was stored resolved
-    answered = invoke(["generate", "--run", str(fresh), "--prompt", "hi", "--max_new_tokens", "2", "--mode", "ungated"]).code == 0
+    answered = (
+        invoke(["generate", "--run", str(fresh), "--prompt", "hi", "--max_new_tokens", "2", "--mode", "ungated"]).code
+        == 0
+    )
     return finite and answered and manifest.base_model_id == str(env.model_dir.resolve()) and len(manifest.stacks) == 1
 
 
 def _deny_writes(env: Env) -> list[str]:
     real = os.access
-    env.monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: False if mode & os.W_OK and str(path).startswith(str(env.run)) else real(path, mode, *a, **k))
+    env.monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode, *a, **k: (
+            False if mode & os.W_OK and str(path).startswith(str(env.run)) else real(path, mode, *a, **k)
+        ),
+    )
     return evaluate(env, "--output", str(env.run / "eval" / "results.json"))
 
 
@@ -525,65 +704,166 @@ MISMATCH = r"is not the one this run's stacks were trained on"
 
 SPECIFIC: dict[str, Case] = {
     # generate
-    "generate: --device cuda:99": Case("generate", lambda env: gen(env, "--device", "cuda:99"), r"--device cuda:99: this machine has"),
-    "generate: --device tpu": Case("generate", lambda env: gen(env, "--device", "tpu7"), r"--device 'tpu7' is not a torch device"),
-    "generate: --dtype float7": Case("generate", lambda env: gen(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype such as float32, bfloat16, float16, got 'float7'"),
-    "generate: --run /etc/passwd": Case("generate", lambda env: gen(env, "--run", "/etc/passwd"), r"/etc/passwd: not a run directory"),
-    "generate: --run missing": Case("generate", lambda env: gen(env, "--run", str(env.tmp / "nope")), r"nope/manifest\.json: no manifest"),
-    "generate: missing base directory": Case("generate", lambda env: gen(env, "--model_name_or_path", str(env.tmp / "no_model")), r"base model directory '.*no_model' does not exist"),
-    "generate: base is a file": Case("generate", lambda env: gen(env, "--model_name_or_path", str(env.run / "manifest.json")), r"is a file"),
-    "generate: another base of the same shapes": Case("generate", lambda env: gen(env, "--model_name_or_path", str(env.other_model)), MISMATCH),
-    "generate: --accept_new_base": Case("generate", lambda env: gen(env, "--model_name_or_path", str(env.other_model), "--accept_new_base"), check=lambda env, out: out.code == 0),
-    "generate: moved base, old path": Case("generate", lambda env: (_moved_base(env), gen(env))[1], r"base model directory '/nonexistent/old/tiny' does not exist"),
-    "generate: moved base, new path given": Case("generate", lambda env: gen(env, "--model_name_or_path", str(_moved_base(env))), check=lambda env, out: out.code == 0),
+    "generate: --device cuda:99": Case(
+        "generate", lambda env: gen(env, "--device", "cuda:99"), r"--device cuda:99: this machine has"
+    ),
+    "generate: --device tpu": Case(
+        "generate", lambda env: gen(env, "--device", "tpu7"), r"--device 'tpu7' is not a torch device"
+    ),
+    "generate: --dtype float7": Case(
+        "generate",
+        lambda env: gen(env, "--dtype", "float7"),
+        r"--dtype must be a floating-point torch dtype such as float32, bfloat16, float16, got 'float7'",
+    ),
+    "generate: --run /etc/passwd": Case(
+        "generate", lambda env: gen(env, "--run", "/etc/passwd"), r"/etc/passwd: not a run directory"
+    ),
+    "generate: --run missing": Case(
+        "generate", lambda env: gen(env, "--run", str(env.tmp / "nope")), r"nope/manifest\.json: no manifest"
+    ),
+    "generate: missing base directory": Case(
+        "generate",
+        lambda env: gen(env, "--model_name_or_path", str(env.tmp / "no_model")),
+        r"base model directory '.*no_model' does not exist",
+    ),
+    "generate: base is a file": Case(
+        "generate", lambda env: gen(env, "--model_name_or_path", str(env.run / "manifest.json")), r"is a file"
+    ),
+    "generate: another base of the same shapes": Case(
+        "generate", lambda env: gen(env, "--model_name_or_path", str(env.other_model)), MISMATCH
+    ),
+    "generate: --accept_new_base": Case(
+        "generate",
+        lambda env: gen(env, "--model_name_or_path", str(env.other_model), "--accept_new_base"),
+        check=lambda env, out: out.code == 0,
+    ),
+    "generate: moved base, old path": Case(
+        "generate",
+        lambda env: (_moved_base(env), gen(env))[1],
+        r"base model directory '/nonexistent/old/tiny' does not exist",
+    ),
+    "generate: moved base, new path given": Case(
+        "generate",
+        lambda env: gen(env, "--model_name_or_path", str(_moved_base(env))),
+        check=lambda env, out: out.code == 0,
+    ),
     "generate: empty prompt": Case("generate", lambda env: gen(env, "--prompt", "  "), r"empty prompt"),
     "generate: prompt over the context": Case("generate", lambda env: gen(env, "--prompt", "x" * 300), r"shorten it"),
-    "generate: --max_new_tokens 0": Case("generate", lambda env: gen(env, "--max_new_tokens", "0"), r"need max_new_tokens >= 1"),
+    "generate: --max_new_tokens 0": Case(
+        "generate", lambda env: gen(env, "--max_new_tokens", "0"), r"need max_new_tokens >= 1"
+    ),
     "generate: --temperature -1": Case("generate", lambda env: gen(env, "--temperature", "-1"), r"temperature >= 0"),
     "generate: --mode bogus": Case("generate", lambda env: gen(env, "--mode", "bogus"), r"invalid choice: 'bogus'"),
-    "generate: --max_new_tokens two": Case("generate", lambda env: gen(env, "--max_new_tokens", "two"), r"invalid int value: 'two'"),
-    "generate: router of other domains": Case("generate", lambda env: ((env.run / "router" / "router.json").write_text(json.dumps({**json.loads((env.run / "router" / "router.json").read_text()), "domains": ["chat", "legal"]})), gen(env, "--mode", "routed"))[1], r"legal"),
+    "generate: --max_new_tokens two": Case(
+        "generate", lambda env: gen(env, "--max_new_tokens", "two"), r"invalid int value: 'two'"
+    ),
+    "generate: router of other domains": Case(
+        "generate",
+        lambda env: (
+            (env.run / "router" / "router.json").write_text(
+                json.dumps(
+                    {**json.loads((env.run / "router" / "router.json").read_text()), "domains": ["chat", "legal"]}
+                )
+            ),
+            gen(env, "--mode", "routed"),
+        )[1],
+        r"legal",
+    ),
     # chat
-    "chat: a Latin-1 byte in a prompt": Case("chat", chat, stdin="caf\udce9\nhello\n", check=lambda env, out: answered_once(env, out) and "error: the prompt is not valid UTF-8" in out.out),
-    "chat: bad session commands": Case("chat", chat, stdin="/tokens 0\n/mode bogus\n/nope\nhello\n", check=lambda env, out: answered_once(env, out) and out.out.count("error: ") == 3),
+    "chat: a Latin-1 byte in a prompt": Case(
+        "chat",
+        chat,
+        stdin="caf\udce9\nhello\n",
+        check=lambda env, out: answered_once(env, out) and "error: the prompt is not valid UTF-8" in out.out,
+    ),
+    "chat: bad session commands": Case(
+        "chat",
+        chat,
+        stdin="/tokens 0\n/mode bogus\n/nope\nhello\n",
+        check=lambda env, out: answered_once(env, out) and out.out.count("error: ") == 3,
+    ),
     "chat: --device cuda:99": Case("chat", lambda env: chat(env, "--device", "cuda:99"), r"--device cuda:99"),
-    "chat: --dtype float7": Case("chat", lambda env: chat(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype"),
+    "chat: --dtype float7": Case(
+        "chat", lambda env: chat(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype"
+    ),
     "chat: another base": Case("chat", lambda env: chat(env, "--model_name_or_path", str(env.other_model)), MISMATCH),
     # evaluate
     "evaluate: read-only run": Case("evaluate", _deny_writes, r"cannot write results under .*/run/eval"),
     "evaluate: output under a file": Case("evaluate", _outside_file, r"a_file is not a writable directory"),
     "evaluate: --limit 0": Case("evaluate", lambda env: evaluate(env, "--limit", "0"), r"--limit must be >= 1"),
-    "evaluate: --modes bogus": Case("evaluate", lambda env: evaluate(env, "--modes", "bogus"), r"--modes takes a comma list"),
-    "evaluate: unknown task": Case("evaluate", lambda env: evaluate(env, "--tasks", "no_such_task"), r"unknown task"),
-    "evaluate: --dtype float7": Case("evaluate", lambda env: evaluate(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype"),
-    "evaluate: another base": Case("evaluate", lambda env: evaluate(env, "--model_name_or_path", str(env.other_model)), MISMATCH),
-    # fit (SFT curriculum)
-    "fit: config domain escapes": Case("fit", lambda env: fit(env, '--data.domains=[{name: "../../outside/escaped", path: "demo:chat", max_examples: 16}]'), r"domain name '\.\./\.\./outside/escaped' is not allowed"),
-    "fit: --trainer.max_epochs 0": Case("fit", lambda env: fit(env, "--trainer.max_epochs", "0"), ZERO_STEPS),
-    "fit: --trainer.limit_train_batches 0": Case("fit", lambda env: fit(env, "--trainer.limit_train_batches", "0"), ZERO_STEPS),
-    "fit: --trainer.max_steps 0": Case("fit", lambda env: fit(env, "--trainer.max_steps", "0"), ZERO_STEPS),
-    "fit: missing base directory": Case("fit", lambda env: fit(env, "--model.model_name_or_path", str(env.tmp / "no_model")), r"base model directory '.*no_model' does not exist"),
-    "fit: resume on another base": Case("fit", lambda env: fit(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH),
-    "fit: resume on another base, --accept_new_base": Case(
-        "fit", lambda env: fit(env, "--model.model_name_or_path", str(env.other_model), "--accept_new_base", "true"),
-        check=lambda env, out: out.code == 0 and manifest_of(env)["base_model"]["location"] == str(env.other_model), run_unchanged=False,
+    "evaluate: --modes bogus": Case(
+        "evaluate", lambda env: evaluate(env, "--modes", "bogus"), r"--modes takes a comma list"
     ),
-    "fit: --ckpt_path": Case("fit", lambda env: fit(env, "--ckpt_path", str(env.tmp / "x.ckpt")), r"--ckpt_path is not used by this phase"),
+    "evaluate: unknown task": Case("evaluate", lambda env: evaluate(env, "--tasks", "no_such_task"), r"unknown task"),
+    "evaluate: --dtype float7": Case(
+        "evaluate", lambda env: evaluate(env, "--dtype", "float7"), r"--dtype must be a floating-point torch dtype"
+    ),
+    "evaluate: another base": Case(
+        "evaluate", lambda env: evaluate(env, "--model_name_or_path", str(env.other_model)), MISMATCH
+    ),
+    # fit (SFT curriculum)
+    "fit: config domain escapes": Case(
+        "fit",
+        lambda env: fit(env, '--data.domains=[{name: "../../outside/escaped", path: "demo:chat", max_examples: 16}]'),
+        r"domain name '\.\./\.\./outside/escaped' is not allowed",
+    ),
+    "fit: --trainer.max_epochs 0": Case("fit", lambda env: fit(env, "--trainer.max_epochs", "0"), ZERO_STEPS),
+    "fit: --trainer.limit_train_batches 0": Case(
+        "fit", lambda env: fit(env, "--trainer.limit_train_batches", "0"), ZERO_STEPS
+    ),
+    "fit: --trainer.max_steps 0": Case("fit", lambda env: fit(env, "--trainer.max_steps", "0"), ZERO_STEPS),
+    "fit: missing base directory": Case(
+        "fit",
+        lambda env: fit(env, "--model.model_name_or_path", str(env.tmp / "no_model")),
+        r"base model directory '.*no_model' does not exist",
+    ),
+    "fit: resume on another base": Case(
+        "fit", lambda env: fit(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH
+    ),
+    "fit: resume on another base, --accept_new_base": Case(
+        "fit",
+        lambda env: fit(env, "--model.model_name_or_path", str(env.other_model), "--accept_new_base", "true"),
+        check=lambda env, out: out.code == 0 and manifest_of(env)["base_model"]["location"] == str(env.other_model),
+        run_unchanged=False,
+    ),
+    "fit: --ckpt_path": Case(
+        "fit", lambda env: fit(env, "--ckpt_path", str(env.tmp / "x.ckpt")), r"--ckpt_path is not used by this phase"
+    ),
     "fit: AdamW lr 5.0, relative base path": Case("fit", _fresh_fit("5.0"), check=_fresh_run_is_finite_and_portable),
-    "fit: AdamW lr 1e30 (NaN validation loss)": Case("fit", _fresh_fit("1e30"), check=_fresh_run_is_finite_and_portable),
+    "fit: AdamW lr 1e30 (NaN validation loss)": Case(
+        "fit", _fresh_fit("1e30"), check=_fresh_run_is_finite_and_portable
+    ),
     # router
     "router: --trainer.max_epochs 0": Case("router", lambda env: router(env, "--trainer.max_epochs", "0"), ZERO_STEPS),
-    "router: another base": Case("router", lambda env: router(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH),
-    "router: no run": Case("router", lambda env: router(env, "--trainer.default_root_dir", str(env.tmp / "nope")), r"nope: no manifest\.json"),
+    "router: another base": Case(
+        "router", lambda env: router(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH
+    ),
+    "router: no run": Case(
+        "router",
+        lambda env: router(env, "--trainer.default_root_dir", str(env.tmp / "nope")),
+        r"nope: no manifest\.json",
+    ),
     # DPO
-    "dpo: domain not in the run": Case("dpo", lambda env: dpo(env, "--model.domain", "legal"), r"domain 'legal' is not in this run"),
+    "dpo: domain not in the run": Case(
+        "dpo", lambda env: dpo(env, "--model.domain", "legal"), r"domain 'legal' is not in this run"
+    ),
     "dpo: --trainer.max_epochs 0": Case("dpo", lambda env: dpo(env, "--trainer.max_epochs", "0"), ZERO_STEPS),
-    "dpo: another base": Case("dpo", lambda env: dpo(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH),
-    "dpo: no run": Case("dpo", lambda env: dpo(env, "--trainer.default_root_dir", str(env.tmp / "nope")), r"nope: no manifest\.json"),
+    "dpo: another base": Case(
+        "dpo", lambda env: dpo(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH
+    ),
+    "dpo: no run": Case(
+        "dpo", lambda env: dpo(env, "--trainer.default_root_dir", str(env.tmp / "nope")), r"nope: no manifest\.json"
+    ),
     # GRPO
-    "grpo: unsafe domain": Case("grpo", lambda env: grpo(env, "--model.domain", "../x"), r"domain '\.\./x' is not in this run"),
-    "grpo: --trainer.limit_train_batches 0": Case("grpo", lambda env: grpo(env, "--trainer.limit_train_batches", "0"), ZERO_STEPS),
-    "grpo: another base": Case("grpo", lambda env: grpo(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH),
+    "grpo: unsafe domain": Case(
+        "grpo", lambda env: grpo(env, "--model.domain", "../x"), r"domain '\.\./x' is not in this run"
+    ),
+    "grpo: --trainer.limit_train_batches 0": Case(
+        "grpo", lambda env: grpo(env, "--trainer.limit_train_batches", "0"), ZERO_STEPS
+    ),
+    "grpo: another base": Case(
+        "grpo", lambda env: grpo(env, "--model.model_name_or_path", str(env.other_model)), MISMATCH
+    ),
 }
 CASES.update(SPECIFIC)
 
@@ -604,11 +884,18 @@ def classify(case: Case, env: Env, outcome: Outcome, before: tuple[dict, dict]) 
         return "raw"
     unchanged_outside = tree_digest(env.outside) == before[1]
     if case.expect is None:
-        ok = outcome.code == 0 and case.check(env, outcome) and unchanged_outside and (not case.run_unchanged or tree_digest(env.run) == before[0])
+        ok = (
+            outcome.code == 0
+            and case.check(env, outcome)
+            and unchanged_outside
+            and (not case.run_unchanged or tree_digest(env.run) == before[0])
+        )
         return "handled" if ok else "silent"
     if outcome.code == 0:
         return "silent"
-    lines = [line for line in outcome.err.splitlines() if re.match(r"(brainstacks[\w ]*: )?error: ", line)]  # argparse prefixes the prog
+    lines = [
+        line for line in outcome.err.splitlines() if re.match(r"(brainstacks[\w ]*: )?error: ", line)
+    ]  # argparse prefixes the prog
     if outcome.code != 2 or len(lines) != 1 or not re.search(case.expect, lines[0]):
         return "raw"
     return "named" if unchanged_outside and tree_digest(env.run) == before[0] else "silent"
@@ -628,7 +915,9 @@ def test_bad_input_matrix(name, finished_run, model_dir, other_model, tmp_path, 
     verdict = classify(case, env, outcome, before)
     OUTCOMES[verdict].append(name)
     expected = "named" if case.expect else "handled"
-    assert verdict == expected, f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\nstderr: {outcome.err[-2000:]}\nstdout: {outcome.out[-1000:]}"
+    assert verdict == expected, (
+        f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\nstderr: {outcome.err[-2000:]}\nstdout: {outcome.out[-1000:]}"
+    )
 
 
 def test_torn_checkpoint_is_renamed_aside_with_a_warning(run_copy, caplog):
@@ -638,8 +927,14 @@ def test_torn_checkpoint_is_renamed_aside_with_a_warning(run_copy, caplog):
     ckpt.write_bytes(b"PK\x03\x04 cut short by a kill")
     with caplog.at_level("WARNING", logger="brainstacks_pl.run"):
         assert RunDirectory(run_copy).resume_checkpoint("math", 1) is None
-    kept = run_copy / "rounds" / "math-r1.unreadable-1.ckpt"  # beside the round directory, which goes when the round is done
-    handled = not ckpt.exists() and kept.read_bytes() == b"PK\x03\x04 cut short by a kill" and "renamed to math-r1.unreadable-1.ckpt" in caplog.text
+    kept = (
+        run_copy / "rounds" / "math-r1.unreadable-1.ckpt"
+    )  # beside the round directory, which goes when the round is done
+    handled = (
+        not ckpt.exists()
+        and kept.read_bytes() == b"PK\x03\x04 cut short by a kill"
+        and "renamed to math-r1.unreadable-1.ckpt" in caplog.text
+    )
     OUTCOMES["handled" if handled else "silent"].append("fit: torn round checkpoint")
     assert handled
 

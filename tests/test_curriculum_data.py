@@ -18,8 +18,13 @@ WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lim
 
 def qa_rows(tag: str, n: int, seed: int = 0) -> list[dict]:
     r = random.Random(f"{tag}{seed}")
-    return [{"prompt": f"{tag} question {i}: {' '.join(r.sample(WORDS, 3))}?",
-             "completion": f"{tag} answer {i} is {r.randint(0, 999)}."} for i in range(n)]
+    return [
+        {
+            "prompt": f"{tag} question {i}: {' '.join(r.sample(WORDS, 3))}?",
+            "completion": f"{tag} answer {i} is {r.randint(0, 999)}.",
+        }
+        for i in range(n)
+    ]
 
 
 def write_jsonl(path, rows) -> str:
@@ -62,8 +67,9 @@ def test_packing_rows_are_full_and_keep_the_masking(tmp_path, tokenizer):
     mask = torch.cat([b["attention_mask"] for b in batches])
     assert ids.shape[1] == 100 and labels.shape == ids.shape == mask.shape
     n_real = int(mask.sum())
-    expected_tokens = sum(1 + len(format_prompt(ex.prompt).encode()) + len(ex.response.encode()) + 1
-                          for ex in dm.examples("a", "train"))
+    expected_tokens = sum(
+        1 + len(format_prompt(ex.prompt).encode()) + len(ex.response.encode()) + 1 for ex in dm.examples("a", "train")
+    )
     assert n_real == expected_tokens and ids.numel() - n_real < 100  # only the last row has a padded tail
     assert (labels[mask == 0] == -100).all()
     n_supervised = int((labels != -100).sum())
@@ -123,8 +129,7 @@ def test_no_prompt_in_both_splits(tmp_path, tokenizer):
 
 
 def test_val_loader_is_capped_prefix_of_examples(tmp_path, tokenizer):
-    dm = make_dm(tmp_path, tokenizer, {"a": qa_rows("a", 80)}, val_fraction=0.5, max_val_examples=7,
-                 eval_batch_size=3)
+    dm = make_dm(tmp_path, tokenizer, {"a": qa_rows("a", 80)}, val_fraction=0.5, max_val_examples=7, eval_batch_size=3)
     dm.setup()
     loader = dm.val_dataloader_for("a")
     assert len(loader.dataset) == 7 and len(dm.examples("a", "val")) > 7
@@ -154,7 +159,9 @@ def test_a_domain_losing_more_than_a_fifth_of_its_rows_warns(tmp_path, tokenizer
     a = qa_rows("a", 30)
     copies = [{"prompt": r["prompt"], "completion": r["completion"]} for r in a[:12]]
     dm = make_dm(tmp_path, tokenizer, {"a": a, "b": copies + qa_rows("b", 20)})
-    with pytest.warns(UserWarning, match=r"data 'b': 32 rows loaded, 12 dropped \(cross_domain 12\).*38% of the domain's rows dropped"):
+    with pytest.warns(
+        UserWarning, match=r"data 'b': 32 rows loaded, 12 dropped \(cross_domain 12\).*38% of the domain's rows dropped"
+    ):
         dm.setup()
 
 
@@ -303,8 +310,13 @@ def test_empty_domain(tmp_path, tokenizer):
 def test_empty_after_decontamination(tmp_path, tokenizer):
     a = qa_rows("a", 20)
     with pytest.raises(ValueError, match="domain 'b': no training examples left after decontamination"):
-        _setup([DomainConfig("a", write_jsonl(tmp_path / "a.jsonl", a)),
-                DomainConfig("b", write_jsonl(tmp_path / "b.jsonl", a[:5]))], tokenizer)
+        _setup(
+            [
+                DomainConfig("a", write_jsonl(tmp_path / "a.jsonl", a)),
+                DomainConfig("b", write_jsonl(tmp_path / "b.jsonl", a[:5])),
+            ],
+            tokenizer,
+        )
 
 
 def test_missing_columns_name_domain_column_and_found(tmp_path, tokenizer):

@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fault_helpers import fit_args, make_model_dir, run_to_completion
 
 from brainstacks_pl.storage import Manifest
-from fault_helpers import fit_args, make_model_dir, run_to_completion
 
 pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
 
@@ -42,7 +42,12 @@ def test_ddp_ranks_stay_identical_and_match_one_process_at_the_same_global_batch
     run_to_completion(fit_args(model_dir, single, batch_size=4), tmp_path, tmp_path / "single.log")
     digests = tmp_path / "digests"
     digest = f"--trainer.callbacks+={{class_path: ddp_helpers.StackDigest, init_args: {{out_dir: {digests}}}}}"
-    run_to_completion(fit_args(model_dir, ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2", digest, batch_size=2), tmp_path, tmp_path / "ddp.log", timeout=600)
+    run_to_completion(
+        fit_args(model_dir, ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2", digest, batch_size=2),
+        tmp_path,
+        tmp_path / "ddp.log",
+        timeout=600,
+    )
     rank0 = json.loads((digests / "rank0.json").read_text())
     rank1 = json.loads((digests / "rank1.json").read_text())
     assert len(rank0) == 4 and rank0 == rank1, "every round ends with bit-identical frozen stacks on both ranks"
@@ -63,5 +68,7 @@ def test_ddp_ranks_stay_identical_and_match_one_process_at_the_same_global_batch
         for domain in ("chat", "math"):
             mine = [r for r in records if r.domain == domain]
             effect = (mine[0].start_val_loss - mine[-1].loss_at_freeze) / mine[0].start_val_loss
-            assert effect > max(diffs.values()), f"{run.name}/{domain}: training moved the loss by {effect:.2e}, less than the DDP difference {diffs}"
+            assert effect > max(diffs.values()), (
+                f"{run.name}/{domain}: training moved the loss by {effect:.2e}, less than the DDP difference {diffs}"
+            )
     print("relative differences:", {k: f"{v:.2e}" for k, v in diffs.items()})

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
+from fault_helpers import REPO, fit_args, make_model_dir
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.storage import Manifest, load_tensors
-from fault_helpers import REPO, fit_args, make_model_dir
 
 
 class PlantNaN(Callback):
@@ -31,7 +31,9 @@ class PlantNaN(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == 1 and trainer.global_step == 0 and batch_idx == 0:
-            self.handle = pl_module.stacks.model.lm_head.register_forward_hook(lambda module, args, output: output * float("nan"))
+            self.handle = pl_module.stacks.model.lm_head.register_forward_hook(
+                lambda module, args, output: output * float("nan")
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.handle is not None:
@@ -45,7 +47,11 @@ class PlantNaN(Callback):
             digest.update(tensor.float().cpu().numpy().tobytes())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         adam_steps = {int(state["step"]) for state in trainer.optimizers[0].state.values()}
-        entry = {"digest": digest.hexdigest(), "adam_steps": sorted(adam_steps), "nonfinite_steps": pl_module.nonfinite_steps}
+        entry = {
+            "digest": digest.hexdigest(),
+            "adam_steps": sorted(adam_steps),
+            "nonfinite_steps": pl_module.nonfinite_steps,
+        }
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(entry))
 
 
@@ -53,10 +59,30 @@ def test_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     model_dir = make_model_dir(tmp_path / "tiny")
     run_dir, digests = tmp_path / "run", tmp_path / "digests"
     args = [
-        sys.executable, "-m", "brainstacks_pl",
-        *fit_args(model_dir, run_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"),
-        '--data.domains=[{name: math, path: "demo:math", max_examples: 32}]', "--boosting.max_rounds", "1",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--data.batch_size", "2",
+        sys.executable,
+        "-m",
+        "brainstacks_pl",
+        *fit_args(
+            model_dir,
+            run_dir,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.enable_progress_bar",
+            "false",
+        ),
+        '--data.domains=[{name: math, path: "demo:math", max_examples: 32}]',
+        "--boosting.max_rounds",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--data.batch_size",
+        "2",
         f"--trainer.callbacks=[{{class_path: test_ddp_sft_nonfinite.PlantNaN, init_args: {{out_dir: {digests}}}}}]",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
@@ -64,7 +90,9 @@ def test_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == 1, (rank0, rank1)
-    assert rank0["adam_steps"] == rank1["adam_steps"] == [2], "3 batches: the optimizer stepped on 2, the NaN one skipped by both ranks"
+    assert rank0["adam_steps"] == rank1["adam_steps"] == [2], (
+        "3 batches: the optimizer stepped on 2, the NaN one skipped by both ranks"
+    )
     assert rank0["digest"] == rank1["digest"], "the ranks' stacks differ"
     record = Manifest.load(run_dir).stacks[0]
     tensors, _ = load_tensors(run_dir / record.file, expected_sha256=record.sha256)

@@ -20,9 +20,21 @@ TRICKY_TEXT = 'def f(x):\n    return {"ä": x ** 2}  # naïve café — 🙂 中
 
 
 def mini_config(**overrides) -> DemoBaseConfig:
-    kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  num_key_value_heads=1, max_position_embeddings=64, vocab_size=300, n_docs=40, seq_len=32,
-                  batch_size=4, max_steps=3, warmup_steps=1, heldout_docs=8)
+    kwargs = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        vocab_size=300,
+        n_docs=40,
+        seq_len=32,
+        batch_size=4,
+        max_steps=3,
+        warmup_steps=1,
+        heldout_docs=8,
+    )
     kwargs.update(overrides)
     return DemoBaseConfig(**kwargs)
 
@@ -99,8 +111,18 @@ def test_pack_token_ids_rows():
 
 
 def test_lr_schedule_warms_up_then_decays():
-    module = PretrainModule(dict(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1), warmup_steps=4, max_steps=20)
+    module = PretrainModule(
+        dict(
+            vocab_size=16,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        warmup_steps=4,
+        max_steps=20,
+    )
     factors = [module.lr_factor(s) for s in range(20)]
     # The one schedule of optim.lr_factor: (step + 1) / (warmup + 1), then cosine from 1.
     assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_llama, save_tiny_model
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.cli import cli_main
@@ -22,7 +23,6 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.dpo import DPOModule
 from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
@@ -36,7 +36,9 @@ def test_dpo_loss_against_hand_computed_values():
     assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5)), abs=1e-6)
     assert chosen.item() == pytest.approx(0.25) and rejected.item() == pytest.approx(-0.25)
     smoothed, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1)
-    assert smoothed.item() == pytest.approx(0.9 * math.log1p(math.exp(-0.5)) + 0.1 * math.log1p(math.exp(0.5)), abs=1e-6)
+    assert smoothed.item() == pytest.approx(
+        0.9 * math.log1p(math.exp(-0.5)) + 0.1 * math.log1p(math.exp(0.5)), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("beta,ls", [(0.1, 0.0), (0.5, 0.2), (2.0, 0.05)])
@@ -118,7 +120,11 @@ def test_empty_and_identical_pairs_are_dropped_and_counted(tmp_path):
         {"prompt": "a", "chosen": "good", "rejected": "bad"},
         {"prompt": "b", "chosen": "", "rejected": "bad"},
         {"prompt": "c", "chosen": "same", "rejected": "same"},
-        {"prompt": "d", "chosen": [{"role": "assistant", "content": "<|im_start|>assistant yes<|im_end|>"}], "rejected": [{"role": "assistant", "content": "no"}]},
+        {
+            "prompt": "d",
+            "chosen": [{"role": "assistant", "content": "<|im_start|>assistant yes<|im_end|>"}],
+            "rejected": [{"role": "assistant", "content": "no"}],
+        },
     ]
     pairs, counts = preference_pairs(rows)
     assert [p.prompt for p in pairs] == ["a", "d"] and pairs[1].chosen == "yes"
@@ -170,26 +176,56 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 def sft_args(model_dir: Path, run_dir: Path) -> list[str]:
     return [
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir),
-        "--model.stack.rank", "4",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "96", "--data.batch_size", "4", "--data.max_val_examples", "4",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path",
+        str(model_dir),
+        "--model.stack.rank",
+        "4",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.max_seq_len",
+        "96",
+        "--data.batch_size",
+        "4",
+        "--data.max_val_examples",
+        "4",
         f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds", "1",
+        "--boosting.max_rounds",
+        "1",
     ]
 
 
 def dpo_args(run_dir: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", str(REPO / "configs" / "dpo_demo.yaml"),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--data.max_examples", "48", "--data.batch_size", "4", "--data.max_val_examples", "6",
-        "--data.max_prompt_len", "48", "--data.max_seq_len", "96",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "dpo_demo.yaml"),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.max_examples",
+        "48",
+        "--data.batch_size",
+        "4",
+        "--data.max_val_examples",
+        "6",
+        "--data.max_prompt_len",
+        "48",
+        "--data.max_seq_len",
+        "96",
         *extra,
     ]
 
@@ -217,7 +253,11 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
     sft_files = stack_bytes(run_dir)
     cli_main(dpo_args(run_dir))
     manifest = Manifest.load(run_dir)
-    assert [(s.domain, s.round, s.phase) for s in manifest.stacks] == [("chat", 0, "sft"), ("math", 0, "sft"), ("chat", 1, "dpo")]
+    assert [(s.domain, s.round, s.phase) for s in manifest.stacks] == [
+        ("chat", 0, "sft"),
+        ("math", 0, "sft"),
+        ("chat", 1, "dpo"),
+    ]
     record = manifest.stacks[-1]
     assert (run_dir / record.file).is_file() and record.val_losses and math.isfinite(record.loss_at_freeze)
     summary = manifest.extra["alignment"][0]
@@ -236,7 +276,15 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
-    for tag in ("train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins", "train/rewards/accuracy", "train/aux_loss", "val_loss", "dpo/after/likelihood_accuracy"):
+    for tag in (
+        "train/rewards/chosen",
+        "train/rewards/rejected",
+        "train/rewards/margins",
+        "train/rewards/accuracy",
+        "train/aux_loss",
+        "val_loss",
+        "dpo/after/likelihood_accuracy",
+    ):
         assert any(t.startswith(tag) for t in tags), f"{tag} missing from {sorted(tags)}"
 
 
@@ -259,14 +307,18 @@ class PlantSpike(Callback):
 
 def test_planted_spike_is_caught_and_best_weights_are_written(sft_run, tmp_path):
     run_dir = _copy(sft_run, tmp_path / "run")
-    cli = cli_main(dpo_args(run_dir, "--trainer.max_epochs", "3", "--trainer.callbacks=[{class_path: test_dpo.PlantSpike}]"))
+    cli = cli_main(
+        dpo_args(run_dir, "--trainer.max_epochs", "3", "--trainer.callbacks=[{class_path: test_dpo.PlantSpike}]")
+    )
     [spike] = [cb for cb in cli.trainer.callbacks if isinstance(cb, PlantSpike)]
     assert "BestStackCallback" in spike.callback_types, "the phase declares the callbacks it uses"
     assert not {"ResidualBoosting", "NullSpaceProjection"} & spike.callback_types
     record = Manifest.load(run_dir).stacks[-1]
     assert record.phase == "dpo" and len(record.val_losses) == 2, "the spike ended the round"
     assert not math.isfinite(record.val_losses[1]) or record.val_losses[1] > record.val_losses[0] + 0.5
-    assert record.loss_at_freeze == pytest.approx(record.best_val_loss, abs=1e-5), "the best snapshot was restored before freezing"
+    assert record.loss_at_freeze == pytest.approx(record.best_val_loss, abs=1e-5), (
+        "the best snapshot was restored before freezing"
+    )
 
 
 def test_a_phase_never_better_than_before_training_writes_the_no_op_stack(sft_run, tmp_path):

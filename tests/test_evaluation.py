@@ -56,12 +56,14 @@ class BigramLM(nn.Module):
         return self.table[ids]  # [B, L, V]
 
 
-PROBS = torch.tensor([
-    [0.10, 0.60, 0.20, 0.10],  # after 0
-    [0.25, 0.05, 0.50, 0.20],  # after 1
-    [0.40, 0.30, 0.20, 0.10],  # after 2
-    [0.25, 0.25, 0.25, 0.25],  # after 3
-])
+PROBS = torch.tensor(
+    [
+        [0.10, 0.60, 0.20, 0.10],  # after 0
+        [0.25, 0.05, 0.50, 0.20],  # after 1
+        [0.40, 0.30, 0.20, 0.10],  # after 2
+        [0.25, 0.25, 0.25, 0.25],  # after 3
+    ]
+)
 
 
 def test_scores_are_the_exact_log_probabilities_in_any_batching():
@@ -122,8 +124,16 @@ def test_number_extraction(text, hashed, last):
 
 @pytest.mark.parametrize(
     "text, letter",
-    [("Answer: B", "B"), ("The answer is (C).", "C"), ("D. because it rains", "D"), ("A) yes", "A"),
-     ("I pick (E)", "E"), ("I think so", None), ("answer: c", None), ("B", "B")],
+    [
+        ("Answer: B", "B"),
+        ("The answer is (C).", "C"),
+        ("D. because it rains", "D"),
+        ("A) yes", "A"),
+        ("I pick (E)", "E"),
+        ("I think so", None),
+        ("answer: c", None),
+        ("B", "B"),
+    ],
 )
 def test_choice_letter_extraction(text, letter):
     assert extract_choice_letter(text) == letter
@@ -139,7 +149,10 @@ def test_encode_pair_moves_trailing_spaces_to_the_continuation(tokenizer):
     ctx, cont = encode_pair(tokenizer, "Q: 2+2 ", "4")
     assert ctx[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ctx[1:]) == "Q: 2+2" and tokenizer.decode(cont) == " 4"
-    assert encode_prompt(tokenizer, "hi ") == [tokenizer.bos_token_id] + tokenizer("hi ", add_special_tokens=False)["input_ids"]
+    assert (
+        encode_prompt(tokenizer, "hi ")
+        == [tokenizer.bos_token_id] + tokenizer("hi ", add_special_tokens=False)["input_ids"]
+    )
 
 
 # --------------------------------------------------------------------------- tasks
@@ -159,7 +172,9 @@ def test_task_yaml_answers_by_index_letter_or_text_and_few_shot(tmp_path):
         {"q": "2+1?", "opts": ["2", "3"], "gold": "B"},
         {"q": "2+2?", "opts": ["4", "5"], "gold": "4"},
     ]
-    task = load_task(write_task(tmp_path, "t", rows, columns={"prompt": "q", "choices": "opts", "answer": "gold"}, few_shot=1))
+    task = load_task(
+        write_task(tmp_path, "t", rows, columns={"prompt": "q", "choices": "opts", "answer": "gold"}, few_shot=1)
+    )
     shots, examples = load_examples(task)
     assert [e.answer for e in shots + examples] == [0, 1, 0]
     context = build_context(examples[0], shots, "Q: {prompt}\nA: ")
@@ -195,22 +210,36 @@ def tiny_run(tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("model") / "tiny"
     save_tiny_model(model_dir)
     run_dir = tmp_path_factory.mktemp("runs") / "eval"
-    cli_main([
-        "fit",
-        "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger", "false",
-        "--data.max_seq_len", "96",
-        "--data.batch_size", "4",
-        "--data.max_val_examples", "4",
-        f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds", "1",
-        "--null_space.mode", "off",
-    ])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--model.model_name_or_path",
+            str(model_dir),
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger",
+            "false",
+            "--data.max_seq_len",
+            "96",
+            "--data.batch_size",
+            "4",
+            "--data.max_val_examples",
+            "4",
+            f"--data.domains={DOMAINS}",
+            "--boosting.max_rounds",
+            "1",
+            "--null_space.mode",
+            "off",
+        ]
+    )
     return run_dir
 
 
@@ -221,7 +250,9 @@ def scorer(tiny_run) -> StackScorer:
 
 def test_scorer_modes_differ_and_routed_needs_a_router(scorer):
     tok = scorer.tokenizer
-    request = ScoreRequest(*encode_pair(tok, "### Prompt:\nWhat is 2 + 3?\n### Response:\n", "2 + 3 = 5.\n#### 5"), "What is 2 + 3?")
+    request = ScoreRequest(
+        *encode_pair(tok, "### Prompt:\nWhat is 2 + 3?\n### Response:\n", "2 + 3 = 5.\n#### 5"), "What is 2 + 3?"
+    )
     [ungated] = scorer.loglikelihood([request])
     [base] = scorer.with_mode("base").loglikelihood([request])
     assert math.isfinite(ungated.logprob) and ungated.logprob != base.logprob
@@ -237,7 +268,10 @@ def test_lm_eval_adapter_matches_our_scorer_on_a_local_task(scorer, tmp_path):
     from brainstacks_pl.evaluation.lm_eval_adapter import BrainstacksLM
 
     data = tmp_path / "tiny.jsonl"
-    rows = [{"question": f"What is {a} + {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 7)], "label": 0} for a, b in [(2, 3), (4, 1), (5, 5), (7, 2), (1, 1)]]
+    rows = [
+        {"question": f"What is {a} + {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 7)], "label": 0}
+        for a, b in [(2, 3), (4, 1), (5, 5), (7, 2), (1, 1)]
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = {
         "task": "bs_tiny_add",
@@ -254,14 +288,18 @@ def test_lm_eval_adapter_matches_our_scorer_on_a_local_task(scorer, tmp_path):
     # Only our folder: indexing lm-eval's ~14k bundled task YAMLs would take half a minute.
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     lm = BrainstacksLM(mode="ungated", scorer=scorer)
-    out = lm_eval.simple_evaluate(model=lm, tasks=["bs_tiny_add"], task_manager=manager, limit=4, log_samples=True, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=["bs_tiny_add"], task_manager=manager, limit=4, log_samples=True, bootstrap_iters=0
+    )
     metrics = out["results"]["bs_tiny_add"]
     assert 0.0 <= metrics["acc,none"] <= 1.0
     samples = out["samples"]["bs_tiny_add"]
     assert len(samples) == 4
     for sample in samples:
         for (context, continuation), (logprob, greedy) in zip(sample["arguments"], [r[0] for r in sample["resps"]]):
-            [ours] = scorer.loglikelihood([ScoreRequest(*encode_pair(scorer.tokenizer, context, continuation), context)])
+            [ours] = scorer.loglikelihood(
+                [ScoreRequest(*encode_pair(scorer.tokenizer, context, continuation), context)]
+            )
             assert_fp32_equivalent(float(logprob), ours.logprob, TINY_MODEL_DEPTH, "lm-eval logprob")
             assert bool(greedy) == ours.is_greedy
 
@@ -271,12 +309,18 @@ def test_lm_eval_adapter_matches_our_scorer_on_a_local_task(scorer, tmp_path):
     ids = scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
     [whole] = scorer.loglikelihood([ScoreRequest([scorer.tokenizer.bos_token_id], ids, text)])
     assert_fp32_equivalent(rolling, whole.logprob, TINY_MODEL_DEPTH, "rolling logprob")
-    [generated] = lm.generate_until([Instance("generate_until", {}, ("Question: 1 + 1?\nAnswer:", {"until": ["\n"], "max_gen_toks": 6}), 0)])
+    [generated] = lm.generate_until(
+        [Instance("generate_until", {}, ("Question: 1 + 1?\nAnswer:", {"until": ["\n"], "max_gen_toks": 6}), 0)]
+    )
     assert isinstance(generated, str) and "\n" not in generated and len(generated) <= 6
 
 
 def test_brainstacks_evaluate_end_to_end_skips_routed_without_a_router(tiny_run, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["brainstacks", "evaluate", "--run", str(tiny_run), "--tasks", "demo", "--limit", "2", "--batch_size", "8"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["brainstacks", "evaluate", "--run", str(tiny_run), "--tasks", "demo", "--limit", "2", "--batch_size", "8"],
+    )
     with pytest.raises(SystemExit) as exit_info:
         brainstacks_main()
     assert exit_info.value.code == 0
@@ -295,7 +339,10 @@ def test_brainstacks_evaluate_end_to_end_skips_routed_without_a_router(tiny_run,
                 assert res["gold_mean_logprob"] < 0
             else:
                 assert len(res["samples"]) == 2
-    assert results["modes"]["base"]["tasks"]["math_mc"]["gold_mean_logprob"] != results["modes"]["ungated"]["tasks"]["math_mc"]["gold_mean_logprob"]
+    assert (
+        results["modes"]["base"]["tasks"]["math_mc"]["gold_mean_logprob"]
+        != results["modes"]["ungated"]["tasks"]["math_mc"]["gold_mean_logprob"]
+    )
     assert list((tiny_run / "tensorboard" / "eval").glob("events.out.tfevents.*"))
     assert "math_mc" in printed and "skipped" in printed
     assert "chance" in printed and "winner" in printed and "Wilson" in printed

@@ -25,9 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from brainstacks_pl.run import RunDirectory, RunLockedError
-from brainstacks_pl.storage import Manifest, StackFileError
 from fault_helpers import (
     TESTS,
     fit_args,
@@ -42,6 +39,9 @@ from fault_helpers import (
     tree_digest,
     wait_for,
 )
+
+from brainstacks_pl.run import RunDirectory, RunLockedError
+from brainstacks_pl.storage import Manifest, StackFileError
 
 ROUNDS = [("chat", 0), ("chat", 1), ("math", 0), ("math", 1)]
 
@@ -84,18 +84,30 @@ def _stack_write(domain: str, round: int):
         stacks = run / "stacks"
         return fresh(stacks / name, since) or any(fresh(p, since) for p in stacks.glob(f".{name}.*.tmp"))
 
-    return f"while stack {name} is written (temp file or right after the rename)", trigger, (0.0, 0.0), _listed(domain, round)
+    return (
+        f"while stack {name} is written (temp file or right after the rename)",
+        trigger,
+        (0.0, 0.0),
+        _listed(domain, round),
+    )
 
 
 def _null_space_collection():
     def trigger(run: Path, since: int) -> bool:
         manifest = read_manifest(run)
         return (
-            fresh(run / "manifest.json", since) and manifest is not None and "chat" in manifest["completed_domains"]
+            fresh(run / "manifest.json", since)
+            and manifest is not None
+            and "chat" in manifest["completed_domains"]
             and not any(s["domain"] == "math" for s in manifest["stacks"])
         )
 
-    return "during null-space collection (math, the second domain, has started)", trigger, (0.0, 0.05), _listed("math", 0)
+    return (
+        "during null-space collection (math, the second domain, has started)",
+        trigger,
+        (0.0, 0.05),
+        _listed("math", 0),
+    )
 
 
 def _startup():
@@ -105,9 +117,15 @@ def _startup():
 KILLS_PER_RUN = 7
 CANDIDATES = [
     _startup(),
-    _round_checkpoint("chat", 0), _stack_write("chat", 0), _round_checkpoint("chat", 1), _stack_write("chat", 1),
+    _round_checkpoint("chat", 0),
+    _stack_write("chat", 0),
+    _round_checkpoint("chat", 1),
+    _stack_write("chat", 1),
     _null_space_collection(),
-    _round_checkpoint("math", 0), _stack_write("math", 0), _round_checkpoint("math", 1), _stack_write("math", 1),
+    _round_checkpoint("math", 0),
+    _stack_write("math", 0),
+    _round_checkpoint("math", 1),
+    _stack_write("math", 1),
 ]
 
 
@@ -130,7 +148,9 @@ def test_random_sigkills_resume_to_byte_identical_stacks(model_dir, reference, t
         proc = launch(args, tmp_path, log)
         fired = wait_for(proc, lambda: trigger(run, since))
         if proc.poll() is not None:
-            assert proc.returncode == 0, f"seed {seed}: run failed before '{name}':\n{log.read_text(errors='replace')[-4000:]}"
+            assert proc.returncode == 0, (
+                f"seed {seed}: run failed before '{name}':\n{log.read_text(errors='replace')[-4000:]}"
+            )
             break  # the run finished before this kill point: the chain is over
         assert fired
         time.sleep(rng.uniform(lo, hi))
@@ -147,9 +167,13 @@ def test_random_sigkills_resume_to_byte_identical_stacks(model_dir, reference, t
         run_to_completion(args, tmp_path, log)
     context = f"seed {seed}, kills: {landed}"
     assert stack_bytes(run) == stack_bytes(reference), context
-    assert json.loads((run / "forgetting_matrix.json").read_text()) == json.loads((reference / "forgetting_matrix.json").read_text()), context
+    assert json.loads((run / "forgetting_matrix.json").read_text()) == json.loads(
+        (reference / "forgetting_matrix.json").read_text()
+    ), context
     manifest, expected = Manifest.load(run), Manifest.load(reference)
-    assert [(s.domain, s.round, s.sha256) for s in manifest.stacks] == [(s.domain, s.round, s.sha256) for s in expected.stacks], context
+    assert [(s.domain, s.round, s.sha256) for s in manifest.stacks] == [
+        (s.domain, s.round, s.sha256) for s in expected.stacks
+    ], context
     assert [(s.domain, s.round) for s in manifest.stacks] == ROUNDS, context
     assert manifest.null_space == expected.null_space, context
     assert not (run / ".lock").exists(), context
@@ -174,10 +198,11 @@ def test_corrupt_manifest_is_named_and_nothing_is_written(model_dir, reference, 
 
     (A corrupt *stack* file is covered by test_sft_curriculum.test_corrupt_stack_file_is_named_...)
     """
-    from brainstacks_pl.cli import cli_main
+    import shutil
+
     from fault_helpers import fit_args as args_for
 
-    import shutil
+    from brainstacks_pl.cli import cli_main
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)
@@ -221,7 +246,9 @@ def test_manifest_listing_a_missing_stack_file_is_named(reference, tmp_path):
 def lock_holder(tmp_path):
     """A live process holding ``tmp_path/run``'s lock."""
     run, ready = tmp_path / "run", tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, str(TESTS / "fault_helpers.py"), "hold_lock", str(run), str(ready)], env=subprocess_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(TESTS / "fault_helpers.py"), "hold_lock", str(run), str(ready)], env=subprocess_env()
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -242,9 +269,9 @@ def test_a_live_holder_keeps_a_second_run_out(lock_holder):
 
 def test_a_finished_rounds_leftover_checkpoint_is_removed_by_the_rerun(model_dir, reference, tmp_path):
     # A kill between listing a stack and removing its round directory leaves a checkpoint behind.
-    from brainstacks_pl.cli import cli_main
-
     import shutil
+
+    from brainstacks_pl.cli import cli_main
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)

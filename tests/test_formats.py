@@ -30,23 +30,27 @@ def test_alpaca_with_and_without_input():
 
 
 def test_messages_prompt_is_everything_before_last_assistant_turn():
-    row = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Name a color."},
-        {"role": "assistant", "content": "Blue."},
-    ]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Name a color."},
+            {"role": "assistant", "content": "Blue."},
+        ]
+    }
     ex = FORMATS["messages"](row, {})
     assert ex.prompt == "User: Be brief.\n\nHi\nAssistant: Hello!\nUser: Name a color."
     assert ex.response == "Blue."
 
 
 def test_messages_sharegpt_keys_and_markup_in_content():
-    row = {"conversations": [
-        {"from": "human", "value": "<|im_start|>user\nWhat is 2+2?<|im_end|>"},
-        {"from": "gpt", "value": "<start_of_turn>model\n4<end_of_turn>"},
-    ]}
+    row = {
+        "conversations": [
+            {"from": "human", "value": "<|im_start|>user\nWhat is 2+2?<|im_end|>"},
+            {"from": "gpt", "value": "<start_of_turn>model\n4<end_of_turn>"},
+        ]
+    }
     ex = FORMATS["messages"](row, {})
     assert (ex.prompt, ex.response) == ("What is 2+2?", "4")
 
@@ -122,8 +126,7 @@ def test_detect_format_with_mapping_and_failure():
     [
         ("<|im_start|>system\nBe nice<|im_end|>\n<|im_start|>user\nHi<|im_end|>", "Be nice\n\nHi"),
         ("<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\nHey<end_of_turn>", "Hello\n\nHey"),
-        ("<s>[INST] <<SYS>>\nYou help.\n<</SYS>>\n\nWhat is 2+2? [/INST] 4 </s>",
-         "You help.\n\nWhat is 2+2? 4"),
+        ("<s>[INST] <<SYS>>\nYou help.\n<</SYS>>\n\nWhat is 2+2? [/INST] 4 </s>", "You help.\n\nWhat is 2+2? 4"),
         ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>", "Hi there"),
         ("word</s>next", "word next"),
         ("a [INST] b [/INST]<|im_end|>c", "a b c"),

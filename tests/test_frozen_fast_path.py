@@ -94,7 +94,9 @@ def test_cache_follows_stacks_selection_and_to():
     layer.context.mode = "ungated"
     layer.to(torch.float64)  # buffers move; the cache must not survive in float32
     assert not layer._operand_cache
-    torch.testing.assert_close(layer(x.double()), _float64_reference(layer, x), atol=1e-12, rtol=1e-12)  # float64 end to end
+    torch.testing.assert_close(
+        layer(x.double()), _float64_reference(layer, x), atol=1e-12, rtol=1e-12
+    )  # float64 end to end
     layer.clear_frozen()
     assert torch.equal(layer(x.double()), layer.base_layer(x.double()))
 
@@ -129,13 +131,27 @@ _FAMILIES = {
     "llama": (lambda: LlamaConfig(**_COMMON, num_key_value_heads=1), None),
     "mistral": (lambda: MistralConfig(**_COMMON, num_key_value_heads=1), None),
     "qwen2": (lambda: Qwen2Config(**_COMMON, num_key_value_heads=1), None),
-    "phi3": (lambda: Phi3Config(**_COMMON, num_key_value_heads=2, pad_token_id=0), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+    "phi3": (
+        lambda: Phi3Config(**_COMMON, num_key_value_heads=2, pad_token_id=0),
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    ),
     "gpt_neox": (lambda: GPTNeoXConfig(**_COMMON), ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
     "opt": (
-        lambda: OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64),
+        lambda: OPTConfig(
+            vocab_size=64,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            word_embed_proj_dim=32,
+            max_position_embeddings=64,
+        ),
         ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
     ),
-    "gpt2": (lambda: GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64), ["c_attn", "c_proj", "c_fc"]),
+    "gpt2": (
+        lambda: GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+        ["c_attn", "c_proj", "c_fc"],
+    ),
 }
 
 
@@ -143,7 +159,9 @@ def _family_model(family: str) -> BrainstacksModel:
     hf_config, targets = _FAMILIES[family]
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(hf_config()).eval()
-    config = StackConfig(experts=2, rank=4, top_k=1, frozen_dtype="float32", **({"target_modules": targets} if targets else {}))
+    config = StackConfig(
+        experts=2, rank=4, top_k=1, frozen_dtype="float32", **({"target_modules": targets} if targets else {})
+    )
     model = BrainstacksModel(base, config, ["chat", "code"]).eval()
     for seed, domain in enumerate(("chat", "code")):
         model.load_frozen_stack(_family_stack_tensors(model, seed), domain)
@@ -154,7 +172,9 @@ def _family_stack_tensors(model: BrainstacksModel, seed: int) -> dict[str, torch
     config, gen = model.stack_config, torch.Generator().manual_seed(seed)
     tensors = {}
     for name, (d_in, d_out) in model.layer_shapes().items():
-        tensors[f"{name}.in_proj"] = torch.randn(config.experts * config.rank + 2 * config.experts, d_in, generator=gen) / d_in**0.5
+        tensors[f"{name}.in_proj"] = (
+            torch.randn(config.experts * config.rank + 2 * config.experts, d_in, generator=gen) / d_in**0.5
+        )
         tensors[f"{name}.B"] = 0.3 * torch.randn(d_out, config.experts * config.rank, generator=gen)
     return tensors
 

@@ -28,8 +28,17 @@ FSDP2 = (
 def fit(model_dir, run_dir, cwd, *extra: str) -> subprocess.CompletedProcess:
     # One domain, two rounds: the second round adds a stack to an already sharded model.
     one_domain = '--data.domains=[{name: chat, path: "demo:chat", max_examples: 32}]'
-    args = fit_args(model_dir, run_dir, "--trainer.devices", "2", "--model.quantization", "nf4", one_domain, *extra, batch_size=2)
-    return subprocess.run([sys.executable, "-m", "brainstacks_pl", *args], cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    args = fit_args(
+        model_dir, run_dir, "--trainer.devices", "2", "--model.quantization", "nf4", one_domain, *extra, batch_size=2
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "brainstacks_pl", *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_qlora_fsdp2_two_ranks_resume_and_match_ddp_byte_for_byte(tmp_path):
@@ -42,7 +51,9 @@ def test_qlora_fsdp2_two_ranks_resume_and_match_ddp_byte_for_byte(tmp_path):
     kill = "--trainer.callbacks+={class_path: test_sft_curriculum.KillAtStep, init_args: {domain: chat, round: 1, step: 3}}"
     killed = fit(model_dir, run_dir, tmp_path, FSDP2, digest, kill)
     assert killed.returncode != 0 and "killed at chat round 1 step 3" in killed.stderr
-    assert (run_dir / "rounds" / "chat-r1" / "checkpoints" / "last.ckpt").is_file(), "the killed round left its epoch checkpoint"
+    assert (run_dir / "rounds" / "chat-r1" / "checkpoints" / "last.ckpt").is_file(), (
+        "the killed round left its epoch checkpoint"
+    )
     resumed = fit(model_dir, run_dir, tmp_path, FSDP2, digest)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -19,10 +19,26 @@ def load_gpu_check():
 
 def test_gpu_check_cpu_path_records_throughput_and_memory(tmp_path, capsys):
     out = tmp_path / "check.json"
-    load_gpu_check().main([
-        "--shape", "tiny", "--accelerator", "cpu", "--steps", "4", "--rounds", "1", "--seq_len", "96",
-        "--batch_size", "2", "--cases", "fsdp_dense", "--out", str(out),
-    ])
+    load_gpu_check().main(
+        [
+            "--shape",
+            "tiny",
+            "--accelerator",
+            "cpu",
+            "--steps",
+            "4",
+            "--rounds",
+            "1",
+            "--seq_len",
+            "96",
+            "--batch_size",
+            "2",
+            "--cases",
+            "fsdp_dense",
+            "--out",
+            str(out),
+        ]
+    )
     results = json.loads(out.read_text())
     by_case = {case["case"]: case for case in results["cases"]}
     assert list(by_case) == ["fsdp_dense"]

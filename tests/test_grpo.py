@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama, save_tiny_model
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -18,7 +19,6 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.grpo import GRPOModule, RewardError, RewardSpec
 from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
@@ -123,10 +123,22 @@ def test_cached_and_uncached_sampling_give_identical_tokens():
     mask = (ids != 2).long()
     for temperature in (None, 1.0):
         cached, uncached = (
-            generate(stacks.model, ids, mask, 24, temperature, torch.Generator().manual_seed(3), eos_token_id=1, pad_token_id=2, use_cache=use)
+            generate(
+                stacks.model,
+                ids,
+                mask,
+                24,
+                temperature,
+                torch.Generator().manual_seed(3),
+                eos_token_id=1,
+                pad_token_id=2,
+                use_cache=use,
+            )
             for use in (True, False)
         )
-        assert torch.equal(cached.sequences, uncached.sequences) and torch.equal(cached.completion_mask, uncached.completion_mask)
+        assert torch.equal(cached.sequences, uncached.sequences) and torch.equal(
+            cached.completion_mask, uncached.completion_mask
+        )
     short = generate(stacks.model, ids, mask, 24, None, pad_token_id=2, max_length=7)  # context of 7 tokens
     assert short.completion_mask.sum(1).tolist() == [4, 2, 5], "a row stops when its real length reaches the context"
 
@@ -175,14 +187,35 @@ def make_sft_run(root: Path, *extra: str) -> Path:
     """A one-stack-per-domain (chat, math) SFT run on the tiny model: what the phases continue."""
     model_dir = save_tiny_model(root / "tiny")
     run_dir = root / "sft"
-    cli_main([
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir), "--model.stack.rank", "4",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "96", "--data.batch_size", "4", "--data.max_val_examples", "4",
-        f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1", *extra,
-    ])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--model.model_name_or_path",
+            str(model_dir),
+            "--model.stack.rank",
+            "4",
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.max_seq_len",
+            "96",
+            "--data.batch_size",
+            "4",
+            "--data.max_val_examples",
+            "4",
+            f"--data.domains={DOMAINS}",
+            "--boosting.max_rounds",
+            "1",
+            *extra,
+        ]
+    )
     return run_dir
 
 
@@ -193,11 +226,31 @@ def sft_run(tmp_path_factory) -> Path:
 
 def grpo_args(run_dir: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", str(REPO / "configs" / "grpo_demo.yaml"),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--model.group_size", "3", "--model.max_new_tokens", "6", "--model.val_max_new_tokens", "6",
-        "--data.max_examples", "40", "--data.batch_size", "2", "--data.eval_batch_size", "4", "--data.max_val_examples", "4",
+        "fit",
+        "--config",
+        str(REPO / "configs" / "grpo_demo.yaml"),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.group_size",
+        "3",
+        "--model.max_new_tokens",
+        "6",
+        "--model.val_max_new_tokens",
+        "6",
+        "--data.max_examples",
+        "40",
+        "--data.batch_size",
+        "2",
+        "--data.eval_batch_size",
+        "4",
+        "--data.max_val_examples",
+        "4",
         *extra,
     ]
 
@@ -207,12 +260,18 @@ def test_grpo_phase_end_to_end_writes_a_grpo_stack(sft_run, tmp_path):
     shutil.copytree(sft_run, run_dir)
     cli_main(grpo_args(run_dir))
     manifest = Manifest.load(run_dir)
-    assert [(s.domain, s.round, s.phase) for s in manifest.stacks] == [("chat", 0, "sft"), ("math", 0, "sft"), ("math", 1, "grpo")]
+    assert [(s.domain, s.round, s.phase) for s in manifest.stacks] == [
+        ("chat", 0, "sft"),
+        ("math", 0, "sft"),
+        ("math", 1, "grpo"),
+    ]
     record = manifest.stacks[-1]
     assert record.steps == 2 * 2 * 2, "manual optimisation: updates_per_batch optimizer steps per batch"
     assert len(record.val_losses) == 2
     summary = manifest.extra["alignment"][0]
-    assert {"reward", "math_exact_match", "format_reward", "val_loss"} <= set(summary["before"]) and summary["phase"] == "grpo"
+    assert {"reward", "math_exact_match", "format_reward", "val_loss"} <= set(summary["before"]) and summary[
+        "phase"
+    ] == "grpo"
     tensors, _ = load_tensors(run_dir / record.file, expected_sha256=record.sha256)
     assert all(torch.isfinite(t.float()).all() for t in tensors.values())
 

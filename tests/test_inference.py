@@ -24,7 +24,9 @@ from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest, StackFileError, StackRecord
 
 DOMAINS = ["chat", "code", "math"]
-CONFIG = StackConfig(experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_proj", "down_proj"], frozen_dtype="float32")
+CONFIG = StackConfig(
+    experts=2, rank=4, top_k=1, target_modules=["q_proj", "v_proj", "down_proj"], frozen_dtype="float32"
+)
 
 
 def write_run(root: Path) -> Path:
@@ -220,14 +222,36 @@ def test_router_from_other_domains_or_base_is_refused(run_dir, tmp_path):
 
 def test_generate_command_prints_the_route_and_exits_zero(run_dir, capsys):
     out = io.StringIO()
-    assert inference_cli.main(["generate", "--run", str(run_dir), "--prompt", "What is 2+2?", "--max_new_tokens", "3"], stdout=out) == 0
+    assert (
+        inference_cli.main(
+            ["generate", "--run", str(run_dir), "--prompt", "What is 2+2?", "--max_new_tokens", "3"], stdout=out
+        )
+        == 0
+    )
     assert out.getvalue().startswith("route: chat")
     assert inference_cli.main(["generate", "--run", str(run_dir), "--prompt", ""]) == 2
     assert "empty prompt" in capsys.readouterr().err
 
 
 def test_chat_session_commands_and_errors_keep_the_session_going(run_dir):
-    lines = "\n".join(["/route what is 3+4", "/bogus", "/temp abc", "/tokens 2", "/mode base", "hello", "/stacks", "/mode nope", "/greedy", "/quit", "never read"]) + "\n"
+    lines = (
+        "\n".join(
+            [
+                "/route what is 3+4",
+                "/bogus",
+                "/temp abc",
+                "/tokens 2",
+                "/mode base",
+                "hello",
+                "/stacks",
+                "/mode nope",
+                "/greedy",
+                "/quit",
+                "never read",
+            ]
+        )
+        + "\n"
+    )
     out = io.StringIO()
     assert inference_cli.main(["chat", "--run", str(run_dir)], stdin=io.StringIO(lines), stdout=out) == 0
     text = out.getvalue()
@@ -273,7 +297,10 @@ def test_alignment_serving_scopes_route_like_generate(generator, run_dir):
         ctx = generator.stacks.context
         assert ctx.mode == "routed" and torch.equal(ctx.weights, expected.repeat_interleave(2, 0))
     with ServedConfiguration(generator.stacks, "code", "as_frozen").scope():
-        assert generator.stacks.context.mode == "isolated" and generator.stacks.context.active_domains == {"chat", "code"}
+        assert generator.stacks.context.mode == "isolated" and generator.stacks.context.active_domains == {
+            "chat",
+            "code",
+        }
     assert generator.stacks.context.mode == "ungated"
 
 

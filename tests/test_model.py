@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_llama
+from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -20,7 +21,6 @@ from transformers import (
 
 from brainstacks_pl import BrainstacksModel, StackConfig, StackedLinear, load_base_model
 from brainstacks_pl.storage import StackFileError, load_tensors, save_tensors
-from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 DOMAINS = ["chat", "code", "math"]
 SMALL = dict(experts=2, rank=4, top_k=1)
@@ -44,7 +44,9 @@ def _random_stack(model: BrainstacksModel, seed: int) -> dict[str, torch.Tensor]
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, (d_in, d_out) in model.layer_shapes().items():
-        tensors[f"{name}.in_proj"] = torch.randn(cfg.experts * cfg.rank + 2 * cfg.experts, d_in, generator=gen) / d_in**0.5
+        tensors[f"{name}.in_proj"] = (
+            torch.randn(cfg.experts * cfg.rank + 2 * cfg.experts, d_in, generator=gen) / d_in**0.5
+        )
         tensors[f"{name}.B"] = 0.2 * torch.randn(d_out, cfg.experts * cfg.rank, generator=gen)
     return tensors
 
@@ -233,9 +235,17 @@ ARCHITECTURES = {
     "qwen2": (Qwen2Config(**_COMMON, num_key_value_heads=1), None, 7),
     "gemma": (GemmaConfig(**_COMMON, num_key_value_heads=1, head_dim=8), None, 7),
     "gemma2": (Gemma2Config(**_COMMON, num_key_value_heads=1, head_dim=8), None, 7),
-    "phi3": (Phi3Config(**_COMMON, num_key_value_heads=2, pad_token_id=0), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], 4),
+    "phi3": (
+        Phi3Config(**_COMMON, num_key_value_heads=2, pad_token_id=0),
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        4,
+    ),
     "gpt_neox": (GPTNeoXConfig(**_COMMON), ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"], 4),
-    "gpt2": (GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=64), ["c_attn", "c_proj", "c_fc"], 4),
+    "gpt2": (
+        GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=64),
+        ["c_attn", "c_proj", "c_fc"],
+        4,
+    ),
 }
 
 
@@ -265,7 +275,11 @@ def test_injection_per_architecture(arch):
 def test_fused_projection_shapes():
     _, targets, _ = ARCHITECTURES["gpt2"]
     torch.manual_seed(0)
-    model = BrainstacksModel(AutoModelForCausalLM.from_config(ARCHITECTURES["gpt2"][0]), StackConfig(**SMALL, target_modules=targets), ["chat"])
+    model = BrainstacksModel(
+        AutoModelForCausalLM.from_config(ARCHITECTURES["gpt2"][0]),
+        StackConfig(**SMALL, target_modules=targets),
+        ["chat"],
+    )
     assert model.layer_shapes()["transformer.h.0.attn.c_attn"] == [16, 48]  # Conv1D stores [d_in, d_out]
     assert model.layer_shapes()["transformer.h.0.mlp.c_proj"] == [64, 16]
 

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_matches_float64
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import brainstacks_pl.layers.moe_lora as moe_lora_module
 from brainstacks_pl import MoELoRA, StackConfig
 from brainstacks_pl.layers.moe_lora import load_balance_loss, top_k_gates
-from numerics import assert_matches_float64
 
 
 def _layer(d_in=12, d_out=10, seed=0, noise_scale=0.0, **config) -> MoELoRA:
@@ -109,7 +109,11 @@ def test_rslora_and_plain_scales():
 
 @pytest.mark.parametrize(
     "config, scale",
-    [(dict(rank=16, alpha=16.0), 4.0), (dict(rank=4, alpha=16.0, rslora=False), 4.0), (dict(rank=8, alpha=8.0, rslora=False), 1.0)],
+    [
+        (dict(rank=16, alpha=16.0), 4.0),
+        (dict(rank=4, alpha=16.0, rslora=False), 4.0),
+        (dict(rank=8, alpha=8.0, rslora=False), 1.0),
+    ],
 )
 def test_eval_matches_per_expert_reference(monkeypatch, config, scale):
     layer = _layer(**config).eval()
@@ -145,7 +149,11 @@ def test_train_with_noise_matches_reference_outputs_gates_and_grads(monkeypatch)
     depth = _depth(layer)
     assert_matches_float64(out.delta, ref_delta, depth, "delta")
     assert_matches_float64(seen[0], ref_gates, depth, "gates")
-    for name, fused, ref in (("in_proj", layer.in_proj, ref_layer.in_proj), ("B", layer.B, ref_layer.B), ("x", x, ref_x)):
+    for name, fused, ref in (
+        ("in_proj", layer.in_proj, ref_layer.in_proj),
+        ("B", layer.B, ref_layer.B),
+        ("x", x, ref_x),
+    ):
         assert_matches_float64(fused.grad, ref.grad, 2 * depth, f"grad {name}")
     # The noise mattered: without it the gates differ from the noisy ones.
     _, quiet_gates, _ = reference_moe_lora(ref_layer, ref_x.detach(), layer.config.scale)

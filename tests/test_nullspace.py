@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import make_tiny_llama, save_tiny_model
 from lightning.pytorch.callbacks import Callback
+from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, fp32_tolerance
 
 from brainstacks_pl.callbacks.nullspace import NullSpaceProjection
 from brainstacks_pl.cli import cli_main
@@ -26,8 +28,6 @@ from brainstacks_pl.nullspace import (
 )
 from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
-from conftest import make_tiny_llama, save_tiny_model
-from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, fp32_tolerance
 
 LEAK_TOL = fp32_tolerance(torch.ones(()), 64)
 """||V^T B|| / ||B|| of an fp32 projection: rounding of 64-long products (~3e-5); unprojected it is > 1e-3."""
@@ -73,7 +73,9 @@ def test_project_out_leak_and_subspace_similarity():
     V = torch.linalg.qr(torch.randn(64, 8, generator=g))[0]
     B = torch.randn(64, 16, generator=g)
     assert leak(B, V) > 0.1
-    assert leak(project_out(B, V), V) < fp32_tolerance(torch.ones(()), 64)  # rounding of 64-long products; unprojected: > 0.1
+    assert leak(project_out(B, V), V) < fp32_tolerance(
+        torch.ones(()), 64
+    )  # rounding of 64-long products; unprojected: > 0.1
     assert leak(torch.zeros(64, 16), V) == 0.0 and leak(B, torch.empty(64, 0)) == 0.0
     assert_fp32_equivalent(cosine_similarity_of_subspaces(V, V), 1.0, 64, "self similarity")
     other = torch.linalg.qr(torch.randn(64, 8, generator=g) - V @ (V.T @ torch.randn(64, 8, generator=g)))[0]
@@ -83,13 +85,25 @@ def test_project_out_leak_and_subspace_similarity():
 
 # ---------------------------------------------------------------------------------------------- on a tiny model
 def tiny_data(domains=("chat", "math"), examples: int = 24) -> CurriculumDataModule:
-    data = CurriculumDataModule([{"name": d, "path": f"demo:{d}", "max_examples": examples} for d in domains], max_seq_len=64, batch_size=4, val_fraction=0.25)
+    data = CurriculumDataModule(
+        [{"name": d, "path": f"demo:{d}", "max_examples": examples} for d in domains],
+        max_seq_len=64,
+        batch_size=4,
+        val_fraction=0.25,
+    )
     data.set_tokenizer(byte_tokenizer())
     data.setup("fit")
     return data
 
 
-def trained_stack(stacks: BrainstacksModel, data, domain: str, steps: int = 4, callback: NullSpaceProjection | None = None, lr: float = 0.05) -> None:
+def trained_stack(
+    stacks: BrainstacksModel,
+    data,
+    domain: str,
+    steps: int = 4,
+    callback: NullSpaceProjection | None = None,
+    lr: float = 0.05,
+) -> None:
     """A few AdamW steps on the active stack; ``callback`` (weight mode) projects after each step."""
     from brainstacks_pl.losses import causal_lm_loss
 
@@ -176,19 +190,31 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "fit",
-        "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir),
-        "--model.stack.frozen_dtype", "float32",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "2",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "64",
-        "--data.batch_size", "4",
-        "--data.max_val_examples", "6",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path",
+        str(model_dir),
+        "--model.stack.frozen_dtype",
+        "float32",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.max_seq_len",
+        "64",
+        "--data.batch_size",
+        "4",
+        "--data.max_val_examples",
+        "6",
         f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds", "1",
-        "--null_space.k", "8",
+        "--boosting.max_rounds",
+        "1",
+        "--null_space.k",
+        "8",
         *extra,
     ]
 
@@ -224,7 +250,7 @@ def check_run(run_dir: Path) -> None:
 @pytest.mark.parametrize("mode", ["weight", "delta"])
 def test_curriculum_writes_and_resumes_the_null_space(tiny_model_dir, tmp_path, mode, monkeypatch):
     run_dir = tmp_path / mode
-    kill = '--trainer.callbacks=[{class_path: test_nullspace.KillAtStep, init_args: {domain: math, step: 2}}]'
+    kill = "--trainer.callbacks=[{class_path: test_nullspace.KillAtStep, init_args: {domain: math, step: 2}}]"
     with pytest.raises(RuntimeError, match="simulated kill"):
         cli_main(fit_args(tiny_model_dir, run_dir, "--null_space.mode", mode, kill))
     saved = (run_dir / "null_space" / "math.safetensors").read_bytes()

@@ -124,5 +124,5 @@ def test_every_prompt_encoder_keeps_the_end_of_a_too_long_prompt(tokenizer):
     example = Example(prompt=long, response="5", domain="chat")
     ids, labels = encode_examples(tokenizer, [example], max_seq_len=40).item(0)
     prompt = ids[labels == -100].tolist()
-    assert prompt[0] == tokenizer.bos_token_id and prompt[1:] == full[-(len(prompt) - 1):], "SFT examples"
+    assert prompt[0] == tokenizer.bos_token_id and prompt[1:] == full[-(len(prompt) - 1) :], "SFT examples"
     assert prompt_ids(tokenizer, "short", max_len=64) == prompt_ids(tokenizer, "short"), "a prompt that fits is whole"

@@ -10,10 +10,23 @@ import pytest
 import brainstacks_pl
 
 PUBLIC = [
-    "MoELoRA", "StackedLinear", "StackConfig", "BrainstacksModel",
-    "StackSFTModule", "RouterModule", "DPOModule", "GRPOModule",
-    "BestStackCallback", "ResidualBoosting", "NullSpaceProjection", "ForgettingMatrix", "ThroughputRecorder",
-    "CurriculumDataModule", "MetaRouter", "RoutedGenerator", "cli_main",
+    "MoELoRA",
+    "StackedLinear",
+    "StackConfig",
+    "BrainstacksModel",
+    "StackSFTModule",
+    "RouterModule",
+    "DPOModule",
+    "GRPOModule",
+    "BestStackCallback",
+    "ResidualBoosting",
+    "NullSpaceProjection",
+    "ForgettingMatrix",
+    "ThroughputRecorder",
+    "CurriculumDataModule",
+    "MetaRouter",
+    "RoutedGenerator",
+    "cli_main",
 ]
 
 
@@ -28,6 +41,8 @@ def test_unknown_attribute_raises():
 
 
 def test_command_line_help():
-    done = subprocess.run([sys.executable, "-m", "brainstacks_pl", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "brainstacks_pl", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "fit" in done.stdout

@@ -18,7 +18,10 @@ SCRIPTS = REPO / "benchmarks" / "reproduce"
 
 
 def run_script(name: str, *args: str) -> None:
-    with mock.patch.object(sys, "argv", [str(SCRIPTS / f"{name}.py"), *args]), mock.patch.object(sys, "path", [str(SCRIPTS), *sys.path]):
+    with (
+        mock.patch.object(sys, "argv", [str(SCRIPTS / f"{name}.py"), *args]),
+        mock.patch.object(sys, "path", [str(SCRIPTS), *sys.path]),
+    ):
         sys.modules.pop("common", None)
         runpy.run_path(str(SCRIPTS / f"{name}.py"), run_name="__main__")
 
@@ -34,23 +37,50 @@ def tiny_config(tmp_path_factory) -> Path:
 
 
 def tiny_args(tmp_path: Path, config: Path) -> list[str]:
-    return ["--config", str(config), "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--epochs", "1", "--batches", "2"]
+    return [
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "out"),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "1",
+        "--batches",
+        "2",
+    ]
 
 
 def test_zero_forgetting_end_to_end(tmp_path, tiny_config):
     run_script("zero_forgetting", *tiny_args(tmp_path, tiny_config), "--domains", "chat", "code")
     result = json.loads((tmp_path / "out" / "zero_forgetting.json").read_text())
     assert result["stack_files_identical"] and result["all_as_frozen_identical"]
-    assert {(c["after"], c["domain"]) for c in result["checks"]} == {("chat", "chat"), ("code", "chat"), ("code", "code")}
+    assert {(c["after"], c["domain"]) for c in result["checks"]} == {
+        ("chat", "chat"),
+        ("code", "chat"),
+        ("code", "code"),
+    }
     assert all(math.isfinite(c["as_frozen"]) and math.isfinite(c["ungated"]) for c in result["checks"])
     assert result["first_at_freeze"]["alone"] == result["first_at_freeze"]["after_curriculum"]
-    assert len(result["fit_commands"]) == 2 and all(c.startswith("brainstacks fit --config") for c in result["fit_commands"])
+    assert len(result["fit_commands"]) == 2 and all(
+        c.startswith("brainstacks fit --config") for c in result["fit_commands"]
+    )
     md = (tmp_path / "out" / "zero_forgetting.md").read_text()
     assert "Command: `python" in md and "reproduced" in md
 
 
 def test_moe_vs_lora_end_to_end(tmp_path, tiny_config):
-    run_script("moe_vs_lora", *tiny_args(tmp_path, tiny_config), "--epochs", "2", "--lrs", "0.004", "--seeds", "1", "--ablations")
+    run_script(
+        "moe_vs_lora",
+        *tiny_args(tmp_path, tiny_config),
+        "--epochs",
+        "2",
+        "--lrs",
+        "0.004",
+        "--seeds",
+        "1",
+        "--ablations",
+    )
     result = json.loads((tmp_path / "out" / "moe_vs_lora.json").read_text())
     for arm in ("moe", "lora"):
         (curve,) = result["curves_at_best_lr"][arm]
@@ -58,18 +88,32 @@ def test_moe_vs_lora_end_to_end(tmp_path, tiny_config):
         assert all(math.isfinite(loss) for _, loss in curve)
         assert result["best_lr"][arm] == 0.004
     assert result["final_mean"]["moe"] == result["curves_at_best_lr"]["moe"][0][-1][1]
-    manifests = {arm: json.loads((tmp_path / "runs" / "moe_vs_lora" / f"{arm}-lr0.004-s0" / "manifest.json").read_text()) for arm in ("moe", "lora")}
+    manifests = {
+        arm: json.loads((tmp_path / "runs" / "moe_vs_lora" / f"{arm}-lr0.004-s0" / "manifest.json").read_text())
+        for arm in ("moe", "lora")
+    }
     assert manifests["lora"]["stack_config"]["experts"] == 1 and manifests["lora"]["stack_config"]["rank"] == 64
     assert manifests["moe"]["stack_config"]["experts"] == 4 and manifests["moe"]["stack_config"]["rank"] == 16
     assert "| step |" in (tmp_path / "out" / "moe_vs_lora.md").read_text()
 
 
 def test_dry_run_with_the_tinyllama_config_parses_and_trains_nothing(tmp_path, capsys):
-    run_script("zero_forgetting", "--dry-run", "--config", str(REPO / "configs" / "tinyllama_nf4.yaml"), "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"))
+    run_script(
+        "zero_forgetting",
+        "--dry-run",
+        "--config",
+        str(REPO / "configs" / "tinyllama_nf4.yaml"),
+        "--out",
+        str(tmp_path / "out"),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("brainstacks fit")]
     assert len(printed) == 2
     assert all("configs/tinyllama_nf4.yaml" in line for line in printed)
-    assert "HuggingFaceH4/ultrachat_200k" in printed[0] and "openai/gsm8k" in printed[1]  # the config's own domains, not the demo's
+    assert (
+        "HuggingFaceH4/ultrachat_200k" in printed[0] and "openai/gsm8k" in printed[1]
+    )  # the config's own domains, not the demo's
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
@@ -91,12 +135,19 @@ def test_unknown_domain_is_refused(tmp_path):
 def test_collect_builds_results_md_in_paper_order(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    for name, extra in (("forgetting", {}), ("moe_vs_lora", {"reproduced": False}), ("moe_vs_lora-long", {"verdict": "a longer horizon"}), ("zero_forgetting", {"all_as_frozen_identical": True, "stack_files_identical": True})):
+    for name, extra in (
+        ("forgetting", {}),
+        ("moe_vs_lora", {"reproduced": False}),
+        ("moe_vs_lora-long", {"verdict": "a longer horizon"}),
+        ("zero_forgetting", {"all_as_frozen_identical": True, "stack_files_identical": True}),
+    ):
         (results / f"{name}.json").write_text(json.dumps({"paper": f"claim {name}", "machine": "2 CPU cores", **extra}))
         (results / f"{name}.md").write_text(f"## {name} table\n\nCommand: `python benchmarks/reproduce/{name}.py`\n")
     run_script("collect", "--results", str(results), "--out", str(tmp_path / "RESULTS.md"))
     text = (tmp_path / "RESULTS.md").read_text()
-    sections = [text.index(f"## {name} table") for name in ("moe_vs_lora", "moe_vs_lora-long", "forgetting", "zero_forgetting")]
+    sections = [
+        text.index(f"## {name} table") for name in ("moe_vs_lora", "moe_vs_lora-long", "forgetting", "zero_forgetting")
+    ]
     assert sections == sorted(sections)
     assert "| claim moe_vs_lora | `benchmarks/reproduce/moe_vs_lora.py` | **not reproduced** |" in text
     assert "`benchmarks/reproduce/moe_vs_lora.py` `--tag long` | a longer horizon |" in text

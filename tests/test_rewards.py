@@ -23,11 +23,22 @@ from brainstacks_pl.rewards import (
     math_operands_reward,
     run_sandboxed,
 )
-from brainstacks_pl.sandbox import Job, Limits, LocalIsolatedExecutor, RemoteExecutor, SandboxError, UnisolatedExecutor, get_executor, split_tests
+from brainstacks_pl.sandbox import (
+    Job,
+    Limits,
+    LocalIsolatedExecutor,
+    RemoteExecutor,
+    SandboxError,
+    UnisolatedExecutor,
+    get_executor,
+    split_tests,
+)
 from brainstacks_pl.sandbox import local as local_module
 from brainstacks_pl.sandbox.server import make_server
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the isolated executor needs Linux namespaces")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the isolated executor needs Linux namespaces"
+)
 
 
 # ---------------------------------------------------------------------- math and format
@@ -46,7 +57,12 @@ def test_math_exact_match_and_format():
 
 def test_operands_reward_counts_the_prompt_numbers_used_before_the_answer():
     prompt = "Sara has 47 eggs and buys 15 more. How many eggs does Sara have now?"
-    completions = ["Sara has 47 + 15 = 62 eggs.\n#### 62", "Sara has 44 + 15 = 59 eggs.\n#### 59", "#### 47 15", "no numbers"]
+    completions = [
+        "Sara has 47 + 15 = 62 eggs.\n#### 62",
+        "Sara has 44 + 15 = 59 eggs.\n#### 59",
+        "#### 47 15",
+        "no numbers",
+    ]
     assert math_operands_reward([prompt] * 4, completions) == [1.0, 0.5, 0.0, 0.0]
     assert math_operands_reward(["no numbers here"], ["1 + 1"]) == [0.0]
 
@@ -62,8 +78,13 @@ def test_code_reward_passes_and_fails_on_tests():
 
 
 def test_split_tests_one_per_assert_with_its_setup():
-    assert split_tests("x = [1]; assert x == [1]\nassert len(x) == 1\nprint('after')") == ("x = [1]\nassert x == [1]\n", "assert len(x) == 1\nprint('after')\n")
-    assert split_tests("def check(f):\n    assert f(1)\ncheck(g)") == ("def check(f):\n    assert f(1)\ncheck(g)",), "no top-level assert: one test"
+    assert split_tests("x = [1]; assert x == [1]\nassert len(x) == 1\nprint('after')") == (
+        "x = [1]\nassert x == [1]\n",
+        "assert len(x) == 1\nprint('after')\n",
+    )
+    assert split_tests("def check(f):\n    assert f(1)\ncheck(g)") == ("def check(f):\n    assert f(1)\ncheck(g)",), (
+        "no top-level assert: one test"
+    )
     assert split_tests(["assert a", "", "assert b"]) == ("assert a", "assert b")
     assert split_tests("assert (") == ("assert (",) and split_tests(None) == ()
 
@@ -80,7 +101,7 @@ def test_partial_credit_is_the_share_of_tests_that_passed():
 
 
 def test_tests_see_the_solutions_names_objects_generators_and_exceptions():
-    solution = '''
+    solution = """
 import math
 LIMIT = 10
 class Stack:
@@ -104,7 +125,7 @@ def parse(s):
     if not s:
         raise ValueError("empty")
     return {"n": int(s), "t": (1, 2), "b": b"x", "s": {1}, "f": float("inf"), "big": 2 ** 200}
-'''
+"""
     tests = [
         "assert LIMIT == 10 and math.sqrt(16) == 4",
         "s = Stack().push(1).push(2)\nassert len(s) == 2 and s.pop() == 2 and s.items == [1]",
@@ -120,7 +141,11 @@ def parse(s):
 
 def test_values_too_deep_to_copy_stay_in_the_solution_as_handles():
     code = "cycle = []\ncycle.append(cycle)\ndeep = 1\nfor _ in range(100):\n    deep = [deep]\nBIG = 10 ** 5000\ndef f():\n    return deep"
-    tests = ("assert len(cycle) == 1 and len(cycle[0]) == 1", "x = f()\nfor _ in range(100):\n    x = x[0]\nassert x == 1", "assert BIG % 7 == pow(10, 5000, 7)")
+    tests = (
+        "assert len(cycle) == 1 and len(cycle[0]) == 1",
+        "x = f()\nfor _ in range(100):\n    x = x[0]\nassert x == 1",
+        "assert BIG % 7 == pow(10, 5000, 7)",
+    )
     result = get_executor().run(Job(code, tests), Limits(timeout=10))
     assert result.all_passed, result
 
@@ -134,7 +159,9 @@ def test_an_object_claiming_to_equal_everything_does_not_pass():
 def test_a_solution_that_hangs_scores_what_passed_before_the_time_limit():
     code = "def f(x):\n    if x == 2:\n        while True:\n            pass\n    return x"
     started = time.monotonic()
-    scores = code_pass_rate_reward(["p"], [code], tests=[["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"]], timeout=1.0)
+    scores = code_pass_rate_reward(
+        ["p"], [code], tests=[["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"]], timeout=1.0
+    )
     assert scores == [pytest.approx(1 / 3)] and time.monotonic() - started < 8
     assert code_tests_reward(["p"], ["def f():\n    while True: pass"], tests=["f()"], timeout=1.0) == [0.0]
 
@@ -149,7 +176,11 @@ def test_run_sandboxed_reports_status_and_output():
     result = run_sandboxed("import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)")
     assert (result.returncode, result.stdout, result.stderr, result.passed) == (3, "out\n", "err\n", False)
     failed = run_sandboxed("def f():\n    1 / 0\nf()")
-    assert failed.returncode == 1 and failed.stderr.startswith("Traceback") and 'File "/tmp/solution.py", line 3' in failed.stderr
+    assert (
+        failed.returncode == 1
+        and failed.stderr.startswith("Traceback")
+        and 'File "/tmp/solution.py", line 3' in failed.stderr
+    )
     assert run_sandboxed("open('inside.txt', 'w').write('ok')\nprint(open('inside.txt').read())").stdout == "ok\n"
     assert run_sandboxed("print('x' * 100000)", max_output=100).stdout == "x" * 99 + "\n"
 
@@ -163,7 +194,11 @@ def test_sandbox_has_no_network_and_a_read_only_file_system(tmp_path):
         "try:\n    open('/usr/x', 'w')\nexcept OSError as e:\n    print('usr', type(e).__name__)\n"
     )
     result = run_sandboxed(code)
-    assert result.returncode == 0 and result.stdout.splitlines() == ["net 101", "write FileNotFoundError", "usr OSError"], result
+    assert result.returncode == 0 and result.stdout.splitlines() == [
+        "net 101",
+        "write FileNotFoundError",
+        "usr OSError",
+    ], result
     assert not outside.exists()
 
 
@@ -180,7 +215,11 @@ def test_get_executor_settings():
 
 
 def test_missing_isolation_fails_closed_and_names_the_opt_in(monkeypatch):
-    monkeypatch.setattr(local_module.shutil, "which", lambda tool, path=None: None if tool == "unshare" else shutil.which(tool, path=path))
+    monkeypatch.setattr(
+        local_module.shutil,
+        "which",
+        lambda tool, path=None: None if tool == "unshare" else shutil.which(tool, path=path),
+    )
     executor = LocalIsolatedExecutor()
     with pytest.raises(SandboxUnavailable, match=r"`unshare`.*`executor: unisolated`"):
         executor.check()
@@ -197,7 +236,15 @@ def test_a_sandbox_that_does_not_work_fails_closed(monkeypatch):
     from brainstacks_pl.modules.grpo import GRPOModule
 
     with pytest.raises(SandboxUnavailable, match="executor: unisolated"):  # at config time, before any model loads
-        GRPOModule("code", rewards=[{"function": "brainstacks_pl.rewards.code_tests_reward", "kwargs": {"executor": {"class_path": "test_rewards.BrokenExecutor"}}}])
+        GRPOModule(
+            "code",
+            rewards=[
+                {
+                    "function": "brainstacks_pl.rewards.code_tests_reward",
+                    "kwargs": {"executor": {"class_path": "test_rewards.BrokenExecutor"}},
+                }
+            ],
+        )
 
 
 class BrokenExecutor(LocalIsolatedExecutor):
@@ -207,7 +254,13 @@ class BrokenExecutor(LocalIsolatedExecutor):
 
 def test_the_unisolated_executor_warns_on_every_run_and_still_needs_every_test(caplog):
     with caplog.at_level(logging.WARNING, logger="brainstacks_pl.sandbox.local"):
-        scores = code_tests_reward(["p"] * 2, ["def f():\n    return 1", "import os\ndef f():\n    return 2\nos._exit(0)"], tests=["assert f() == 1"] * 2, executor="unisolated", max_workers=1)
+        scores = code_tests_reward(
+            ["p"] * 2,
+            ["def f():\n    return 1", "import os\ndef f():\n    return 2\nos._exit(0)"],
+            tests=["assert f() == 1"] * 2,
+            executor="unisolated",
+            max_workers=1,
+        )
     assert scores == [1.0, 0.0]
     assert sum("WITHOUT isolation" in r.getMessage() for r in caplog.records) == 2
 
@@ -268,7 +321,14 @@ def test_grpo_with_a_code_reward_runs_end_to_end_in_the_sandbox(sft_run, tmp_pat
     run_dir = tmp_path / "run"
     shutil.copytree(sft_run, run_dir)
     CALLS.clear()
-    args = grpo_args(run_dir, "--model.domain", "math", "--trainer.max_epochs", "1", "--model.rewards=[{function: test_rewards.counting_code_reward, kwargs: {timeout: 2.0, partial_credit: true, executor: local}}]")
+    args = grpo_args(
+        run_dir,
+        "--model.domain",
+        "math",
+        "--trainer.max_epochs",
+        "1",
+        "--model.rewards=[{function: test_rewards.counting_code_reward, kwargs: {timeout: 2.0, partial_credit: true, executor: local}}]",
+    )
     args[args.index("--config") + 1] = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_code_demo.yaml")
     cli_main(args)
     record = Manifest.load(run_dir).stacks[-1]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama, save_tiny_model
+from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -25,8 +27,6 @@ from brainstacks_pl.routing.discovery import (
     route_weights,
 )
 from brainstacks_pl.storage import Manifest, load_tensors
-from conftest import make_tiny_llama, save_tiny_model
-from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
@@ -113,7 +113,13 @@ def test_greedy_discovery_finds_a_pair_that_no_single_domain_explains():
 
 
 def test_greedy_discovery_returns_the_base_when_nothing_helps():
-    [found] = greedy_discovery(1, lambda pairs: [1.0 - 0.005 * len(r) for _, r in pairs], ["chat", "math"], threshold=0.01, reasoning_domain=None)
+    [found] = greedy_discovery(
+        1,
+        lambda pairs: [1.0 - 0.005 * len(r) for _, r in pairs],
+        ["chat", "math"],
+        threshold=0.01,
+        reasoning_domain=None,
+    )
     assert found["route"] == [] and found["best_loss"] == found["base_loss"]
 
 
@@ -169,7 +175,9 @@ def test_discovery_cache_is_resumable_and_keyed_by_fingerprint(tmp_path):
     oracle, settings = CountingOracle(["chat", "math"]), DiscoverySettings(reasoning_domain=None)
     items, keys = [None] * 5, [f"k{i}" for i in range(5)]
     path = tmp_path / "router" / "discovery" / "math.jsonl"
-    first = discover_examples(oracle, items[:3], keys[:3], "math", "train", DiscoveryCache(path, "fp1"), settings, chunk_size=2)
+    first = discover_examples(
+        oracle, items[:3], keys[:3], "math", "train", DiscoveryCache(path, "fp1"), settings, chunk_size=2
+    )
     assert [r.route for r in first] == [["math"]] * 3
     assert len(path.read_text().splitlines()) == 3
     calls = oracle.calls
@@ -205,22 +213,59 @@ def sft_run(tmp_path_factory) -> Path:
     run_dir = root / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread pin
-    cli_main([
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"), "--model.model_name_or_path", str(model_dir),
-        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--data.max_seq_len", "96", "--data.batch_size", "4",
-        "--data.max_val_examples", "8", f"--data.domains={DOMAINS}", "--boosting.max_rounds", "1",
-    ])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--model.model_name_or_path",
+            str(model_dir),
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.max_seq_len",
+            "96",
+            "--data.batch_size",
+            "4",
+            "--data.max_val_examples",
+            "8",
+            f"--data.domains={DOMAINS}",
+            "--boosting.max_rounds",
+            "1",
+        ]
+    )
     torch.set_num_threads(threads)
     return run_dir
 
 
 def router_args(run_dir: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", str(REPO / "configs" / "router_demo.yaml"), "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", "--data.max_seq_len", "96",
-        f"--data.domains={DOMAINS}", "--data.val_fraction", "0.25", "--model.hidden", "16",
-        "--model.max_train_examples", "12", "--model.max_val_examples", "6", *extra,
+        "fit",
+        "--config",
+        str(REPO / "configs" / "router_demo.yaml"),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.max_seq_len",
+        "96",
+        f"--data.domains={DOMAINS}",
+        "--data.val_fraction",
+        "0.25",
+        "--model.hidden",
+        "16",
+        "--model.max_train_examples",
+        "12",
+        "--model.max_val_examples",
+        "6",
+        *extra,
     ]
 
 

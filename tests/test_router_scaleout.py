@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_helpers import kill_group, launch, run_to_completion, subprocess_env, wait_for
 from lightning.pytorch.callbacks import Callback
+from test_router import router_args, sft_run  # noqa: F401 (sft_run is a fixture: a tiny finished SFT run)
 
 from brainstacks_pl.storage import Manifest, load_tensors
-from fault_helpers import kill_group, launch, run_to_completion, subprocess_env, wait_for
-from test_router import router_args, sft_run  # noqa: F401 (sft_run is a fixture: a tiny finished SFT run)
 
 pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
 
@@ -40,19 +40,26 @@ def test_router_phase_under_two_rank_ddp(sft_run, tmp_path):
     shutil.copytree(sft_run, run_dir)
     stacks_before = {p.name: p.read_bytes() for p in (run_dir / "stacks").iterdir()}
     args = [
-        sys.executable, "-m", "brainstacks_pl", *router_args(run_dir, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
+        sys.executable,
+        "-m",
+        "brainstacks_pl",
+        *router_args(run_dir, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
         f"--trainer.callbacks=[{{class_path: test_router_scaleout.RouterDigest, init_args: {{out_dir: {digests}}}}}]",
     ]
     done = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text(), "DDP keeps the router identical on both ranks"
+    assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text(), (
+        "DDP keeps the router identical on both ranks"
+    )
     record = Manifest.load(run_dir).extra["router"]
     tensors, _ = load_tensors(run_dir / record["file"], expected_sha256=record["sha256"])
     assert all(torch.isfinite(t).all() for t in tensors.values())
     report = json.loads((run_dir / "router" / "routing_report.json").read_text())
     assert set(report["per_source"]) == {"chat", "math"}
-    assert {p.name: p.read_bytes() for p in (run_dir / "stacks").iterdir()} == stacks_before, "the router phase never touches stacks"
+    assert {p.name: p.read_bytes() for p in (run_dir / "stacks").iterdir()} == stacks_before, (
+        "the router phase never touches stacks"
+    )
     assert not (run_dir / ".lock").exists() and not (run_dir / "router" / "work").exists()
 
 

@@ -25,7 +25,9 @@ import pytest
 from brainstacks_pl.rewards import code_tests_reward
 from brainstacks_pl.sandbox import Job, Limits, get_executor
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the isolated executor needs Linux namespaces")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the isolated executor needs Linux namespaces"
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(timeout=3.0, memory_mb=512)
@@ -53,18 +55,23 @@ def exit_early_attacks() -> dict[str, str]:
         "raise_system_exit": WRONG + "raise SystemExit(0)",
         "os_exit": WRONG + "import os\nos._exit(0)",
         "atexit_os_exit": WRONG + "import atexit, os\natexit.register(lambda: os._exit(0))",
-        "excepthook_os_exit": WRONG + "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\nraise ValueError('boom')",
+        "excepthook_os_exit": WRONG
+        + "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\nraise ValueError('boom')",
         "kill_self": WRONG + "import os\nos.kill(os.getpid(), 9)",
         "print_pass": WRONG + "print('OK\\nPASSED 2/2\\nall tests passed')\nimport os\nos._exit(0)",
         "forge_frames_everywhere": WRONG + "import os\n" + forge + "os._exit(0)",
         "forge_frames_and_stay": WRONG + "import os\n" + forge,
-        "exit_from_a_thread": WRONG + "import os, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.05), os._exit(0)), daemon=True).start()\ntime.sleep(0.2)",
+        "exit_from_a_thread": WRONG
+        + "import os, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.05), os._exit(0)), daemon=True).start()\ntime.sleep(0.2)",
         "exit_inside_the_call": "import os\ndef add_2(x):\n    os._exit(0)",
         "system_exit_inside_the_call": "import sys\ndef add_2(x):\n    sys.exit(0)",
-        "kill_the_test_runner": WRONG + "import os, signal\nfor pid in (1, os.getppid()):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError as e:\n        print('kill', pid, e.errno)",
+        "kill_the_test_runner": WRONG
+        + "import os, signal\nfor pid in (1, os.getppid()):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError as e:\n        print('kill', pid, e.errno)",
         "equal_to_everything": "class Any:\n    __eq__ = lambda self, other: True\n    __ne__ = lambda self, other: False\n    __bool__ = lambda self: True\n    __hash__ = object.__hash__\ndef add_2(x):\n    return Any()",
-        "patch_builtins": WRONG + "import builtins\nbuiltins.AssertionError = type('Never', (BaseException,), {})\nbuiltins.__build_class__ = None\nbuiltins.len = lambda x: 0",
-        "walk_the_frames": WRONG + "import sys\nf = sys._getframe()\nwhile f is not None:\n    f.f_globals.pop('_serve', None)\n    f = f.f_back\n",
+        "patch_builtins": WRONG
+        + "import builtins\nbuiltins.AssertionError = type('Never', (BaseException,), {})\nbuiltins.__build_class__ = None\nbuiltins.len = lambda x: 0",
+        "walk_the_frames": WRONG
+        + "import sys\nf = sys._getframe()\nwhile f is not None:\n    f.f_globals.pop('_serve', None)\n    f = f.f_back\n",
         "huge_reply": "def add_2(x):\n    return 'x' * (8 << 20)",
         "deep_reply": "def add_2(x):\n    v = []\n    for _ in range(200):\n        v = [v]\n    return v",
         "hang": WRONG + "while True:\n    pass",
@@ -103,7 +110,8 @@ def escape_attacks(ctx: dict) -> dict[str, str]:
     """Scripts that try to reach the trainer, the host or the network; they print what they got."""
     canary, victim = ctx["canary"], ctx["victim"]
     return {
-        "look_for_the_tests_control": exit_early_attacks()["look_for_the_tests"] + f"TESTS = {ANSWER_TESTS!r}\n",  # the search works
+        "look_for_the_tests_control": exit_early_attacks()["look_for_the_tests"]
+        + f"TESTS = {ANSWER_TESTS!r}\n",  # the search works
         "tcp_to_trainer": f"import socket\ntry:\n    s = socket.create_connection(('127.0.0.1', {ctx['tcp_port']}), timeout=2)\n    s.sendall(b'leak')\n    print('CONNECTED')\nexcept OSError as e:\n    print('blocked', e.errno)",
         "udp_to_trainer": f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    s.sendto(b'leak', ('127.0.0.1', {ctx['udp_port']}))\n    print('SENT')\nexcept OSError as e:\n    print('blocked', e.errno)",
         "abstract_unix_socket": f"import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({ctx['abstract']!r})\n    s.sendall(b'leak')\n    print('CONNECTED')\nexcept OSError as e:\n    print('blocked', e.errno)",
@@ -297,7 +305,14 @@ def attacked(tmp_path_factory):
     victim.mkdir()
     secret = "canary-secret-" + secrets.token_hex(8)
     listener = Listener()
-    ctx = {"canary": str(canary), "victim": str(victim), "secret": secret, "tcp_port": listener.tcp.getsockname()[1], "udp_port": listener.udp.getsockname()[1], "abstract": listener.abstract}
+    ctx = {
+        "canary": str(canary),
+        "victim": str(victim),
+        "secret": secret,
+        "tcp_port": listener.tcp.getsockname()[1],
+        "udp_port": listener.udp.getsockname()[1],
+        "abstract": listener.abstract,
+    }
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     previous = os.environ.get("BRAINSTACKS_ATTACK_SECRET")
     os.environ["BRAINSTACKS_ATTACK_SECRET"] = secret
@@ -330,9 +345,17 @@ def attacked(tmp_path_factory):
             os.environ["BRAINSTACKS_ATTACK_SECRET"] = previous
     names = list(exits) + list(escapes)
     yield {
-        "results": dict(zip(names, results)), "exit_names": list(exits), "seconds": seconds, "received": list(listener.received),
-        "canary": canary, "victim": victim, "secret": secret, "sleeper": sleeper, "left_behind": left_behind,
-        "rss_growth": peak[0] - baseline_rss, "disk_used": (disk_before - os.statvfs(str(host)).f_bavail) * os.statvfs(str(host)).f_frsize,
+        "results": dict(zip(names, results)),
+        "exit_names": list(exits),
+        "seconds": seconds,
+        "received": list(listener.received),
+        "canary": canary,
+        "victim": victim,
+        "secret": secret,
+        "sleeper": sleeper,
+        "left_behind": left_behind,
+        "rss_growth": peak[0] - baseline_rss,
+        "disk_used": (disk_before - os.statvfs(str(host)).f_bavail) * os.statvfs(str(host)).f_frsize,
     }
     sleeper.kill()
     sleeper.wait()
@@ -372,7 +395,10 @@ def test_every_exit_early_or_forging_completion_scores_zero(attacked):
     for name in attacked["exit_names"]:
         result = attacked["results"][name]
         assert not result.sandbox_failed, f"{name}: {result.error}"
-        assert result.complete and result.total_tests == 2 and result.passed_tests == 0 and result.pass_rate == 0.0, (name, result)
+        assert result.complete and result.total_tests == 2 and result.passed_tests == 0 and result.pass_rate == 0.0, (
+            name,
+            result,
+        )
     assert attacked["results"]["hang"].timed_out
 
 
@@ -385,29 +411,58 @@ def test_the_solution_never_sees_the_tests(attacked):
 
 def test_exit_early_completions_score_zero_through_the_reward():
     """The issue's six, through ``code_tests_reward`` itself (binary and partial credit)."""
-    tricks = ["exit()", "quit()", "import sys\nsys.exit(0)", "import os\nos._exit(0)", "import atexit, os\natexit.register(lambda: os._exit(0))", "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\nraise ValueError"]
+    tricks = [
+        "exit()",
+        "quit()",
+        "import sys\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "import atexit, os\natexit.register(lambda: os._exit(0))",
+        "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\nraise ValueError",
+    ]
     completions = [WRONG + trick for trick in tricks]
     assert code_tests_reward(["p"] * 6, completions, tests=["assert add_2(1) == 3"] * 6, timeout=3.0) == [0.0] * 6
-    assert code_tests_reward(["p"] * 6, completions, tests=[list(ANSWER_TESTS)] * 6, timeout=3.0, partial_credit=True) == [0.0] * 6
+    assert (
+        code_tests_reward(["p"] * 6, completions, tests=[list(ANSWER_TESTS)] * 6, timeout=3.0, partial_credit=True)
+        == [0.0] * 6
+    )
     right = "def add_2(x):\n    return x + 2\n"
-    assert code_tests_reward(["p"] * 2, [right, right + "import os\nos._exit(0)"], tests=[list(ANSWER_TESTS)] * 2) == [1.0, 0.0]
+    assert code_tests_reward(["p"] * 2, [right, right + "import os\nos._exit(0)"], tests=[list(ANSWER_TESTS)] * 2) == [
+        1.0,
+        0.0,
+    ]
 
 
 # ---------------------------------------------------------------------- escapes
 def test_host_files_are_neither_readable_nor_writable(attacked):
     lines = out(attacked, "host_files").splitlines()
     assert lines[0] == "['FileNotFoundError']", lines
-    allowed = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "dev", "proc", "tmp", Path(sys.base_prefix).resolve().parts[1]}
-    assert set(eval(lines[1][len("ROOT "):])) <= allowed, lines
+    allowed = {
+        "bin",
+        "sbin",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "usr",
+        "dev",
+        "proc",
+        "tmp",
+        Path(sys.base_prefix).resolve().parts[1],
+    }
+    assert set(eval(lines[1][len("ROOT ") :])) <= allowed, lines
     writes = eval(out(attacked, "host_writes"))
-    assert len(writes) == 13 and all(w.endswith(("Error", "Exception")) and not w.startswith("DID") for w in writes), writes
+    assert len(writes) == 13 and all(w.endswith(("Error", "Exception")) and not w.startswith("DID") for w in writes), (
+        writes
+    )
 
 
 def test_no_privileges_and_no_raising_the_limits(attacked):
     assert "TRUE []" in out(attacked, "privileges"), out(attacked, "privileges")
     setuid = out(attacked, "setuid_binary")  # /usr/bin/mount is setuid root on the host; nosuid here
     assert "mount exit" in setuid and "mount exit 0" not in setuid, setuid
-    if get_executor().mode == "root":  # (in a user namespace the program is uid 0 of that namespace, without capabilities)
+    if (
+        get_executor().mode == "root"
+    ):  # (in a user namespace the program is uid 0 of that namespace, without capabilities)
         assert "id 0" not in setuid, setuid
 
 
@@ -449,8 +504,13 @@ def test_memory_disk_and_output_are_bounded(attacked):
     assert "BIG" not in disk and "big:27" in disk and "full:28" in disk and "INODES" not in disk, disk
     huge = attacked["results"]["huge_output"]
     assert len(huge.stdout) <= LIMITS.max_output and len(huge.stderr) <= LIMITS.max_output
-    assert huge.output_dropped >= 2 * 290 << 20 and huge.stdout.endswith("done\n"), (huge.output_dropped, huge.stdout[-20:])
-    assert attacked["rss_growth"] < 64, f"the trainer grew by {attacked['rss_growth']:.0f} MB while reading 600 MiB of output"
+    assert huge.output_dropped >= 2 * 290 << 20 and huge.stdout.endswith("done\n"), (
+        huge.output_dropped,
+        huge.stdout[-20:],
+    )
+    assert attacked["rss_growth"] < 64, (
+        f"the trainer grew by {attacked['rss_growth']:.0f} MB while reading 600 MiB of output"
+    )
 
 
 def test_symlinks_in_the_scratch_directory_lead_nowhere(attacked):
@@ -508,6 +568,8 @@ def test_the_trainers_own_deadline_kills_the_whole_sandbox(monkeypatch):
     code = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', '{MARKER}'], start_new_session=True)\ntime.sleep(60)"
     result = get_executor().run(Job(code), Limits(timeout=1.0))
     assert time.monotonic() - started < 3.0
-    assert result.timed_out and not result.complete and not result.sandbox_failed and "trainer's deadline" in result.error
+    assert (
+        result.timed_out and not result.complete and not result.sandbox_failed and "trainer's deadline" in result.error
+    )
     time.sleep(0.2)
     assert sandbox_processes() == []

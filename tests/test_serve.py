@@ -126,7 +126,9 @@ def test_greedy_answers_equal_brainstacks_generate(server, reference, suffix, mo
         "".join(c.choices[0].text for c in chunks) == expected.text and chunks[-1].choices[0].finish_reason is not None
     )
     info = reply.brainstacks
-    assert chunks[0].brainstacks == chunks[-1].brainstacks == info and all("brainstacks" not in c.model_extra for c in chunks[1:-1])
+    assert chunks[0].brainstacks == chunks[-1].brainstacks == info and all(
+        "brainstacks" not in c.model_extra for c in chunks[1:-1]
+    )
     if mode == "routed":
         assert info["router_probs"] == pytest.approx(expected.route.probs, abs=1e-5)
         assert {s["domain"]: s["weight"] for s in info["stacks"]} == pytest.approx(

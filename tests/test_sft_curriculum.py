@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama, save_tiny_model
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
@@ -17,7 +18,6 @@ from brainstacks_pl.config import StackConfig
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.sft import StackSFTModule
 from brainstacks_pl.storage import Manifest, StackRecord
-from conftest import make_tiny_llama, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 48}, {name: math, path: "demo:math", max_examples: 48}]'
@@ -33,18 +33,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "fit",
-        "--config", str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", str(model_dir),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "2",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--data.max_seq_len", "96",
-        "--data.batch_size", "4",
-        "--data.max_val_examples", "8",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        "--model.model_name_or_path",
+        str(model_dir),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.max_seq_len",
+        "96",
+        "--data.batch_size",
+        "4",
+        "--data.max_val_examples",
+        "8",
         f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds", "2",
-        "--boosting.min_loss_delta", "-1.0",  # always boost to max_rounds: the test wants 2 x 2
+        "--boosting.max_rounds",
+        "2",
+        "--boosting.min_loss_delta",
+        "-1.0",  # always boost to max_rounds: the test wants 2 x 2
         *extra,
     ]
 
@@ -70,7 +81,9 @@ def test_two_domains_two_rounds_write_the_run_directory(finished_run):
         assert record.val_losses, "BestStackCallback history is recorded"
     assert (finished_run / "forgetting_matrix.json").is_file()
     assert list((finished_run / "tensorboard").rglob("events.out.tfevents.*"))
-    assert not list((finished_run / "rounds").glob("*/checkpoints/*.ckpt")), "round checkpoints are removed once the stack is saved"
+    assert not list((finished_run / "rounds").glob("*/checkpoints/*.ckpt")), (
+        "round checkpoints are removed once the stack is saved"
+    )
 
 
 def test_as_frozen_losses_are_bit_identical_to_the_loss_at_freeze(finished_run):
@@ -92,7 +105,14 @@ def test_tensorboard_has_per_stack_curves(finished_run):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
-    for expected in ("train/loss/chat/stack0", "train/loss/math/stack1", "val/loss/chat/stack1", "train/aux_loss/chat/stack0", "forgetting/ungated/chat", "forgetting/matrix"):
+    for expected in (
+        "train/loss/chat/stack0",
+        "train/loss/math/stack1",
+        "val/loss/chat/stack1",
+        "train/aux_loss/chat/stack0",
+        "forgetting/ungated/chat",
+        "forgetting/matrix",
+    ):
         assert any(tag.startswith(expected) for tag in tags), f"{expected} missing from {sorted(tags)}"
     # Every fit (round) logs into its own run, so its step axis and its val_loss are its own;
     # the phase-level figures (forgetting matrix) are in the phase's run.
@@ -122,21 +142,27 @@ class KillAtStep(Callback):
 
 def test_resume_after_a_kill_gives_bit_identical_stacks(tiny_model_dir, finished_run, tmp_path):
     run_dir = tmp_path / "killed"
-    kill = '--trainer.callbacks=[{class_path: test_sft_curriculum.KillAtStep, init_args: {domain: math, round: 0, step: 3}}]'
+    kill = "--trainer.callbacks=[{class_path: test_sft_curriculum.KillAtStep, init_args: {domain: math, round: 0, step: 3}}]"
     with pytest.raises(SimulatedKill):
         cli_main(fit_args(tiny_model_dir, run_dir, kill))
-    assert (run_dir / "rounds" / "math-r0" / "checkpoints" / "last.ckpt").is_file(), "the interrupted round left its epoch checkpoint"
+    assert (run_dir / "rounds" / "math-r0" / "checkpoints" / "last.ckpt").is_file(), (
+        "the interrupted round left its epoch checkpoint"
+    )
     assert len(Manifest.load(run_dir).stacks) == 2
     cli_main(fit_args(tiny_model_dir, run_dir))
     assert stack_bytes(run_dir) == stack_bytes(finished_run)
-    assert json.loads((run_dir / "forgetting_matrix.json").read_text()) == json.loads((finished_run / "forgetting_matrix.json").read_text())
+    assert json.loads((run_dir / "forgetting_matrix.json").read_text()) == json.loads(
+        (finished_run / "forgetting_matrix.json").read_text()
+    )
 
 
 def test_a_strategy_object_from_the_config_serves_every_round(tiny_model_dir, finished_run, tmp_path):
     # configs/fsdp_demo.yaml passes its strategy as a class_path: each round's Trainer must get
     # its own copy (a strategy is bound to the first Trainer that uses it).
     run_dir = tmp_path / "object_strategy"
-    strategy = "--trainer.strategy={class_path: lightning.pytorch.strategies.SingleDeviceStrategy, init_args: {device: cpu}}"
+    strategy = (
+        "--trainer.strategy={class_path: lightning.pytorch.strategies.SingleDeviceStrategy, init_args: {device: cpu}}"
+    )
     cli_main(fit_args(tiny_model_dir, run_dir, strategy))
     assert stack_bytes(run_dir) == stack_bytes(finished_run)
 
@@ -239,7 +265,9 @@ def test_boosting_stops_on_a_plateau_and_at_max_rounds():
     assert boosting.wants_another_round([])
     assert boosting.wants_another_round([record(0, 2.0, 1.5)])
     assert not boosting.wants_another_round([record(0, 2.0, 1.5), record(1, 1.5, 1.499)]), "improved by 0.001 < 0.002"
-    assert not boosting.wants_another_round([record(0, 2.0, 1.5), record(1, 1.5, 1.2), record(2, 1.2, 0.9)]), "max_rounds"
+    assert not boosting.wants_another_round([record(0, 2.0, 1.5), record(1, 1.5, 1.2), record(2, 1.2, 0.9)]), (
+        "max_rounds"
+    )
 
 
 # ---------------------------------------------------------------------- configs and bad input
@@ -275,12 +303,27 @@ def test_a_non_finite_loss_never_reaches_the_weights(tiny_model_dir, monkeypatch
     import brainstacks_pl.modules.sft as sft
     from brainstacks_pl.data import CurriculumDataModule, DomainConfig
 
-    data = CurriculumDataModule([DomainConfig("chat", "demo:chat", max_examples=24)], tokenizer=str(tiny_model_dir), max_seq_len=64, batch_size=4, max_val_examples=4)
+    data = CurriculumDataModule(
+        [DomainConfig("chat", "demo:chat", max_examples=24)],
+        tokenizer=str(tiny_model_dir),
+        max_seq_len=64,
+        batch_size=4,
+        max_val_examples=4,
+    )
     module = StackSFTModule(str(tiny_model_dir), domains=["chat"], log_expert_utilisation_every=0)
     module.build().add_stack("chat")
     before = module.stacks.active_state_dict()
     monkeypatch.setattr(sft, "causal_lm_loss", lambda logits, labels: torch.tensor(float("nan")))
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=data)
     after = module.stacks.active_state_dict()
     assert module.nonfinite_steps == 2

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from numerics import assert_fp32_equivalent, fp32_tolerance
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from brainstacks_pl import MoELoRA, StackConfig, StackContext, StackedLinear
 from brainstacks_pl.errors import StackFileError
 from brainstacks_pl.layers.stacked_linear import UnsupportedLayerError
-from numerics import assert_fp32_equivalent, fp32_tolerance
 
 D_IN, D_OUT = 16, 24
 DEPTH = D_IN + 4 * 3 * 4

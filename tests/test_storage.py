@@ -35,7 +35,9 @@ def _manifest() -> Manifest:
 def test_round_trip_is_bit_exact(tmp_path):
     tensors = _tensors()
     sha = save_tensors(tmp_path / "s.safetensors", tensors, metadata={"domain": "chat", "round": "1"})
-    loaded, metadata = load_tensors(tmp_path / "s.safetensors", expected_sha256=sha, expected_shapes={k: tuple(v.shape) for k, v in tensors.items()})
+    loaded, metadata = load_tensors(
+        tmp_path / "s.safetensors", expected_sha256=sha, expected_shapes={k: tuple(v.shape) for k, v in tensors.items()}
+    )
     assert metadata == {"domain": "chat", "round": "1"}
     assert loaded.keys() == tensors.keys()
     for key, value in tensors.items():
@@ -66,7 +68,9 @@ def test_truncated_file_is_refused_naming_it(tmp_path):
 def test_wrong_shape_names_tensor_and_both_shapes(tmp_path):
     path = tmp_path / "s.safetensors"
     save_tensors(path, _tensors())
-    with pytest.raises(StackFileError, match=r"'layers\.0\.q_proj\.B' has shape \(32, 64\), this model needs \(48, 64\)"):
+    with pytest.raises(
+        StackFileError, match=r"'layers\.0\.q_proj\.B' has shape \(32, 64\), this model needs \(48, 64\)"
+    ):
         load_tensors(path, expected_shapes={"layers.0.q_proj.B": (48, 64)})
     with pytest.raises(StackFileError, match="lacks 1 tensors"):
         load_tensors(path, expected_shapes={"layers.9.q_proj.B": (32, 64)})
@@ -116,7 +120,9 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_manifest_round_trip(tmp_path):
     manifest = _manifest()
-    manifest.stacks.append(StackRecord(file="stacks/chat_r0.safetensors", sha256="ab" * 32, domain="chat", round=0, val_losses=[2.5, 2.25]))
+    manifest.stacks.append(
+        StackRecord(file="stacks/chat_r0.safetensors", sha256="ab" * 32, domain="chat", round=0, val_losses=[2.5, 2.25])
+    )
     manifest.completed_domains.append("chat")
     manifest.null_space["code"] = {"file": "null_space/code.safetensors", "sha256": "cd" * 32}
     assert not Manifest.exists(tmp_path)
@@ -157,12 +163,16 @@ def test_check_compatible_refuses_other_models_and_configs():
     config = StackConfig().to_dict()
     manifest.check_compatible(manifest.layer_shapes, config, ["chat", "code"], where="run")  # same run: fine
     with pytest.raises(StackFileError, match="different base model"):
-        manifest.check_compatible({"layers.0.q_proj": [32, 32], "layers.0.up_proj": [32, 96]}, config, ["chat", "code"], where="run")
+        manifest.check_compatible(
+            {"layers.0.q_proj": [32, 32], "layers.0.up_proj": [32, 96]}, config, ["chat", "code"], where="run"
+        )
     with pytest.raises(StackFileError, match="different base model"):
         manifest.check_compatible({"layers.0.q_proj": [32, 32]}, config, ["chat", "code"], where="run")
     with pytest.raises(StackFileError, match="StackConfig.rank=16"):
         manifest.check_compatible(manifest.layer_shapes, StackConfig(rank=8).to_dict(), ["chat", "code"], where="run")
     with pytest.raises(StackFileError, match="target_modules"):
-        manifest.check_compatible(manifest.layer_shapes, StackConfig(target_modules=["q_proj"]).to_dict(), ["chat", "code"], where="run")
+        manifest.check_compatible(
+            manifest.layer_shapes, StackConfig(target_modules=["q_proj"]).to_dict(), ["chat", "code"], where="run"
+        )
     with pytest.raises(StackFileError, match="curriculum"):
         manifest.check_compatible(manifest.layer_shapes, config, ["code", "chat"], where="run")

@@ -43,7 +43,9 @@ class BestStackCallback(Callback):
         min_delta: Smallest decrease that counts as an improvement.
     """
 
-    def __init__(self, monitor: str = "val_loss", spike_threshold: float = 0.5, patience: int = 3, min_delta: float = 0.0):
+    def __init__(
+        self, monitor: str = "val_loss", spike_threshold: float = 0.5, patience: int = 3, min_delta: float = 0.0
+    ):
         self.monitor = monitor
         self.spike_threshold = spike_threshold
         self.patience = patience
@@ -93,7 +95,11 @@ class BestStackCallback(Callback):
         loss = float(trainer.callback_metrics[self.monitor])
         self.history.append(loss)
         if not math.isfinite(loss) or loss > self.best + self.spike_threshold:
-            log.warning("validation loss %.4f spiked above best %.4f: restoring the best snapshot and ending the round", loss, self.best)
+            log.warning(
+                "validation loss %.4f spiked above best %.4f: restoring the best snapshot and ending the round",
+                loss,
+                self.best,
+            )
             self.restore(pl_module)
             self._stop(trainer, f"spike ({loss:.4f} > best {self.best:.4f} + {self.spike_threshold})")
         elif loss < self.best - self.min_delta:

@@ -17,10 +17,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
-from brainstacks_pl.validation import evaluate_loss
-from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.errors import UserError
+from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import StackRecord
+from brainstacks_pl.validation import evaluate_loss
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,13 @@ class ResidualBoosting(Callback):
         last = records[-1]
         improvement = last.start_val_loss - last.loss_at_freeze
         if improvement < self.min_loss_delta:
-            log.info("domain %s: round %d improved validation loss by %.4f < %.4f, boosting stops", last.domain, last.round, improvement, self.min_loss_delta)
+            log.info(
+                "domain %s: round %d improved validation loss by %.4f < %.4f, boosting stops",
+                last.domain,
+                last.round,
+                improvement,
+                self.min_loss_delta,
+            )
             return False
         return True
 
@@ -75,7 +81,9 @@ class ResidualBoosting(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
 
         if self.run is None:
-            raise RuntimeError("ResidualBoosting runs inside the curriculum driver (brainstacks fit), which attaches the run directory")
+            raise RuntimeError(
+                "ResidualBoosting runs inside the curriculum driver (brainstacks fit), which attaches the run directory"
+            )
         stacks = pl_module.stacks
         info = stacks.active_info
         best = next((cb for cb in trainer.callbacks if isinstance(cb, BestStackCallback)), None)
@@ -84,7 +92,9 @@ class ResidualBoosting(Callback):
             # of its last epoch skips the fit loop (no on_train_end): restore here so the best is frozen.
             best.restore_best(pl_module)
         if trainer.global_step == 0:
-            raise UserError(f"{info.domain} round {info.round} took no training step (no training batches); nothing was frozen")
+            raise UserError(
+                f"{info.domain} round {info.round} took no training step (no training batches); nothing was frozen"
+            )
         tensors = stacks.freeze_stack()
         loss_at_freeze = evaluate_loss(stacks, trainer.datamodule.val_dataloader(), pl_module.device)
         record = StackRecord(

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.validation import evaluate_loss
 from brainstacks_pl.storage import atomic_write_json
+from brainstacks_pl.validation import evaluate_loss
 
 __all__ = ["ForgettingMatrix"]
 
@@ -29,9 +29,13 @@ class ForgettingMatrix:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {"domains": [], "rows": [], "at_freeze": {}}
+        self.data: dict[str, Any] = (
+            json.loads(self.path.read_text()) if self.path.is_file() else {"domains": [], "rows": [], "at_freeze": {}}
+        )
 
-    def evaluate(self, stacks: BrainstacksModel, datamodule, finished_domain: str, device, logger=None, write: bool = True) -> dict[str, Any]:
+    def evaluate(
+        self, stacks: BrainstacksModel, datamodule, finished_domain: str, device, logger=None, write: bool = True
+    ) -> dict[str, Any]:
 
         order = stacks.domains
         trained = order[: order.index(finished_domain) + 1]
@@ -68,11 +72,18 @@ class ForgettingMatrix:
 
     def _log(self, logger, step: int) -> None:
         row = self.data["rows"][-1]
-        logger.log_metrics({f"forgetting/{mode}/{domain}": loss for mode in MODES for domain, loss in row[mode].items()}, step=step)
+        logger.log_metrics(
+            {f"forgetting/{mode}/{domain}": loss for mode in MODES for domain, loss in row[mode].items()}, step=step
+        )
         from brainstacks_pl.figures import forgetting_figure, log_figure
 
         after = [r["after"] for r in self.data["rows"]]
-        log_figure(logger, "forgetting/matrix", forgetting_figure({m: self.matrix(m) for m in MODES}, after, self.data["domains"]), step)
+        log_figure(
+            logger,
+            "forgetting/matrix",
+            forgetting_figure({m: self.matrix(m) for m in MODES}, after, self.data["domains"]),
+            step,
+        )
         experiment = getattr(logger, "experiment", None)
         if experiment is not None and hasattr(experiment, "add_text"):
             experiment.add_text("forgetting/table", self.to_markdown(), global_step=step)

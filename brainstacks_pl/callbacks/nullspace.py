@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -35,10 +35,23 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from brainstacks_pl.nullspace import collect_frozen_deltas, cosine_similarity_of_subspaces, leak, principal_directions, project_out
 from brainstacks_pl.layers.dtensor import full_tensor
+from brainstacks_pl.nullspace import (
+    collect_frozen_deltas,
+    cosine_similarity_of_subspaces,
+    leak,
+    principal_directions,
+    project_out,
+)
 from brainstacks_pl.phase import DomainStart
-from brainstacks_pl.storage import StackFileError, atomic_write_json, load_tensors, save_tensors, serialize_tensors, sha256_bytes
+from brainstacks_pl.storage import (
+    StackFileError,
+    atomic_write_json,
+    load_tensors,
+    save_tensors,
+    serialize_tensors,
+    sha256_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +85,7 @@ class NullSpaceProjection(Callback):
         oversample: int = 10,
         niter: int = 2,
         source: Literal["val", "train"] = "val",
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
     ):
         if mode not in ("weight", "delta", "off"):
             raise ValueError(f"null_space.mode must be 'weight', 'delta' or 'off', got {mode!r}")
@@ -129,16 +142,28 @@ class NullSpaceProjection(Callback):
                 "rank": principal.V.shape[1],
                 "energy": principal.energy,
                 "singular_values": principal.singular_values.tolist(),
-                "cross_domain_similarity": [[cosine_similarity_of_subspaces(a, b) for b in per_domain] for a in per_domain],
+                "cross_domain_similarity": [
+                    [cosine_similarity_of_subspaces(a, b) for b in per_domain] for a in per_domain
+                ],
             }
         report = {
-            "mode": self.mode, "k": self.k, "solver": self.solver, "source": self.source, "domains": list(counts),
-            "rows": counts, "collect_seconds": round(collected - started, 4), "solve_seconds": round(time.monotonic() - collected, 4),
+            "mode": self.mode,
+            "k": self.k,
+            "solver": self.solver,
+            "source": self.source,
+            "domains": list(counts),
+            "rows": counts,
+            "collect_seconds": round(collected - started, 4),
+            "solve_seconds": round(time.monotonic() - collected, 4),
             "layers": layers,
         }
         full = [name for name, entry in layers.items() if entry["rank"] >= stacks.layers[name].d_out // 2]
         if full:
-            log.warning("null space protects half or more of the output space of %d layers (e.g. %s): lower null_space.k", len(full), full[0])
+            log.warning(
+                "null space protects half or more of the output space of %d layers (e.g. %s): lower null_space.k",
+                len(full),
+                full[0],
+            )
         return bases, report
 
     # ------------------------------------------------------------------ files
@@ -149,15 +174,30 @@ class NullSpaceProjection(Callback):
         tensors, metadata = load_tensors(run.root / record["file"], expected_sha256=record["sha256"])
         for name, layer in stacks.layers.items():
             if name not in tensors or tensors[name].dim() != 2 or tensors[name].shape[0] != layer.d_out:
-                raise StackFileError(f"{run.root / record['file']}: no [d_out={layer.d_out}, K] basis for layer '{name}' (basis from another model?)")
+                raise StackFileError(
+                    f"{run.root / record['file']}: no [d_out={layer.d_out}, K] basis for layer '{name}' (basis from another model?)"
+                )
         if (metadata.get("k"), metadata.get("solver")) != (str(self.k), self.solver):
-            log.warning("domain %s: re-using the saved null space (k=%s, solver=%s), not this config's (k=%d, solver=%s)", domain, metadata.get("k"), metadata.get("solver"), self.k, self.solver)
+            log.warning(
+                "domain %s: re-using the saved null space (k=%s, solver=%s), not this config's (k=%d, solver=%s)",
+                domain,
+                metadata.get("k"),
+                metadata.get("solver"),
+                self.k,
+                self.solver,
+            )
         log.info("domain %s: null space re-read from %s", domain, record["file"])
         return {name: tensors[name] for name in stacks.layers}
 
     def _save(self, run, domain: str, bases: dict[str, Tensor], report: dict[str, Any]) -> None:
         path = run.null_space_path(domain)
-        metadata = {"domain": domain, "k": str(self.k), "solver": self.solver, "source": self.source, "rows": str(sum(report["rows"].values()))}
+        metadata = {
+            "domain": domain,
+            "k": str(self.k),
+            "solver": self.solver,
+            "source": self.source,
+            "rows": str(sum(report["rows"].values())),
+        }
         if run.is_writer:
             sha = save_tensors(path, bases, metadata)
             atomic_write_json(path.with_suffix(".json"), {"domain": domain, **report})
@@ -175,7 +215,9 @@ class NullSpaceProjection(Callback):
         metrics = {f"null_space/{domain}/energy/{name}": entry["energy"] for name, entry in layers.items()}
         metrics[f"null_space/{domain}/energy_mean"] = float(np.mean([e["energy"] for e in layers.values()]))
         metrics[f"null_space/{domain}/rank_mean"] = float(np.mean([e["rank"] for e in layers.values()]))
-        similarity = np.mean([np.array(e["cross_domain_similarity"], dtype=float) for e in layers.values()], axis=0)  # [m, m]
+        similarity = np.mean(
+            [np.array(e["cross_domain_similarity"], dtype=float) for e in layers.values()], axis=0
+        )  # [m, m]
         sources = report["domains"]
         for i in range(len(sources)):
             for j in range(i + 1, len(sources)):
@@ -185,7 +227,9 @@ class NullSpaceProjection(Callback):
 
         spectra = {name: entry["singular_values"] for name, entry in layers.items()}
         log_figure(logger, f"null_space/{domain}/spectrum_log10", spectrum_figure(spectra, domain), step)
-        log_figure(logger, f"null_space/{domain}/cross_domain_similarity", similarity_figure(similarity, sources, domain), step)
+        log_figure(
+            logger, f"null_space/{domain}/cross_domain_similarity", similarity_figure(similarity, sources, domain), step
+        )
 
     # ------------------------------------------------------------------ the Lightning callback
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -199,7 +243,9 @@ class NullSpaceProjection(Callback):
         if trainer.global_step == 0:
             self.project_active(pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step != self._projected_at_step:  # an optimizer step happened
             self._projected_at_step = trainer.global_step
             self.project_active(pl_module)
@@ -229,9 +275,16 @@ class NullSpaceProjection(Callback):
         # The stored B is rounded to the storage dtype: bf16 alone leaves a leak of order 1e-3.
         tolerance = max(1e-5, torch.finfo(getattr(torch, pl_module.stacks.stack_config.frozen_dtype)).eps)
         if summary["max"] > tolerance:
-            log.warning("%s round %d: the frozen stack leaks %.2e of its norm into the protected subspace", domain, round, summary["max"])
+            log.warning(
+                "%s round %d: the frozen stack leaks %.2e of its norm into the protected subspace",
+                domain,
+                round,
+                summary["max"],
+            )
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"null_space/leak_{key}/{domain}": value for key, value in summary.items()}, step=round)
+            trainer.logger.log_metrics(
+                {f"null_space/leak_{key}/{domain}": value for key, value in summary.items()}, step=round
+            )
         self._record_leak(domain, round, summary)
 
     def stack_leaks(self, pl_module: L.LightningModule, fold: bool) -> dict[str, float]:

@@ -50,12 +50,16 @@ class ThroughputRecorder(Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         self._started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         elapsed = time.perf_counter() - self._started
@@ -68,7 +72,9 @@ class ThroughputRecorder(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # One all-reduce per round, not per step: the other ranks' tokens count towards the rate.
-        self._tokens = int(trainer.strategy.reduce(torch.tensor(float(self._tokens), device=pl_module.device), reduce_op="sum"))
+        self._tokens = int(
+            trainer.strategy.reduce(torch.tensor(float(self._tokens), device=pl_module.device), reduce_op="sum")
+        )
         info = getattr(getattr(pl_module, "stacks", None), "active_info", None)
         tag = f"{info.domain}/stack{info.round}" if info is not None else "phase"
         record = {
@@ -83,7 +89,10 @@ class ThroughputRecorder(Callback):
         }
         if trainer.logger is not None:
             trainer.logger.log_metrics(
-                {f"perf/{tag}/tokens_per_s": record["tokens_per_s"], f"perf/{tag}/peak_memory_gib": record["peak_memory_gib"]},
+                {
+                    f"perf/{tag}/tokens_per_s": record["tokens_per_s"],
+                    f"perf/{tag}/peak_memory_gib": record["peak_memory_gib"],
+                },
                 step=trainer.global_step,
             )
         if self.out_path is not None and trainer.is_global_zero:

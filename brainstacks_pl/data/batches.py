@@ -9,14 +9,22 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, Example, format_prompt
 
-__all__ = ["Encoded", "EpochShuffleSampler", "ExampleRows", "PackedRows", "PadCollator", "encode_examples", "pack_encoded"]
+__all__ = [
+    "Encoded",
+    "EpochShuffleSampler",
+    "ExampleRows",
+    "PackedRows",
+    "PadCollator",
+    "encode_examples",
+    "pack_encoded",
+]
+
 
 @dataclass
 class Encoded:
@@ -43,12 +51,15 @@ def _prompt_lengths(tokenizer, prompts: list[str], fulls: list[str]) -> tuple[li
         bounds = [sum(1 for start, _ in offs if start < len(p)) for p, offs in zip(prompts, offsets)]
         return enc["input_ids"], bounds
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer([f[len(p):] for p, f in zip(prompts, fulls)], add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([f[len(p) :] for p, f in zip(prompts, fulls)], add_special_tokens=False)["input_ids"]
     return [a + b for a, b in zip(p_ids, r_ids)], [len(a) for a in p_ids]
 
 
 def encode_examples(
-    tokenizer, examples: Sequence[Example], max_seq_len: int, template: str = DEFAULT_PROMPT_TEMPLATE,
+    tokenizer,
+    examples: Sequence[Example],
+    max_seq_len: int,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
     chunk: int = 1024,
 ) -> Encoded:
     """``[bos] + format_prompt(prompt) + response + eos``; labels are -100 on bos and the prompt.
@@ -62,7 +73,7 @@ def encode_examples(
     budget = max_seq_len - len(head)
     ids_out, labels_out, lengths, truncated = [], [], [], 0
     for start in range(0, len(examples), chunk):
-        part = examples[start:start + chunk]
+        part = examples[start : start + chunk]
         prompts = [format_prompt(ex.prompt, template) for ex in part]
         ids, bounds = _prompt_lengths(tokenizer, prompts, [p + ex.response for p, ex in zip(prompts, part)])
         for seq, b in zip(ids, bounds):
@@ -70,7 +81,7 @@ def encode_examples(
             if len(p) + len(r) > budget:
                 truncated += 1
                 keep = max(budget - len(r), min(len(p), budget // 2))
-                p, r = p[len(p) - keep:], r[:budget - keep]
+                p, r = p[len(p) - keep :], r[: budget - keep]
             ids_out.extend(head + p + r)
             labels_out.extend([-100] * (len(head) + len(p)) + r)
             lengths.append(len(head) + len(p) + len(r))
@@ -114,7 +125,7 @@ class PackedRows(Dataset):
 
 
 class ExampleRows(Dataset):
-    def __init__(self, encoded: Encoded, limit: Optional[int] = None) -> None:
+    def __init__(self, encoded: Encoded, limit: int | None = None) -> None:
         self.encoded, self.n = encoded, len(encoded) if limit is None else min(limit, len(encoded))
 
     def __len__(self) -> int:

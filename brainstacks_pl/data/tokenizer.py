@@ -6,9 +6,9 @@ resolves to the shipped demo base everywhere and the pad id follows one rule.
 
 from __future__ import annotations
 
-from brainstacks_pl.assets import resolve_model_name
+from typing import Any
 
-from typing import Any, Optional
+from brainstacks_pl.assets import resolve_model_name
 
 __all__ = ["TokenizerMixin"]
 
@@ -16,16 +16,17 @@ __all__ = ["TokenizerMixin"]
 class TokenizerMixin:
     """``tokenizer`` / ``set_tokenizer`` / ``pad_id`` for a data module with ``tokenizer_name``."""
 
-    tokenizer_name: Optional[str]
+    tokenizer_name: str | None
     _tokenizer: Any
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             if self.tokenizer_name is None:
-                raise ValueError(f"{type(self).__name__} has no tokenizer: pass tokenizer=<path or hub name> or call set_tokenizer")
+                raise ValueError(
+                    f"{type(self).__name__} has no tokenizer: pass tokenizer=<path or hub name> or call set_tokenizer"
+                )
             from transformers import AutoTokenizer
-
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(self.tokenizer_name))
         return self._tokenizer

@@ -48,7 +48,9 @@ class StackScorer:
         if mode not in MODES:
             raise InferenceError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "routed" and generator.router is None:
-            raise NoRouterError(f"{generator.cache.root}: this run has no trained router; routed mode needs one (configs/router_demo.yaml)")
+            raise NoRouterError(
+                f"{generator.cache.root}: this run has no trained router; routed mode needs one (configs/router_demo.yaml)"
+            )
         self.generator, self.mode, self.batch_size = generator, mode, batch_size
         self._routes: dict[str, RouteDecision] = {}
 
@@ -127,9 +129,13 @@ class StackScorer:
             return []
         weights = self._prepare([r.route_text for r in requests])
         pairs = [(r.context_ids, r.continuation_ids) for r in requests]
-        return score_continuations(self._logits_fn(weights), pairs, self.batch_size, self.pad_id, self.max_length, self.device)
+        return score_continuations(
+            self._logits_fn(weights), pairs, self.batch_size, self.pad_id, self.max_length, self.device
+        )
 
-    def generate(self, prompts: Sequence[list[int]], route_texts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(
+        self, prompts: Sequence[list[int]], route_texts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[str]:
         """Greedy generation per prompt (token ids), cut at EOS or the first ``stop`` string.
 
         Decoded with the KV cache of ``RoutedGenerator.decode_batch``; a prompt longer than the

@@ -68,8 +68,13 @@ class BrainstacksLM(LM):
                 log.warning("device %s requested (lm-eval's default) but CUDA is not available: using the CPU", device)
                 device = "cpu"
             scorer = StackScorer.from_run(
-                run, mode, batch, device=device or "cpu", dtype=dtype,
-                model_name_or_path=model_name_or_path, quantization=quantization,
+                run,
+                mode,
+                batch,
+                device=device or "cpu",
+                dtype=dtype,
+                model_name_or_path=model_name_or_path,
+                quantization=quantization,
             )
         self.scorer = scorer if scorer.mode == mode else scorer.with_mode(mode)
         self.max_gen_toks, self.template = int(max_gen_toks), bool(template)
@@ -95,7 +100,11 @@ class BrainstacksLM(LM):
         prepared = []
         for req in requests:
             context, continuation = req.args
-            prepared.append(ScoreRequest(*encode_pair(self.tokenizer, self._context(context), continuation), route_text=context or " "))
+            prepared.append(
+                ScoreRequest(
+                    *encode_pair(self.tokenizer, self._context(context), continuation), route_text=context or " "
+                )
+            )
         scores = self.scorer.loglikelihood(prepared)
         out = []
         for req, score in zip(requests, scores):

@@ -23,17 +23,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from brainstacks_pl.commands import MODES, parse_subcommand
+from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
 from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackScorer
 from brainstacks_pl.evaluation.scoring import answers_match, encode_pair, encode_prompt, extract_answer, pick_choice
 from brainstacks_pl.evaluation.tasks import TaskSpec, build_context, load_examples, resolve_tasks
-from brainstacks_pl.commands import MODES, parse_subcommand
-from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
 from brainstacks_pl.inference import InferenceError, RoutedGenerator
-from brainstacks_pl.storage import StackFileError, atomic_write_json
+from brainstacks_pl.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_task", "evaluate_run", "write_tensorboard", "format_table", "main", "run", "no_router_message", "wilson_interval", "winner"]
+__all__ = [
+    "evaluate_task",
+    "evaluate_run",
+    "write_tensorboard",
+    "format_table",
+    "main",
+    "run",
+    "no_router_message",
+    "wilson_interval",
+    "winner",
+]
 
 N_SAMPLES = 3
 """Generations kept per task in results.json, for a look at what the model wrote."""
@@ -198,7 +208,15 @@ def format_table(results: dict[str, Any]):
         total_n += n
         best = winner({m: results["modes"][m]["tasks"][name]["acc"] for m in ok_modes}, n)
         chance_cell = "-" if chance is None else f"{chance:.3f}"
-        table.add_row(name, spec["domain"], spec["type"], str(n) if ok_modes else "-", chance_cell, *(cell(m, name) for m in modes), best)
+        table.add_row(
+            name,
+            spec["domain"],
+            spec["type"],
+            str(n) if ok_modes else "-",
+            chance_cell,
+            *(cell(m, name) for m in modes),
+            best,
+        )
     means = {m: results["modes"][m]["mean_acc"] for m in ok_modes}
     mean_cells = [f"{means[m]:.3f}" if m in means else "skipped" for m in modes]
     table.add_row("mean", "", "", str(total_n), "", *mean_cells, winner(means, total_n), style="bold")
@@ -223,8 +241,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         tasks = resolve_tasks(args.tasks)
         results = evaluate_run(
-            args.run, tasks, modes, args.limit, args.batch_size,
-            device=args.device, dtype=args.dtype, quantization=args.quantization, model_name_or_path=args.model_name_or_path,
+            args.run,
+            tasks,
+            modes,
+            args.limit,
+            args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            quantization=args.quantization,
+            model_name_or_path=args.model_name_or_path,
             accept_new_base=args.accept_new_base,
         )
     except (FileNotFoundError, ValueError) as err:
@@ -247,7 +272,9 @@ def _check_writable(directory: Path) -> None:
     """``directory`` exists and is writable, or could be created in its nearest existing parent."""
     existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InferenceError(f"cannot write results under {directory} ({existing} is not a writable directory); give --output elsewhere and --no_tensorboard")
+        raise InferenceError(
+            f"cannot write results under {directory} ({existing} is not a writable directory); give --output elsewhere and --no_tensorboard"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

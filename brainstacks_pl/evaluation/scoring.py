@@ -70,7 +70,7 @@ def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True) ->
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return _head(tokenizer, bos) + whole[: len(ctx)], whole[len(ctx):]
+    return _head(tokenizer, bos) + whole[: len(ctx)], whole[len(ctx) :]
 
 
 def encode_prompt(tokenizer, text: str, bos: bool = True) -> list[int]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -48,14 +48,14 @@ class TaskSpec:
     type: Literal["mc", "generation"]
     path: str
     split: str = "test"
-    subset: Optional[str] = None
+    subset: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     few_shot: int = 0
     extract: str = "hash"
     max_new_tokens: int = 64
     stop: list[str] = field(default_factory=lambda: ["### Prompt", "\n\n"])
-    limit: Optional[int] = None
-    source: Optional[str] = None
+    limit: int | None = None
+    source: str | None = None
     """The YAML file the task came from (relative ``path`` resolves against its folder)."""
 
     def __post_init__(self) -> None:
@@ -84,7 +84,7 @@ class TaskExample:
     prompt: str
     answer: Any
     """mc: index of the right choice; generation: the gold answer text."""
-    choices: Optional[list[str]] = None
+    choices: list[str] | None = None
 
 
 def load_task(path: str | Path) -> TaskSpec:
@@ -176,7 +176,9 @@ def load_examples(task: TaskSpec) -> tuple[list[TaskExample], list[TaskExample]]
     for i, row in enumerate(rows):
         for key in ("prompt", "answer") + (("choices",) if task.type == "mc" else ()):
             if task.column(key) not in row:
-                raise ValueError(f"task {task.name!r} row {i}: column {task.column(key)!r} ({key}) missing; row has {sorted(row)}")
+                raise ValueError(
+                    f"task {task.name!r} row {i}: column {task.column(key)!r} ({key}) missing; row has {sorted(row)}"
+                )
         prompt = str(row[task.column("prompt")])
         if task.type == "mc":
             choices = [str(c) for c in row[task.column("choices")]]

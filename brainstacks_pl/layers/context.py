@@ -41,7 +41,7 @@ class StackContext:
     active_enabled: bool = True
     """False switches every layer's active (trainable) stack off, whatever the mode: the RL phases'
     reference policy is the same model without it (``BrainstacksModel.active_off()``)."""
-    noise_generator: "torch.Generator | None" = None
+    noise_generator: torch.Generator | None = None
     """Source of the active stack's gating noise (seeded per epoch so resumed runs replay it)."""
     cache_frozen: bool = True
     """Keep the selected frozen stacks cast to the compute dtype between calls (fast; a persistent
@@ -72,7 +72,9 @@ class StackContext:
             self.stack_selection_cache[key] = selected
         return selected
 
-    def routed_columns(self, domains: tuple[str, ...], scale: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    def routed_columns(
+        self, domains: tuple[str, ...], scale: float, dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
         """[batch, len(domains)] routing weights of stacks of these domains times ``scale`` (``routed`` mode).
 
         Cut from ``weights`` once per scope and kept on ``device``, so a layer's forward builds

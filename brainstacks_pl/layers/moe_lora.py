@@ -96,7 +96,9 @@ class MoELoRA(nn.Module):
         """The stack's parameters keyed by ``TENSOR_NAMES`` (the names a stack file uses)."""
         return {name: getattr(self, name) for name in TENSOR_NAMES}
 
-    def forward(self, x: Tensor, null_basis: Tensor | None = None, noise_generator: torch.Generator | None = None) -> MoEOutput:
+    def forward(
+        self, x: Tensor, null_basis: Tensor | None = None, noise_generator: torch.Generator | None = None
+    ) -> MoEOutput:
         """Delta for ``x`` ([..., d_in]); with ``null_basis`` V ([d_out, K]) the delta is projected off span(V).
 
         ``noise_generator`` (on x's device) draws the gating noise; without it the global RNG does.

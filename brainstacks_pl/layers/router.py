@@ -38,7 +38,15 @@ class MetaRouter(nn.Module):
         min_temperature, max_temperature: Clamp of the learned temperature.
     """
 
-    def __init__(self, d_model: int, n_domains: int, hidden: int = 512, dropout: float = 0.1, min_temperature: float = 0.3, max_temperature: float = 3.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_domains: int,
+        hidden: int = 512,
+        dropout: float = 0.1,
+        min_temperature: float = 0.3,
+        max_temperature: float = 3.0,
+    ):
         super().__init__()
         if n_domains < 1 or d_model < 1 or hidden < 1:
             raise ValueError(f"MetaRouter needs d_model, n_domains, hidden >= 1, got {d_model}, {n_domains}, {hidden}")
@@ -81,14 +89,18 @@ class MetaRouter(nn.Module):
 
 
 @torch.no_grad()
-def base_features(stacks: "BrainstacksModel", input_ids: Tensor, attention_mask: Tensor, mid_weight: float = 0.45) -> Tensor:
+def base_features(
+    stacks: BrainstacksModel, input_ids: Tensor, attention_mask: Tensor, mid_weight: float = 0.45
+) -> Tensor:
     """``mid_weight * h_mid + (1 - mid_weight) * h_last`` of the base with every stack off.
 
     ``h_mid`` is the output of the middle decoder layer (``hidden_states[n_layers // 2]``),
     ``h_last`` the final (normed) hidden state. Returns float32 [B, T, d].
     """
     with stacks.base_only():
-        out = stacks.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        out = stacks.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+        )
     hidden = out.hidden_states  # (embeddings, layer 1, ..., layer n)
     h_mid, h_last = hidden[(len(hidden) - 1) // 2], hidden[-1]
-    return (mid_weight * h_mid.float() + (1.0 - mid_weight) * h_last.float())
+    return mid_weight * h_mid.float() + (1.0 - mid_weight) * h_last.float()

@@ -23,7 +23,8 @@ not per-call copies; the last GEMM adds into the base output (``addmm``). Routed
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -131,8 +132,12 @@ class StackedLinear(nn.Module):
         dtype = _storage_dtype(config)
         # Stacks live in stack files, not in this module's state_dict: buffers are non-persistent.
         rows, width = self.layout.frozen_rows, self.layout.mid_width
-        self.register_buffer("frozen_in", torch.empty(0, rows, self.d_in, dtype=dtype, device=device), persistent=False)  # [S, E*r+E, d_in]
-        self.register_buffer("frozen_Bt", torch.empty(0, width, self.d_out, dtype=dtype, device=device), persistent=False)  # [S, E*r, d_out]
+        self.register_buffer(
+            "frozen_in", torch.empty(0, rows, self.d_in, dtype=dtype, device=device), persistent=False
+        )  # [S, E*r+E, d_in]
+        self.register_buffer(
+            "frozen_Bt", torch.empty(0, width, self.d_out, dtype=dtype, device=device), persistent=False
+        )  # [S, E*r, d_out]
         self.register_buffer("null_basis", torch.empty(self.d_out, 0, device=device), persistent=False)  # [d_out, K]
         self._operand_cache: dict[tuple, _FrozenOperands] = {}
 
@@ -180,7 +185,9 @@ class StackedLinear(nn.Module):
         """
         self.context.domain_index(domain)  # raises for an unknown domain
         dtype, device = _storage_dtype(self.config), self.frozen_in.device
-        rows = tensors["in_proj"][: self.layout.frozen_rows].to(device=device, dtype=dtype)  # A | W_r: no noise once frozen
+        rows = tensors["in_proj"][: self.layout.frozen_rows].to(
+            device=device, dtype=dtype
+        )  # A | W_r: no noise once frozen
         self.frozen_in = torch.cat([self.frozen_in, rows.unsqueeze(0)])
         self.frozen_Bt = torch.cat([self.frozen_Bt, tensors["B"].T.to(device=device, dtype=dtype).unsqueeze(0)])
         self.frozen_domains.append(domain)
@@ -198,7 +205,9 @@ class StackedLinear(nn.Module):
         if basis is None:
             basis = torch.empty(self.d_out, 0)
         if basis.shape[0] != self.d_out:
-            raise ValueError(f"layer '{self.name}': null-space basis has {basis.shape[0]} rows, expected d_out={self.d_out}")
+            raise ValueError(
+                f"layer '{self.name}': null-space basis has {basis.shape[0]} rows, expected d_out={self.d_out}"
+            )
         self.null_basis = basis.detach().to(device=self.frozen_in.device, dtype=torch.float32)
 
     # ------------------------------------------------------------------ forward
@@ -238,7 +247,9 @@ class StackedLinear(nn.Module):
             return x.flatten(1, -2)
         if x.dim() == 2 and batch and x.shape[0] % batch == 0:
             return x.unflatten(0, (batch, -1))
-        raise ValueError(f"routed mode: weights of shape {tuple(weights.shape)} do not match a batch of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"routed mode: weights of shape {tuple(weights.shape)} do not match a batch of shape {tuple(x.shape)}"
+        )
 
     def frozen_delta(self, x: Tensor) -> Tensor | None:
         """The summed output of the frozen stacks the current routing selects ([..., d_out]), or None.
@@ -275,10 +286,14 @@ class StackedLinear(nn.Module):
             coef = coef * operands.scale
         mid = (mid.unflatten(-1, (layout.experts, layout.rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
         if result is None or operands.cast_per_call:
-            delta = _CastMatmul.apply(mid, operands.w_out) if operands.cast_per_call else mid @ operands.w_out  # [..., d_out]
+            delta = (
+                _CastMatmul.apply(mid, operands.w_out) if operands.cast_per_call else mid @ operands.w_out
+            )  # [..., d_out]
             return delta if result is None else result + delta.to(result.dtype).reshape(result.shape)
         if result.dtype == mid.dtype and result.is_contiguous():
-            return torch.addmm(result.reshape(-1, self.d_out), mid.reshape(-1, mid.shape[-1]), operands.w_out).view(result.shape)
+            return torch.addmm(result.reshape(-1, self.d_out), mid.reshape(-1, mid.shape[-1]), operands.w_out).view(
+                result.shape
+            )
         return result + (mid @ operands.w_out).to(result.dtype).reshape(result.shape)
 
     def _operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _FrozenOperands:
@@ -296,14 +311,18 @@ class StackedLinear(nn.Module):
         if operands is not None:
             return operands
         with torch.inference_mode(False):  # built under validation's inference mode, still usable in training
-            operands = self._build_operands(selection, self.frozen_in.dtype if cast_per_call else dtype, device, fold=not cast_per_call)
+            operands = self._build_operands(
+                selection, self.frozen_in.dtype if cast_per_call else dtype, device, fold=not cast_per_call
+            )
         operands = operands._replace(cast_per_call=cast_per_call)
         while len(self._operand_cache) >= _CACHED_SELECTIONS:
             self._operand_cache.pop(next(iter(self._operand_cache)))
         self._operand_cache[key] = operands
         return operands
 
-    def _build_operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device, fold: bool = True) -> _FrozenOperands:
+    def _build_operands(
+        self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device, fold: bool = True
+    ) -> _FrozenOperands:
         first, last = selection[0], selection[-1] + 1
         contiguous = selection == tuple(range(first, last))
         if contiguous:

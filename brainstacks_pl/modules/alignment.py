@@ -95,7 +95,9 @@ class AlignmentModule(StackModule):
                 raise ValueError("the run manifest names no base model: set model.model_name_or_path")
             self.model_name_or_path = name
             self.stack_config = StackConfig.from_dict(manifest.stack_config)
-            self.stacks = BrainstacksModel.from_pretrained(name, self.stack_config, list(manifest.domains), quantization=self.quantization, dtype=self.dtype_name)
+            self.stacks = BrainstacksModel.from_pretrained(
+                name, self.stack_config, list(manifest.domains), quantization=self.quantization, dtype=self.dtype_name
+            )
         return self.stacks
 
     def served(self, prompts: list[list[int]] | None = None, repeat: int = 1, tile: int = 1):
@@ -110,7 +112,9 @@ class AlignmentModule(StackModule):
         is_writer = getattr(rank_zero_only, "rank", 0) == 0
         run = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         if not Manifest.exists(run.root):
-            raise FileNotFoundError(f"{run.root}: no manifest.json; run the SFT phase (configs/demo.yaml) into this --trainer.default_root_dir first")
+            raise FileNotFoundError(
+                f"{run.root}: no manifest.json; run the SFT phase (configs/demo.yaml) into this --trainer.default_root_dir first"
+            )
         stacks = self.build(Manifest.load(run.root))
         datamodule = context.datamodule
         if datamodule is None:
@@ -125,7 +129,9 @@ class AlignmentModule(StackModule):
             run.load_stacks(stacks)
             if self.domain not in stacks.domains:
                 raise ValueError(f"domain {self.domain!r} is not in this run; its domains are {stacks.domains}")
-            self.serving = ServedConfiguration.for_run(stacks, self.tokenizer, run.manifest, run.root, self.domain, self.serve)
+            self.serving = ServedConfiguration.for_run(
+                stacks, self.tokenizer, run.manifest, run.root, self.domain, self.serve
+            )
             done = [r for r in run.records(self.domain) if r.phase == self.phase]
             rerun = len(done) >= self.max_phase_stacks
             if not rerun:
@@ -141,16 +147,25 @@ class AlignmentModule(StackModule):
         from brainstacks_pl.report import print_phase_summary, rerun_note
 
         records = [r for r in run.records(self.domain) if r.phase == self.phase]
-        entries = [e for e in run.manifest.extra.get("alignment", []) if e["phase"] == self.phase and e["domain"] == self.domain]
+        entries = [
+            e
+            for e in run.manifest.extra.get("alignment", [])
+            if e["phase"] == self.phase and e["domain"] == self.domain
+        ]
         entry = entries[-1] if entries else {"before": {}, "after": {}}
-        rows = [(k, entry["before"].get(k), entry["after"].get(k)) for k in dict.fromkeys([*entry["before"], *entry["after"]])]
+        rows = [
+            (k, entry["before"].get(k), entry["after"].get(k))
+            for k in dict.fromkeys([*entry["before"], *entry["after"]])
+        ]
         artifacts = {"stack": run.root / records[-1].file} if records else {}
         notes = []
         if rerun:
             what = f"{self.phase} of {self.domain} ({len(records)} stack(s), max_phase_stacks={self.max_phase_stacks}) in {run.root}"
             notes.append(rerun_note(what, run.manifest, f"{self.phase}:{self.domain}", settings))
         served = entry.get("served")
-        title = f"{self.phase} on {self.domain}: held-out before / after" + (f" (served as: {served})" if served else "")
+        title = f"{self.phase} on {self.domain}: held-out before / after" + (
+            f" (served as: {served})" if served else ""
+        )
         print_phase_summary(title, rows, artifacts, notes)
 
     def _train_one_stack(self, run, context, datamodule) -> StackRecord:
@@ -172,7 +187,9 @@ class AlignmentModule(StackModule):
             log.info("resuming %s %s round %d from %s", self.phase, self.domain, round, ckpt)
         trainer.fit(self, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         if trainer.interrupted:
-            raise RuntimeError(f"{self.phase} training of {self.domain} round {round} was interrupted; run the same command again to resume it")
+            raise RuntimeError(
+                f"{self.phase} training of {self.domain} round {round} was interrupted; run the same command again to resume it"
+            )
         bad = [k for k, v in stacks.active_state_dict().items() if not torch.isfinite(v).all()]
         if bad:
             raise FloatingPointError(f"the {self.phase} stack has non-finite weights in {bad[:3]}; nothing was written")
@@ -180,21 +197,40 @@ class AlignmentModule(StackModule):
         self._log_summary("after", after, round)
         tensors = stacks.freeze_stack()
         record = StackRecord(
-            file="", sha256="", domain=self.domain, round=round, phase=self.phase,
+            file="",
+            sha256="",
+            domain=self.domain,
+            round=round,
+            phase=self.phase,
             start_val_loss=before["val_loss"],
             best_val_loss=best.best if best is not None and math.isfinite(best.best) else None,
             loss_at_freeze=after["val_loss"],
             val_losses=list(best.history) if best is not None else [],
-            train_seconds=round_seconds(time.monotonic() - started), steps=trainer.global_step,
+            train_seconds=round_seconds(time.monotonic() - started),
+            steps=trainer.global_step,
         )
         run.manifest.extra.setdefault("alignment", []).append(
-            {"phase": self.phase, "domain": self.domain, "round": round, "served": self.serving.describe() if self.serving else "ungated: every stack",
-             "before": before, "after": after, "nonfinite_steps": self.nonfinite_steps}
+            {
+                "phase": self.phase,
+                "domain": self.domain,
+                "round": round,
+                "served": self.serving.describe() if self.serving else "ungated: every stack",
+                "before": before,
+                "after": after,
+                "nonfinite_steps": self.nonfinite_steps,
+            }
         )
         return run.write_stack(tensors, record)
 
     def _log_summary(self, when: str, metrics: dict[str, float], round: int) -> None:
-        log.info("%s %s round %d, held-out %s: %s", self.phase, self.domain, round, when, {k: round_seconds(v) for k, v in metrics.items()})
+        log.info(
+            "%s %s round %d, held-out %s: %s",
+            self.phase,
+            self.domain,
+            round,
+            when,
+            {k: round_seconds(v) for k, v in metrics.items()},
+        )
         logger = self._phase_logger
         if logger is not None:
             logger.log_metrics({f"{self.phase}/{when}/{k}": v for k, v in metrics.items()}, step=round)

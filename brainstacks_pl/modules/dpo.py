@@ -61,13 +61,17 @@ class DPOModule(AlignmentModule):
     def _forward_pairs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [2B, L]
         half = ids.shape[0] // 2
-        prompts = prompt_rows(ids[:half], (labels[:half] == IGNORE_INDEX) & mask[:half].bool())  # chosen half: bos + prompt
+        prompts = prompt_rows(
+            ids[:half], (labels[:half] == IGNORE_INDEX) & mask[:half].bool()
+        )  # chosen half: bos + prompt
         with self.served(prompts, tile=2):  # rows: chosen then rejected, same prompts
             out = self.stacks(ids, mask)
             policy = sequence_logps(out.logits, labels)  # [2B]
             with torch.no_grad(), self.stacks.active_off():
                 reference = sequence_logps(self.stacks(ids, mask).logits, labels)  # [2B]
-        loss, chosen, rejected = dpo_loss(policy[:half], policy[half:], reference[:half], reference[half:], self.beta, self.label_smoothing)
+        loss, chosen, rejected = dpo_loss(
+            policy[:half], policy[half:], reference[:half], reference[half:], self.beta, self.label_smoothing
+        )
         return {
             "dpo_loss": loss,
             "aux_loss": out.aux_loss,
@@ -103,7 +107,14 @@ class DPOModule(AlignmentModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self._forward_pairs(batch)
         self._log_step("val", out, batch["input_ids"].shape[0] // 2)
-        self.log("val_loss", out["dpo_loss"], on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0] // 2, sync_dist=True)
+        self.log(
+            "val_loss",
+            out["dpo_loss"],
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["input_ids"].shape[0] // 2,
+            sync_dist=True,
+        )
         return out["dpo_loss"]
 
     # ------------------------------------------------------------------ held-out summary

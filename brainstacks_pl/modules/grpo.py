@@ -29,8 +29,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -105,16 +106,16 @@ class GRPOModule(AlignmentModule):
     def __init__(
         self,
         domain: str,
-        rewards: Optional[list[RewardSpec]] = None,
+        rewards: list[RewardSpec] | None = None,
         group_size: int = 4,
         max_new_tokens: int = 48,
         temperature: float = 1.0,
         clip_eps: float = 0.2,
         kl_coeff: float = 0.04,
         updates_per_batch: int = 2,
-        max_grad_norm: Optional[float] = 1.0,
+        max_grad_norm: float | None = 1.0,
         advantage_eps: float = 1e-4,
-        val_max_new_tokens: Optional[int] = None,
+        val_max_new_tokens: int | None = None,
         on_reward_error: Literal["raise", "skip"] = "raise",
         **kwargs: Any,
     ):
@@ -125,7 +126,10 @@ class GRPOModule(AlignmentModule):
             raise ValueError(f"temperature must be > 0 (validation is greedy already), got {temperature}")
         if updates_per_batch < 1 or max_new_tokens < 1:
             raise ValueError("updates_per_batch and max_new_tokens must be >= 1")
-        specs = [r if isinstance(r, RewardSpec) else RewardSpec(**r) for r in (rewards or [RewardSpec("brainstacks_pl.rewards.math_exact_match")])]
+        specs = [
+            r if isinstance(r, RewardSpec) else RewardSpec(**r)
+            for r in (rewards or [RewardSpec("brainstacks_pl.rewards.math_exact_match")])
+        ]
         self.reward_specs = specs
         self.reward_functions = [load_reward(s) for s in specs]  # import errors surface at config time
         self.group_size, self.max_new_tokens, self.temperature = group_size, max_new_tokens, temperature
@@ -138,13 +142,29 @@ class GRPOModule(AlignmentModule):
 
     # ------------------------------------------------------------------ sampling and scoring
     @torch.no_grad()
-    def sample(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, temperature: float | None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int,
+        temperature: float | None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Append up to ``max_new_tokens`` tokens to left-padded prompts ([B, P]) with the KV
         cache (``generation.generate``); greedy when ``temperature`` is None. Returns
         ``(sequences [B, P+C], completion_mask [B, C])``; the mask covers each completion up to
         and including its eos."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        return generate(self.stacks.model, input_ids, attention_mask, max_new_tokens, temperature, generator, eos, pad if pad is not None else (eos or 0))
+        return generate(
+            self.stacks.model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            temperature,
+            generator,
+            eos,
+            pad if pad is not None else (eos or 0),
+        )
 
     def token_logps(self, sequences: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[Tensor, Tensor]:
         """Per-token log-probabilities of the completion tokens [B, C] and the aux loss."""
@@ -156,7 +176,10 @@ class GRPOModule(AlignmentModule):
 
     def decode(self, sequences: Tensor, completion_mask: Tensor, prompt_len: int) -> list[str]:
         completions = sequences[:, prompt_len:]
-        return [self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(completions, completion_mask)]
+        return [
+            self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
+            for row, m in zip(completions, completion_mask)
+        ]
 
     def reward_terms(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> list[Tensor] | None:
         """Each reward term's values [B] (float64, unweighted), checked: a raising function is a
@@ -172,7 +195,9 @@ class GRPOModule(AlignmentModule):
                 log.warning("reward %s raised %r; batch skipped", spec.function, err)
                 return None
             if len(values) != len(completions):
-                raise RewardError(f"reward {spec.function} returned {len(values)} values for {len(completions)} completions")
+                raise RewardError(
+                    f"reward {spec.function} returned {len(values)} values for {len(completions)} completions"
+                )
             try:
                 terms.append(torch.tensor([float(v) for v in values], dtype=torch.float64))
             except (TypeError, ValueError) as err:
@@ -189,7 +214,13 @@ class GRPOModule(AlignmentModule):
         for spec, term in zip(self.reward_specs, terms):
             finite = torch.isfinite(term)
             if bool(finite.any()) and self._trainer is not None:
-                self.log(f"{stage}/reward/{spec.function.rpartition('.')[2]}", term[finite].mean().float(), on_step=stage == "train", on_epoch=stage != "train", batch_size=len(completions))
+                self.log(
+                    f"{stage}/reward/{spec.function.rpartition('.')[2]}",
+                    term[finite].mean().float(),
+                    on_step=stage == "train",
+                    on_epoch=stage != "train",
+                    batch_size=len(completions),
+                )
             total = total + spec.weight * term
         return total
 
@@ -202,7 +233,9 @@ class GRPOModule(AlignmentModule):
         self.last_step_skipped = False
         group, prompt_ids = self.group_size, batch["input_ids"]
         # Seeded by (seed, update, rank): reruns replay the same groups; ranks draw independently.
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank)
+        generator = torch.Generator(device=self.device).manual_seed(
+            self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank
+        )
         self.stacks.eval()  # no gating noise: the ratio must be 1 at the sampling weights
         # Every forward of the step (sampling, old / reference / new log-probs) runs as served.
         with self.served(prompt_rows(prompt_ids, batch["attention_mask"]), repeat=group):
@@ -211,7 +244,13 @@ class GRPOModule(AlignmentModule):
     def _grpo_step(self, batch, optimizer, scheduler, group: int, prompt_ids: Tensor, generator) -> Tensor | None:
         try:
             with torch.no_grad():
-                sequences, completion_mask = self.sample(prompt_ids.repeat_interleave(group, 0), batch["attention_mask"].repeat_interleave(group, 0), self.max_new_tokens, self.temperature, generator)
+                sequences, completion_mask = self.sample(
+                    prompt_ids.repeat_interleave(group, 0),
+                    batch["attention_mask"].repeat_interleave(group, 0),
+                    self.max_new_tokens,
+                    self.temperature,
+                    generator,
+                )
                 prompt_len = prompt_ids.shape[1]
                 attention = torch.cat([batch["attention_mask"].repeat_interleave(group, 0), completion_mask], 1)
                 completions = self.decode(sequences, completion_mask, prompt_len)
@@ -224,25 +263,46 @@ class GRPOModule(AlignmentModule):
                 bad_groups = ~torch.isfinite(rewards).all(1)  # [N]
                 if bool(bad_groups.any()):
                     self.skipped_groups += int(bad_groups.sum())
-                    log.warning("%d group(s) with a non-finite reward left out of step %d", int(bad_groups.sum()), self.global_step)
+                    log.warning(
+                        "%d group(s) with a non-finite reward left out of step %d",
+                        int(bad_groups.sum()),
+                        self.global_step,
+                    )
                     rewards = torch.where(bad_groups[:, None], torch.zeros_like(rewards), rewards)
-                    completion_mask = completion_mask * (~bad_groups).repeat_interleave(group).to(completion_mask.device)[:, None]
+                    completion_mask = (
+                        completion_mask * (~bad_groups).repeat_interleave(group).to(completion_mask.device)[:, None]
+                    )
                 advantages = group_advantages(rewards.float(), self.advantage_eps).view(-1).to(self.device)  # [N*G]
                 old_logps, _ = self.token_logps(sequences, attention, prompt_len)
                 ref_logps = None
                 if self.kl_coeff:
                     with self.stacks.active_off():
                         ref_logps, _ = self.token_logps(sequences, attention, prompt_len)
-            self.log_dict({
-                "train/reward": rewards[~bad_groups].mean().float() if bool((~bad_groups).any()) else torch.tensor(float("nan")),
-                "train/reward_std": rewards.std(1).mean().float(),
-                "train/completion_tokens": completion_mask.sum(1).float().mean(),
-                "train/skipped_groups": float(self.skipped_groups),
-            }, on_step=True, on_epoch=False, batch_size=prompt_ids.shape[0])
+            self.log_dict(
+                {
+                    "train/reward": rewards[~bad_groups].mean().float()
+                    if bool((~bad_groups).any())
+                    else torch.tensor(float("nan")),
+                    "train/reward_std": rewards.std(1).mean().float(),
+                    "train/completion_tokens": completion_mask.sum(1).float().mean(),
+                    "train/skipped_groups": float(self.skipped_groups),
+                },
+                on_step=True,
+                on_epoch=False,
+                batch_size=prompt_ids.shape[0],
+            )
             last, skipped = None, self.nonfinite_steps
             for _ in range(self.updates_per_batch):
                 loss = self._update(
-                    optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask
+                    optimizer,
+                    scheduler,
+                    sequences,
+                    attention,
+                    prompt_len,
+                    old_logps,
+                    ref_logps,
+                    advantages,
+                    completion_mask,
                 )
                 last = loss if loss is not None else last
             # A batch none of whose updates could be taken sends BestStackCallback back to its snapshot.
@@ -251,7 +311,9 @@ class GRPOModule(AlignmentModule):
         finally:
             self.stacks.train()
 
-    def _score_on_every_rank(self, prompts: list[str], completions: list[str], columns: dict[str, list], stage: str = "train") -> Tensor | None:
+    def _score_on_every_rank(
+        self, prompts: list[str], completions: list[str], columns: dict[str, list], stage: str = "train"
+    ) -> Tensor | None:
         """``score`` with the outcome agreed across ranks (each scores its own shard): a reward
         error or a skipped batch on one rank is one on all, so no rank is left waiting in the
         next all-reduce."""
@@ -267,7 +329,9 @@ class GRPOModule(AlignmentModule):
             return None
         return rewards
 
-    def _update(self, optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask) -> Tensor | None:
+    def _update(
+        self, optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask
+    ) -> Tensor | None:
         logps, aux = self.token_logps(sequences, attention, prompt_len)
         out = grpo_loss(logps, old_logps, ref_logps, advantages, completion_mask, self.clip_eps, self.kl_coeff)
         loss = out.loss + self.aux_term(aux)
@@ -285,14 +349,25 @@ class GRPOModule(AlignmentModule):
             return None
         optimizer.step()
         scheduler.step()
-        self.log_dict({"train/grpo_loss": out.loss.detach(), "train/kl": out.kl, "train/clip_fraction": out.clip_fraction, "train/aux_loss": aux.detach()}, on_step=True, on_epoch=False)
+        self.log_dict(
+            {
+                "train/grpo_loss": out.loss.detach(),
+                "train/kl": out.kl,
+                "train/clip_fraction": out.clip_fraction,
+                "train/aux_loss": aux.detach(),
+            },
+            on_step=True,
+            on_epoch=False,
+        )
         self.log("train_loss", loss.detach(), prog_bar=True)
         return loss.detach()
 
     # ------------------------------------------------------------------ validation
     def _greedy_rewards(self, batch: dict[str, Any]) -> Tensor | None:
         with self.served(prompt_rows(batch["input_ids"], batch["attention_mask"])):
-            sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
+            sequences, completion_mask = self.sample(
+                batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None
+            )
         completions = self.decode(sequences, completion_mask, batch["input_ids"].shape[1])
         # Agreed across ranks like training: a batch skipped on one rank (on_reward_error: skip)
         # is skipped on all, so no rank waits alone in the epoch-end sync of val/reward.
@@ -319,9 +394,15 @@ class GRPOModule(AlignmentModule):
         count = 0
         try:
             for batch in dataloader:
-                batch = {**batch, "input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
+                batch = {
+                    **batch,
+                    "input_ids": batch["input_ids"].to(self.device),
+                    "attention_mask": batch["attention_mask"].to(self.device),
+                }
                 with self.served(prompt_rows(batch["input_ids"], batch["attention_mask"])):
-                    sequences, completion_mask = self.sample(batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None)
+                    sequences, completion_mask = self.sample(
+                        batch["input_ids"], batch["attention_mask"], self.val_max_new_tokens, None
+                    )
                 completions = self.decode(sequences, completion_mask, batch["input_ids"].shape[1])
                 terms = self.reward_terms(list(batch["prompts"]), completions, dict(batch["columns"]))
                 if terms is None:
@@ -329,9 +410,13 @@ class GRPOModule(AlignmentModule):
                 total = torch.zeros(len(completions), dtype=torch.float64)
                 for spec, term in zip(self.reward_specs, terms):
                     name = spec.function.rpartition(".")[2]
-                    sums[name] = sums.get(name, 0.0) + float(torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0).sum())
+                    sums[name] = sums.get(name, 0.0) + float(
+                        torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0).sum()
+                    )
                     total = total + spec.weight * term
-                sums["reward"] = sums.get("reward", 0.0) + float(torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0).sum())
+                sums["reward"] = sums.get("reward", 0.0) + float(
+                    torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0).sum()
+                )
                 count += len(completions)
         finally:
             self.stacks.train(was_training)

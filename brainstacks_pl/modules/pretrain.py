@@ -8,8 +8,6 @@ cosine decay to ``min_lr_ratio * lr``, stepped every optimizer step.
 
 from __future__ import annotations
 
-from brainstacks_pl.optim import lr_factor
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +15,8 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from brainstacks_pl.optim import lr_factor
 
 __all__ = ["LossHistory", "PackedDataset", "PretrainModule", "lm_loss", "pack_token_ids"]
 
@@ -62,8 +62,15 @@ def lm_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 32) ->
 class PretrainModule(L.LightningModule):
     """A ``LlamaForCausalLM`` built from ``model_config`` (``LlamaConfig`` kwargs), trained on packed rows."""
 
-    def __init__(self, model_config: dict[str, Any], lr: float = 3e-3, warmup_steps: int = 50, max_steps: int = 1000,
-                 weight_decay: float = 0.1, min_lr_ratio: float = 0.1) -> None:
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        lr: float = 3e-3,
+        warmup_steps: int = 50,
+        max_steps: int = 1000,
+        weight_decay: float = 0.1,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
         super().__init__()
         if not 0 <= warmup_steps < max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps={max_steps}), got {warmup_steps}")
@@ -87,7 +94,10 @@ class PretrainModule(L.LightningModule):
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.ndim >= 2]  # matrices and embeddings
         no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # RMSNorm weights
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=(0.9, 0.95))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -99,8 +109,9 @@ class LossHistory(L.Callback):
     def __init__(self) -> None:
         self._losses: list[torch.Tensor] = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._losses.append(outputs["loss"].detach())
 
     @property

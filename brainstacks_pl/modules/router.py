@@ -54,7 +54,12 @@ class _Rows(torch.utils.data.Dataset):
 
 def _collate(items):
     features, mask = collate_features([f for f, _, _ in items])
-    return {"features": features, "mask": mask, "targets": torch.stack([t for _, t, _ in items]), "routes": torch.stack([r for _, _, r in items])}
+    return {
+        "features": features,
+        "mask": mask,
+        "targets": torch.stack([t for _, t, _ in items]),
+        "routes": torch.stack([r for _, _, r in items]),
+    }
 
 
 class RouterModule(L.LightningModule):
@@ -128,8 +133,16 @@ class RouterModule(L.LightningModule):
         self.gate_threshold, self.decision_threshold = gate_threshold, decision_threshold
         self.margin, self.margin_coeff = margin, margin_coeff
         self.optimizer_factory, self.warmup_steps, self.min_lr_ratio = optimizer, warmup_steps, min_lr_ratio
-        self.batch_size, self.max_train_examples, self.max_val_examples = batch_size, max_train_examples, max_val_examples
-        self.discovery_rows, self.discovery_chunk, self.feature_batch_size = discovery_rows, discovery_chunk, feature_batch_size
+        self.batch_size, self.max_train_examples, self.max_val_examples = (
+            batch_size,
+            max_train_examples,
+            max_val_examples,
+        )
+        self.discovery_rows, self.discovery_chunk, self.feature_batch_size = (
+            discovery_rows,
+            discovery_chunk,
+            feature_batch_size,
+        )
         self.seed = seed
         self.router: MetaRouter | None = None
         self.best: dict[str, Any] = {}
@@ -166,7 +179,12 @@ class RouterModule(L.LightningModule):
         scores = selection_scores(probs, routes, self.decision_threshold)
         val_bce = bce.mean().item()
         score = 0.50 * scores["single_top1"] + 0.35 * scores["mixed_exact"] - 0.15 * val_bce
-        metrics = {"router/val_bce": val_bce, "router/single_top1": scores["single_top1"], "router/mixed_exact": scores["mixed_exact"], "router/score": score}
+        metrics = {
+            "router/val_bce": val_bce,
+            "router/single_top1": scores["single_top1"],
+            "router/mixed_exact": scores["mixed_exact"],
+            "router/score": score,
+        }
         metrics["router/accuracy"] = self.val_accuracy.compute().item()
         metrics["router/f1"] = self.val_f1.compute().item()
         with _quiet_metric_warnings():
@@ -187,7 +205,9 @@ class RouterModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.router.parameters())
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=self.warmup_steps, total=total, floor=self.min_lr_ratio, cosine=True))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(lr_factor, warmup=self.warmup_steps, total=total, floor=self.min_lr_ratio, cosine=True)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ the phase
@@ -197,19 +217,35 @@ class RouterModule(L.LightningModule):
 
         RouterPhase(self, context).run()
 
-    def dataloaders(self, train: Sequence[RouterRow], val: Sequence[RouterRow], features: dict[str, Tensor]) -> tuple[DataLoader, DataLoader]:
+    def dataloaders(
+        self, train: Sequence[RouterRow], val: Sequence[RouterRow], features: dict[str, Tensor]
+    ) -> tuple[DataLoader, DataLoader]:
         generator = torch.Generator().manual_seed(self.seed)
-        train_loader = DataLoader(_Rows(train, features, self.domain_names), batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=_collate)
-        val_loader = DataLoader(_Rows(val, features, self.domain_names), batch_size=max(self.batch_size, 64), collate_fn=_collate)
+        train_loader = DataLoader(
+            _Rows(train, features, self.domain_names),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=_collate,
+        )
+        val_loader = DataLoader(
+            _Rows(val, features, self.domain_names), batch_size=max(self.batch_size, 64), collate_fn=_collate
+        )
         return train_loader, val_loader
 
     def router_spec(self, **record: Any) -> RouterSpec:
         """The settings router.json records (``record``: the template and the training's numbers;
         ``save_router`` adds the base's fingerprint and the router's sizes)."""
         return RouterSpec(
-            domains=tuple(self.domain_names), dropout=self.dropout, router_seq_len=self.router_seq_len, mid_weight=self.mid_weight,
-            gate_threshold=self.gate_threshold, decision_threshold=self.decision_threshold, discovery=self.discovery_settings,
-            hidden=self.hidden, **record,
+            domains=tuple(self.domain_names),
+            dropout=self.dropout,
+            router_seq_len=self.router_seq_len,
+            mid_weight=self.mid_weight,
+            gate_threshold=self.gate_threshold,
+            decision_threshold=self.decision_threshold,
+            discovery=self.discovery_settings,
+            hidden=self.hidden,
+            **record,
         )
 
 

@@ -21,14 +21,19 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data.curriculum import encode_examples
+from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.progress import Progress
 from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
+from brainstacks_pl.routing.report import (
+    build_routing_report,
+    log_routing_report,
+    print_routing_report,
+    write_routing_report,
+)
 from brainstacks_pl.routing.rows import RouterRow, drop_val_prompts, selection_scores
-from brainstacks_pl.routing.report import build_routing_report, log_routing_report, print_routing_report, write_routing_report
-from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.run import RunDirectory
 from brainstacks_pl.storage import Manifest
 
@@ -48,7 +53,9 @@ class RouterPhase:
     def _load(self) -> tuple[Manifest, BrainstacksModel]:
         root = self.run_dir.root
         if not Manifest.exists(root):
-            raise FileNotFoundError(f"{root}: no manifest.json; train the stacks first: brainstacks fit --config configs/demo.yaml --trainer.default_root_dir {root}")
+            raise FileNotFoundError(
+                f"{root}: no manifest.json; train the stacks first: brainstacks fit --config configs/demo.yaml --trainer.default_root_dir {root}"
+            )
         manifest = Manifest.load(root)
         module = self.module
         if not module.domain_names:
@@ -61,7 +68,9 @@ class RouterPhase:
         if is_local(base):  # fail before loading; run.open checks every base again once it is loaded
             check_base_model(manifest.base_model, base, str(root / "manifest.json"), self.context.accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
-        stacks = BrainstacksModel.from_pretrained(base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name)
+        stacks = BrainstacksModel.from_pretrained(
+            base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name
+        )
         if getattr(self.datamodule, "tokenizer_name", "set") is None:
             self.datamodule.tokenizer_name = base
         return manifest, stacks
@@ -93,8 +102,12 @@ class RouterPhase:
     def _fingerprint(self, manifest: Manifest) -> str:
         data = self.datamodule
         spec = {
-            "stacks": [s.sha256 for s in manifest.stacks], "base": manifest.base_model_id, "domains": self.module.domain_names,
-            "settings": asdict(self.module.discovery_settings), "max_seq_len": data.max_seq_len, "template": data.prompt_template,
+            "stacks": [s.sha256 for s in manifest.stacks],
+            "base": manifest.base_model_id,
+            "domains": self.module.domain_names,
+            "settings": asdict(self.module.discovery_settings),
+            "max_seq_len": data.max_seq_len,
+            "template": data.prompt_template,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -103,7 +116,9 @@ class RouterPhase:
         """Per split, the ``RouterRow`` of every example of every router domain."""
 
         module, data, settings = self.module, self.datamodule, self.module.discovery_settings
-        oracle = RouteLossOracle(stacks, data.pad_id, settings.chat_domain, settings.chat_floor, module.discovery_rows, device)
+        oracle = RouteLossOracle(
+            stacks, data.pad_id, settings.chat_domain, settings.chat_floor, module.discovery_rows, device
+        )
         fingerprint = self._fingerprint(manifest)
         rows: dict[str, list] = {"train": [], "val": []}
         work = [
@@ -117,13 +132,33 @@ class RouterPhase:
             if not examples:
                 continue
             if domain not in caches:
-                caches[domain] = DiscoveryCache(self.run_dir.root / ROUTER_DIR / "discovery" / f"{domain}.jsonl", fingerprint, write=self.run_dir.is_writer)
+                caches[domain] = DiscoveryCache(
+                    self.run_dir.root / ROUTER_DIR / "discovery" / f"{domain}.jsonl",
+                    fingerprint,
+                    write=self.run_dir.is_writer,
+                )
             encoded = encode_examples(data.tokenizer, examples, data.max_seq_len, data.prompt_template)
             items = [encoded.item(i) for i in range(len(encoded))]
             keys = [example_key(e.prompt, e.response) for e in examples]
-            records = discover_examples(oracle, items, keys, domain, split, caches[domain], settings, module.domain_names, module.discovery_chunk, progress)
+            records = discover_examples(
+                oracle,
+                items,
+                keys,
+                domain,
+                split,
+                caches[domain],
+                settings,
+                module.domain_names,
+                module.discovery_chunk,
+                progress,
+            )
             rows[split].extend(RouterRow(e.prompt, domain, r.target, r.route) for e, r in zip(examples, records))
-        log.info("discovery: %d train + %d val examples, %d batched forwards", len(rows["train"]), len(rows["val"]), oracle.forwards)
+        log.info(
+            "discovery: %d train + %d val examples, %d batched forwards",
+            len(rows["train"]),
+            len(rows["val"]),
+            oracle.forwards,
+        )
         return rows
 
     @torch.no_grad()
@@ -153,9 +188,20 @@ class RouterPhase:
             rows = self.discover(stacks, run.manifest, device)
             train, val = drop_val_prompts(rows["train"], rows["val"])
             if not train or not val:
-                raise ValueError(f"the router needs training and validation examples, got {len(train)} and {len(val)} (check data.val_fraction)")
+                raise ValueError(
+                    f"the router needs training and validation examples, got {len(train)} and {len(val)} (check data.val_fraction)"
+                )
             prompts = list(dict.fromkeys(r.prompt for r in [*train, *val]))
-            feats = compute_features(stacks, self.datamodule.tokenizer, prompts, self.datamodule.prompt_template, module.router_seq_len, module.feature_batch_size, device, mid_weight=module.mid_weight)
+            feats = compute_features(
+                stacks,
+                self.datamodule.tokenizer,
+                prompts,
+                self.datamodule.prompt_template,
+                module.router_seq_len,
+                module.feature_batch_size,
+                device,
+                mid_weight=module.mid_weight,
+            )
             features = dict(zip(prompts, feats))
             d_model = feats[0].shape[-1]
             del stacks  # the base is not needed while the router trains on cached features
@@ -185,11 +231,15 @@ class RouterPhase:
     def _finish(self, train, val, features, before: dict[str, float]) -> None:
         module, run = self.module, self.run_dir
         best = {k: v for k, v in module.best.items() if k != "state"}
-        spec = module.router_spec(prompt_template=self.datamodule.prompt_template, best=best, train_examples=len(train), val_examples=len(val))
+        spec = module.router_spec(
+            prompt_template=self.datamodule.prompt_template, best=best, train_examples=len(train), val_examples=len(val)
+        )
         save_router(run.root, run.manifest, module.router, spec, write=run.is_writer)
         run.save_manifest()
         probs = self.predict([r.prompt for r in val], features)
-        chosen = [[d for d, p in zip(module.domain_names, row.tolist()) if p >= module.decision_threshold] for row in probs]
+        chosen = [
+            [d for d, p in zip(module.domain_names, row.tolist()) if p >= module.decision_threshold] for row in probs
+        ]
         report = build_routing_report(module.domain_names, [r.source for r in val], [r.route for r in val], chosen)
         report["best"] = best
         if run.is_writer:

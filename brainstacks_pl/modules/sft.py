@@ -64,7 +64,11 @@ class StackSFTModule(StackModule):
             if not self.domain_names:
                 raise ValueError("StackSFTModule needs the curriculum's domain names (model.domains)")
             self.stacks = BrainstacksModel.from_pretrained(
-                self.model_name_or_path, self.stack_config, self.domain_names, quantization=self.quantization, dtype=self.dtype_name
+                self.model_name_or_path,
+                self.stack_config,
+                self.domain_names,
+                quantization=self.quantization,
+                dtype=self.dtype_name,
             )
         return self.stacks
 
@@ -83,14 +87,32 @@ class StackSFTModule(StackModule):
 
     # ------------------------------------------------------------------ steps
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        collect = stage == "train" and self.log_expert_utilisation_every > 0 and self.global_step % self.log_expert_utilisation_every == 0
+        collect = (
+            stage == "train"
+            and self.log_expert_utilisation_every > 0
+            and self.global_step % self.log_expert_utilisation_every == 0
+        )
         out = self.stacks(batch["input_ids"], batch["attention_mask"], collect_expert_fractions=collect)
         task_loss = causal_lm_loss(out.logits, batch["labels"])
         loss = task_loss + self.aux_term(out.aux_loss)
         tag, batch_size = self.stack_tag, batch["input_ids"].shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss/{tag}", task_loss, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
-        self.log(f"{stage}/aux_loss/{tag}", out.aux_loss, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        self.log(
+            f"{stage}/loss/{tag}",
+            task_loss,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=batch_size,
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/aux_loss/{tag}",
+            out.aux_loss,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=batch_size,
+            sync_dist=not on_step,
+        )
         if stage == "val":
             self.log("val_loss", task_loss, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
         if out.expert_fractions:
@@ -132,11 +154,16 @@ class StackSFTModule(StackModule):
 
         hooks = [context.callbacks["null_space"]] if "null_space" in context.callbacks else []
         driver = CurriculumDriver(
-            self, context.datamodule, context.run_dir, context.trainer_factory, boosting=context.callbacks["boosting"], logger=context.logger, domain_hooks=hooks,
+            self,
+            context.datamodule,
+            context.run_dir,
+            context.trainer_factory,
+            boosting=context.callbacks["boosting"],
+            logger=context.logger,
+            domain_hooks=hooks,
             accept_new_base=context.accept_new_base,
         )
         manifest = driver.run_all(context.settings)
         if driver.run.is_writer:
             print_forgetting_report(driver.forgetting, driver.run.root, context.logger)
             print_sft_summary(manifest, driver.run.root, context.settings, rerun=not driver.trained)
-

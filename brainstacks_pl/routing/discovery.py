@@ -89,11 +89,17 @@ def route_weights(
     """Weights [D] a route is scored with: its 0/1 indicators through ``serving_weights``, the rule
     inference serves with (1 for the route's domains, chat at least ``chat_floor`` when any is on)."""
     indicators = torch.tensor([1.0 if d in route else 0.0 for d in domains])  # [D]
-    return serving_weights(indicators, domains, gate=0.0, chat_domain=chat_domain, chat_floor=chat_floor)  # 0/1: nothing to gate
+    return serving_weights(
+        indicators, domains, gate=0.0, chat_domain=chat_domain, chat_floor=chat_floor
+    )  # 0/1: nothing to gate
 
 
 def greedy_discovery(
-    n: int, evaluate: Callable[[list[Pair]], list[float]], domains: Sequence[str], threshold: float = 0.01, reasoning_domain: str | None = "reasoning"
+    n: int,
+    evaluate: Callable[[list[Pair]], list[float]],
+    domains: Sequence[str],
+    threshold: float = 0.01,
+    reasoning_domain: str | None = "reasoning",
 ) -> list[dict]:
     """Greedy route search for ``n`` examples in lockstep.
 
@@ -131,16 +137,32 @@ def greedy_discovery(
     results = []
     for i, route in enumerate(routes):
         soft = []
-        if reasoning_domain in domains and reasoning_domain not in route and memo[i][route | {reasoning_domain}] < memo[i][route]:
+        if (
+            reasoning_domain in domains
+            and reasoning_domain not in route
+            and memo[i][route | {reasoning_domain}] < memo[i][route]
+        ):
             soft = [reasoning_domain]
-        results.append({
-            "base_loss": memo[i][empty], "best_loss": memo[i][route], "route": [d for d in domains if d in route],
-            "soft": soft, "evaluated": len(memo[i]),
-        })
+        results.append(
+            {
+                "base_loss": memo[i][empty],
+                "best_loss": memo[i][route],
+                "route": [d for d in domains if d in route],
+                "soft": soft,
+                "evaluated": len(memo[i]),
+            }
+        )
     return results
 
 
-def make_target(route: Sequence[str], soft: Sequence[str], source: str, domains: Sequence[str], soft_target: float = 0.5, prior_weight: float = 0.2) -> list[float]:
+def make_target(
+    route: Sequence[str],
+    soft: Sequence[str],
+    source: str,
+    domains: Sequence[str],
+    soft_target: float = 0.5,
+    prior_weight: float = 0.2,
+) -> list[float]:
     """``(1 - prior_weight) * discovered + prior_weight * one_hot(source)`` in ``domains`` order."""
     discovered = [1.0 if d in route else soft_target if d in soft else 0.0 for d in domains]
     return [(1 - prior_weight) * v + prior_weight * (1.0 if d == source else 0.0) for v, d in zip(discovered, domains)]
@@ -217,7 +239,9 @@ class RouteLossOracle:
 
         plans = []
         for bucket in (1, 16, None):  # None: by route first, then length
-            order = sorted(range(len(pairs)), key=lambda k: (lengths[k] // bucket if bucket else 0, routes[k], lengths[k]))
+            order = sorted(
+                range(len(pairs)), key=lambda k: (lengths[k] // bucket if bucket else 0, routes[k], lengths[k])
+            )
             plans.append([order[start : start + self.max_rows] for start in range(0, len(order), self.max_rows)])
         return min(plans, key=lambda plan: sum(cost(chunk) for chunk in plan))
 
@@ -303,11 +327,18 @@ def discover_examples(
         chunk = todo[start : start + chunk_size]
         sub = [items[i] for i in chunk]
         found = greedy_discovery(
-            len(chunk), lambda pairs, sub=sub: oracle.losses(sub, pairs), domains, settings.greedy_threshold, settings.reasoning_domain
+            len(chunk),
+            lambda pairs, sub=sub: oracle.losses(sub, pairs),
+            domains,
+            settings.greedy_threshold,
+            settings.reasoning_domain,
         )
         records = [
             DiscoveryRecord(
-                key=keys[i], domain=source, split=split, target=make_target(r["route"], r["soft"], source, domains, settings.soft_target, settings.prior_weight),
+                key=keys[i],
+                domain=source,
+                split=split,
+                target=make_target(r["route"], r["soft"], source, domains, settings.soft_target, settings.prior_weight),
                 **r,
             )
             for i, r in zip(chunk, found)

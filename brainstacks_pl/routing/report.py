@@ -11,9 +11,9 @@ table such as ``medical -> chat+medical 97%``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
+from typing import Any
 
 from brainstacks_pl.storage import atomic_write_json
 
@@ -29,7 +29,12 @@ def _shares(routes: Sequence[Sequence[str]]) -> dict[str, float]:
     return {name: count / len(routes) for name, count in counts.most_common()}
 
 
-def build_routing_report(domains: Sequence[str], sources: Sequence[str], oracle: Sequence[Sequence[str]], router: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+def build_routing_report(
+    domains: Sequence[str],
+    sources: Sequence[str],
+    oracle: Sequence[Sequence[str]],
+    router: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
     """``{domains, per_source: {source: {n, oracle: {route: share}, router: {...}, agreement}}}``."""
     report: dict[str, Any] = {"domains": list(domains), "per_source": {}}
     for source in dict.fromkeys(sources):
@@ -74,5 +79,7 @@ def log_routing_report(logger, report: dict[str, Any], step: int = 0) -> None:
     lines = ["| source | n | oracle | router | agreement |", "|---|---|---|---|---|"]
     for source, entry in report["per_source"].items():
         agreement = f"{entry['agreement']:.0%}" if "agreement" in entry else ""
-        lines.append(f"| {source} | {entry['n']} | {_top(entry['oracle'])} | {_top(entry.get('router', {}))} | {agreement} |")
+        lines.append(
+            f"| {source} | {entry['n']} | {_top(entry['oracle'])} | {_top(entry.get('router', {}))} | {agreement} |"
+        )
     experiment.add_text("router/routing_report", "\n".join(lines), global_step=step)

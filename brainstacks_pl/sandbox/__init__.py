@@ -25,8 +25,8 @@ from brainstacks_pl.sandbox.base import (
     split_tests,
 )
 from brainstacks_pl.sandbox.local import LocalIsolatedExecutor, UnisolatedExecutor
-from brainstacks_pl.sandbox.remote import RemoteExecutor
 from brainstacks_pl.sandbox.registry import get_executor
+from brainstacks_pl.sandbox.remote import RemoteExecutor
 
 __all__ = [
     "ExecutionResult",

@@ -26,14 +26,13 @@ a new session and kills that session at the end; the verdict still comes from he
 It imports only builtin modules: it is on the critical path of every completion.
 """
 
-import os
-import sys
-import time
-
 import _signal
 import fcntl
+import os
 import resource
 import select
+import sys
+import time
 
 try:  # imported by the trainer as brainstacks_pl.sandbox._init (which caches its bytecode) ...
     from . import _child, _wire
@@ -47,7 +46,10 @@ REPORT_FD = -1
 
 def child_source():
     """The harness as one script for a fresh interpreter (user mode), which cannot import it."""
-    with open(os.path.join(HERE, "_wire.py"), encoding="utf-8") as f, open(os.path.join(HERE, "_child.py"), encoding="utf-8") as g:
+    with (
+        open(os.path.join(HERE, "_wire.py"), encoding="utf-8") as f,
+        open(os.path.join(HERE, "_child.py"), encoding="utf-8") as g,
+    ):
         return f.read() + "\n" + g.read()
 
 
@@ -70,7 +72,7 @@ def report(record, then=None):
     _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGALRM})
     try:
         while data:
-            data = data[os.write(REPORT_FD, data):]
+            data = data[os.write(REPORT_FD, data) :]
         if then is not None:
             then()
     finally:
@@ -128,7 +130,9 @@ def build_root(job):
     lines = [f"sandbox-root {root} tmpfs size=2m,nr_inodes=1024,mode=0755,nosuid 0 0"]
     for path in job["readonly"]:
         lines.append(f"{fstab_path(path)} {fstab_path(root + path)} none bind,ro,nosuid,nodev,X-mount.mkdir 0 0")
-    lines.append(f"sandbox-scratch {root}/tmp tmpfs size={job['scratch_mb']}m,nr_inodes={job['scratch_inodes']},mode=0700{owner},nosuid,nodev,X-mount.mkdir 0 0")
+    lines.append(
+        f"sandbox-scratch {root}/tmp tmpfs size={job['scratch_mb']}m,nr_inodes={job['scratch_inodes']},mode=0700{owner},nosuid,nodev,X-mount.mkdir 0 0"
+    )
     if uid is not None:  # root mode; in a user namespace the nested unshare mounts its own /proc
         lines.append(f"proc {root}/proc proc nosuid,nodev,noexec,hidepid=invisible,subset=pid,X-mount.mkdir 0 0")
     mount_table(mount, lines)
@@ -166,7 +170,13 @@ def start_solution(job, mode, fds):
     ]
     scratch = job["scratch"]
     argv = [mode, scratch + "/solution.py", "3", "4", *job["python_path"]]
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     pid = os.fork()
     if pid:
         return pid
@@ -308,13 +318,19 @@ class Connection:
         data = memoryview(_wire.frame(payload))
         try:
             while data:
-                data = data[os.write(self.wfd, data):]
+                data = data[os.write(self.wfd, data) :]
         except BrokenPipeError:
             raise self.lost("the solution process exited") from None
         reply = self.receive()
         if type(reply) is tuple and len(reply) == 2 and reply[0] == "ok":
             return reply[1]
-        if type(reply) is tuple and len(reply) == 3 and reply[0] == "err" and type(reply[1]) is str and type(reply[2]) is str:
+        if (
+            type(reply) is tuple
+            and len(reply) == 3
+            and reply[0] == "err"
+            and type(reply[1]) is str
+            and type(reply[2]) is str
+        ):
             raise rebuild_exception(reply[1], reply[2])
         raise self.lost("the solution broke the protocol: unexpected reply")
 
@@ -406,7 +422,9 @@ class Remote:
         return _want(self._ask("isinstance", obj), bool, "isinstance")
 
     def _compare(self, op, other):
-        if type(other) is not Remote or object.__getattribute__(other, "_conn") is not object.__getattribute__(self, "_conn"):
+        if type(other) is not Remote or object.__getattribute__(other, "_conn") is not object.__getattribute__(
+            self, "_conn"
+        ):
             return NotImplemented
         return self._ask("compare", op, other)
 
@@ -448,7 +466,21 @@ def _binop(name, reflected):
     return op
 
 
-for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "lshift", "rshift", "matmul"):
+for _name in (
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "pow",
+    "and",
+    "or",
+    "xor",
+    "lshift",
+    "rshift",
+    "matmul",
+):
     setattr(Remote, f"__{_name}__", _binop(_name, False))
     setattr(Remote, f"__r{_name}__", _binop(_name, True))
 
@@ -481,7 +513,13 @@ def run_tests(job, conn, deadline):
             hello = conn.receive()
             if type(hello) is tuple and len(hello) == 3 and hello[0] == "failed":
                 raise conn.lost(f"the solution raised {hello[1]} while loading: {hello[2]}")
-            if not (type(hello) is tuple and len(hello) == 2 and hello[0] == "ready" and type(hello[1]) is dict and all(type(k) is str for k in hello[1])):
+            if not (
+                type(hello) is tuple
+                and len(hello) == 2
+                and hello[0] == "ready"
+                and type(hello[1]) is dict
+                and all(type(k) is str for k in hello[1])
+            ):
                 raise conn.lost("the solution broke the protocol before the tests")
             namespace = dict(hello[1])
             namespace.update({"__builtins__": builtins, "__name__": "__tests__"})
@@ -571,5 +609,3 @@ def main():
         report(("done", None, False, f"sandbox failed: {type(err).__name__}: {err}", 0, time.monotonic() - started))
         os._exit(2)
     os._exit(0)
-
-

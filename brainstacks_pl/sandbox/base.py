@@ -13,9 +13,10 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Limits:
     """Wall-clock seconds for the program and all its tests; at the limit everything it started is killed."""
     memory_mb: int = 1024
     """Address space per process (RLIMIT_AS)."""
-    cpu_seconds: Optional[int] = None
+    cpu_seconds: int | None = None
     """CPU seconds per process (RLIMIT_CPU); None: ``ceil(timeout) + 1``."""
     file_mb: int = 16
     """Largest file a process may write (RLIMIT_FSIZE)."""
@@ -74,7 +75,16 @@ class Limits:
     def __post_init__(self) -> None:
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout}")
-        for name in ("memory_mb", "file_mb", "scratch_mb", "scratch_inodes", "max_processes", "max_open_files", "max_output", "max_value_bytes"):
+        for name in (
+            "memory_mb",
+            "file_mb",
+            "scratch_mb",
+            "scratch_inodes",
+            "max_processes",
+            "max_open_files",
+            "max_output",
+            "max_value_bytes",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -86,7 +96,7 @@ class Limits:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Limits":
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -102,7 +112,7 @@ class Job:
     """
 
     code: str
-    tests: Optional[tuple[str, ...]] = None
+    tests: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.tests is not None:
@@ -112,9 +122,11 @@ class Job:
         return {"code": self.code, "tests": None if self.tests is None else list(self.tests)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Job":
+    def from_dict(cls, data: dict[str, Any]) -> Job:
         tests = data.get("tests")
-        if not isinstance(data.get("code"), str) or not (tests is None or (isinstance(tests, list) and all(isinstance(t, str) for t in tests))):
+        if not isinstance(data.get("code"), str) or not (
+            tests is None or (isinstance(tests, list) and all(isinstance(t, str) for t in tests))
+        ):
             raise ValueError("a job is {code: str, tests: list[str] | null}")
         return cls(code=data["code"], tests=None if tests is None else tuple(tests))
 
@@ -123,14 +135,14 @@ class Job:
 class TestOutcome:
     index: int
     passed: bool
-    error: Optional[str] = None
+    error: str | None = None
 
 
 @dataclass
 class ExecutionResult:
     """What came back. ``tests`` holds one outcome per test, all of them, whenever ``complete``."""
 
-    returncode: Optional[int] = None
+    returncode: int | None = None
     """Exit status of a script (None with tests, at the time limit, or when it never ran)."""
     timed_out: bool = False
     stdout: str = ""
@@ -140,7 +152,7 @@ class ExecutionResult:
     tests: list[TestOutcome] = field(default_factory=list)
     complete: bool = False
     """The trusted test runner reported its end (every test accounted for)."""
-    error: Optional[str] = None
+    error: str | None = None
     """Why tests failed as a whole (the program did not load, the time limit) or the sandbox failed."""
     sandbox_failed: bool = False
     """The sandbox, not the program, failed: the result says nothing about the program."""
@@ -171,10 +183,12 @@ class ExecutionResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExecutionResult":
+    def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["tests"] = [TestOutcome(int(t["index"]), bool(t["passed"]), t.get("error")) for t in data.get("tests") or []]
+        kwargs["tests"] = [
+            TestOutcome(int(t["index"]), bool(t["passed"]), t.get("error")) for t in data.get("tests") or []
+        ]
         return cls(**kwargs)
 
 
@@ -193,10 +207,11 @@ class Executor(ABC):
     """Whether the program is kept from the trainer by the operating system (or another machine)."""
 
     @abstractmethod
-    def run(self, job: Job, limits: Limits = Limits()) -> ExecutionResult:
-        ...
+    def run(self, job: Job, limits: Limits = Limits()) -> ExecutionResult: ...
 
-    def run_many(self, jobs: Sequence[Job], limits: Limits = Limits(), max_workers: Optional[int] = None) -> list[ExecutionResult]:
+    def run_many(
+        self, jobs: Sequence[Job], limits: Limits = Limits(), max_workers: int | None = None
+    ) -> list[ExecutionResult]:
         jobs = list(jobs)
         workers = max(1, min(max_workers or default_workers(), len(jobs) or 1))
         if workers == 1:
@@ -228,7 +243,10 @@ def split_tests(tests: Any) -> tuple[str, ...]:
     lines = [line.encode("utf-8") for line in source.splitlines(keepends=True)]
 
     def segment(node: ast.stmt) -> str:  # the statement's text, decorators included (ast offsets are utf-8 bytes)
-        start = min([(node.lineno, node.col_offset)] + [(d.lineno, d.col_offset - 1) for d in getattr(node, "decorator_list", [])])
+        start = min(
+            [(node.lineno, node.col_offset)]
+            + [(d.lineno, d.col_offset - 1) for d in getattr(node, "decorator_list", [])]
+        )
         (l1, c1), (l2, c2) = start, (node.end_lineno, node.end_col_offset)
         if l1 == l2:
             return lines[l1 - 1][c1:c2].decode("utf-8")

@@ -23,8 +23,8 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from brainstacks_pl.sandbox import _wire
 from brainstacks_pl.sandbox.base import OPT_IN, ExecutionResult, Executor, Job, Limits, SandboxUnavailable, TestOutcome
@@ -43,7 +43,7 @@ GRACE_SECONDS = 2.0
 """After a kill, how long the trainer waits for the streams to close before it gives up on them."""
 
 HERE = str(Path(__file__).parent)
-_bytecode: dict[str, Optional[str]] = {}
+_bytecode: dict[str, str | None] = {}
 _bytecode_lock = threading.Lock()
 
 
@@ -59,7 +59,7 @@ def _init_command() -> list[str]:
     return ["-I", "-S", "-B", "-c", f"import sys; {setup}sys.path[:0] = [{HERE!r}]; import _init; _init.main()"]
 
 
-def _compile_harness() -> Optional[str]:
+def _compile_harness() -> str | None:
     prefix = None
     try:
         prefix = tempfile.mkdtemp(prefix="brainstacks-sandbox-pyc-")  # 0700, fresh: nobody else can plant bytecode
@@ -73,7 +73,9 @@ def _compile_harness() -> Optional[str]:
             shutil.rmtree(prefix, ignore_errors=True)
         return None
     owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(prefix, ignore_errors=True))  # not from forked children
+    atexit.register(
+        lambda: os.getpid() == owner and shutil.rmtree(prefix, ignore_errors=True)
+    )  # not from forked children
     return prefix
 
 
@@ -112,7 +114,7 @@ def _children(pid: int) -> list[int]:
 class _LocalExecutor(Executor):
     """Shared by both local executors: start the init, feed the job, read the streams."""
 
-    def __init__(self, python: Optional[str] = None, site_packages: bool = False, readonly_paths: Sequence[str] = ()):
+    def __init__(self, python: str | None = None, site_packages: bool = False, readonly_paths: Sequence[str] = ()):
         self.python = os.path.realpath(python or sys.executable)
         self.site_packages = site_packages
         paths = sysconfig.get_paths()
@@ -123,7 +125,7 @@ class _LocalExecutor(Executor):
     def _command(self) -> list[str]:
         raise NotImplementedError
 
-    def _job_fields(self, scratch: Optional[str]) -> dict:
+    def _job_fields(self, scratch: str | None) -> dict:
         raise NotImplementedError
 
     # --------------------------------------------------------------- one run
@@ -137,9 +139,13 @@ class _LocalExecutor(Executor):
                 "mode": "script" if job.tests is None else "serve",
                 "report_fd": report_w,
                 "limits": {
-                    "timeout": float(limits.timeout), "cpu_seconds": limits.cpu, "memory_mb": int(limits.memory_mb),
-                    "file_mb": int(limits.file_mb), "max_open_files": int(limits.max_open_files),
-                    "max_processes": int(limits.max_processes), "max_value_bytes": int(limits.max_value_bytes),
+                    "timeout": float(limits.timeout),
+                    "cpu_seconds": limits.cpu,
+                    "memory_mb": int(limits.memory_mb),
+                    "file_mb": int(limits.file_mb),
+                    "max_open_files": int(limits.max_open_files),
+                    "max_processes": int(limits.max_processes),
+                    "max_value_bytes": int(limits.max_value_bytes),
                 },
                 "scratch_mb": int(limits.scratch_mb),
                 "scratch_inodes": int(limits.scratch_inodes),
@@ -150,9 +156,13 @@ class _LocalExecutor(Executor):
             try:
                 proc = subprocess.Popen(
                     self._command() + [self.python, *_init_command()],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    pass_fds=(report_w,), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                    start_new_session=True, close_fds=True,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(report_w,),
+                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    start_new_session=True,
+                    close_fds=True,
                 )
             finally:
                 os.close(report_w)
@@ -164,7 +174,9 @@ class _LocalExecutor(Executor):
             if scratch_dir is not None:
                 shutil.rmtree(scratch_dir, ignore_errors=True)  # fd-based: never follows the program's symlinks
 
-    def _collect(self, proc: subprocess.Popen, report_r: int, payload: bytes, limits: Limits, started: float) -> ExecutionResult:
+    def _collect(
+        self, proc: subprocess.Popen, report_r: int, payload: bytes, limits: Limits, started: float
+    ) -> ExecutionResult:
         """Feed the job and read the three streams, each capped, until they close or the
         trainer's own deadline (the init's plus ``SETUP_SECONDS``) passes; then kill."""
         out, err, report = _Tail(limits.max_output), _Tail(limits.max_output), bytearray()
@@ -192,7 +204,7 @@ class _LocalExecutor(Executor):
                 for key, _ in sel.select(left):
                     if key.fd == stdin:
                         try:
-                            pending = pending[os.write(stdin, pending[: 1 << 16]):]
+                            pending = pending[os.write(stdin, pending[: 1 << 16]) :]
                         except BlockingIOError:
                             continue
                         except OSError:  # the init is gone; what it reported says why
@@ -229,7 +241,9 @@ class _LocalExecutor(Executor):
         result.output_dropped = out.dropped + err.dropped
         result.seconds = time.monotonic() - started
         result.executor = self.name
-        if killed and not result.complete:  # the program outlasted even the trainer's deadline: a timeout, not a broken sandbox
+        if (
+            killed and not result.complete
+        ):  # the program outlasted even the trainer's deadline: a timeout, not a broken sandbox
             result.timed_out, result.sandbox_failed = True, False
             result.error = "killed by the trainer's deadline (timeout + %.0f s) without a verdict" % SETUP_SECONDS
         return result
@@ -301,20 +315,29 @@ class LocalIsolatedExecutor(_LocalExecutor):
     name = "local"
     isolated = True
 
-    def __init__(self, python: Optional[str] = None, site_packages: bool = False, readonly_paths: Sequence[str] = (), mode: str = "auto", uid_base: int = 1_900_000_000):
+    def __init__(
+        self,
+        python: str | None = None,
+        site_packages: bool = False,
+        readonly_paths: Sequence[str] = (),
+        mode: str = "auto",
+        uid_base: int = 1_900_000_000,
+    ):
         super().__init__(python, site_packages, readonly_paths)
         if mode not in ("auto", "root", "user"):
             raise ValueError(f"mode must be auto, root or user, got {mode!r}")
         self.mode = ("root" if os.geteuid() == 0 else "user") if mode == "auto" else mode
         if self.mode == "user" and os.geteuid() == 0:
-            raise ValueError("mode 'user' as root would run the program as host uid 0 (owner of root's files, exempt from RLIMIT_NPROC); root uses mode 'root'")
+            raise ValueError(
+                "mode 'user' as root would run the program as host uid 0 (owner of root's files, exempt from RLIMIT_NPROC); root uses mode 'root'"
+            )
         if self.mode == "root" and os.geteuid() != 0:
             raise ValueError("mode 'root' needs the trainer to run as root; use 'user' (or 'auto')")
         self.uid_base = int(uid_base)
-        self._checked: Optional[str] = None  # None: not yet; "": fine; else why not
+        self._checked: str | None = None  # None: not yet; "": fine; else why not
         self._check_lock = threading.Lock()
         self._tools: dict[str, str] = {}
-        self._layout_cache: Optional[tuple[list[str], str]] = None
+        self._layout_cache: tuple[list[str], str] | None = None
 
     def _layout(self) -> tuple[list[str], str]:
         """The host paths the program may read (bound read-only at the same path) and where the
@@ -340,33 +363,55 @@ class LocalIsolatedExecutor(_LocalExecutor):
             if os.path.exists(path) and not any(path == k or path.startswith(k.rstrip("/") + "/") for k in keep):
                 keep.append(path)
         for candidate in ROOT_CANDIDATES:
-            if os.path.isdir(candidate) and not os.path.islink(candidate) and not any(
-                p == candidate or p.startswith(candidate + "/") or candidate.startswith(p + "/") for p in keep
+            if (
+                os.path.isdir(candidate)
+                and not os.path.islink(candidate)
+                and not any(
+                    p == candidate or p.startswith(candidate + "/") or candidate.startswith(p + "/") for p in keep
+                )
             ):
                 return keep + links, candidate
-        raise SandboxUnavailable(f"no directory to mount the sandbox root on (tried {', '.join(ROOT_CANDIDATES)}). {OPT_IN}")
+        raise SandboxUnavailable(
+            f"no directory to mount the sandbox root on (tried {', '.join(ROOT_CANDIDATES)}). {OPT_IN}"
+        )
 
     def _find_tools(self) -> dict[str, str]:
         if not self._tools:
             if not sys.platform.startswith("linux"):
-                raise SandboxUnavailable(f"the isolated executor needs Linux namespaces; this is {sys.platform}. {OPT_IN}")
+                raise SandboxUnavailable(
+                    f"the isolated executor needs Linux namespaces; this is {sys.platform}. {OPT_IN}"
+                )
             tools = {}
             for tool in ("unshare", "setpriv", "mount"):
                 found = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
                 if not found:
-                    raise SandboxUnavailable(f"the isolated executor needs util-linux's `{tool}`, which is not installed. {OPT_IN}")
+                    raise SandboxUnavailable(
+                        f"the isolated executor needs util-linux's `{tool}`, which is not installed. {OPT_IN}"
+                    )
                 tools[tool] = os.path.realpath(found)
             self._tools = tools
         return self._tools
 
     def _command(self) -> list[str]:
         tools = self._find_tools()
-        command = [tools["unshare"], "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private", "--net", "--ipc", "--uts", "--cgroup"]
+        command = [
+            tools["unshare"],
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--propagation",
+            "private",
+            "--net",
+            "--ipc",
+            "--uts",
+            "--cgroup",
+        ]
         if self.mode == "user":
             command += ["--user", "--map-root-user"]
         return command + ["--"]
 
-    def _job_fields(self, scratch: Optional[str]) -> dict:
+    def _job_fields(self, scratch: str | None) -> dict:
         tools = self._find_tools()
         readonly, root = self._layout()
         if self.mode == "root":  # the solution forks from the init and switches to this uid
@@ -376,8 +421,17 @@ class LocalIsolatedExecutor(_LocalExecutor):
         else:  # a user namespace maps one uid: hide the init behind a nested PID namespace instead
             uid = None
             wrapper = [
-                tools["unshare"], "--pid", "--fork", "--kill-child", "--mount-proc", "--",
-                tools["setpriv"], "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+                tools["unshare"],
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--",
+                tools["setpriv"],
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
             ]
         devices = []
         for path in DEVICES:
@@ -387,8 +441,14 @@ class LocalIsolatedExecutor(_LocalExecutor):
                 continue
             devices.append((path, (os.major(st.st_rdev), os.minor(st.st_rdev))))
         return {
-            "isolated": True, "root": root, "mount": tools["mount"], "readonly": readonly,
-            "devices": devices, "uid": uid, "scratch": "/tmp", "wrapper": wrapper,
+            "isolated": True,
+            "root": root,
+            "mount": tools["mount"],
+            "readonly": readonly,
+            "devices": devices,
+            "uid": uid,
+            "scratch": "/tmp",
+            "wrapper": wrapper,
         }
 
     def check(self) -> None:
@@ -424,9 +484,11 @@ class UnisolatedExecutor(_LocalExecutor):
     def _command(self) -> list[str]:
         return []
 
-    def _job_fields(self, scratch: Optional[str]) -> dict:
+    def _job_fields(self, scratch: str | None) -> dict:
         return {"isolated": False, "scratch": scratch, "wrapper": [], "uid": None}
 
     def run(self, job: Job, limits: Limits = Limits()) -> ExecutionResult:
-        log.warning("running model-written code WITHOUT isolation (executor: unisolated): it can read, write and reach what this process can")
+        log.warning(
+            "running model-written code WITHOUT isolation (executor: unisolated): it can read, write and reach what this process can"
+        )
         return super().run(job, limits)

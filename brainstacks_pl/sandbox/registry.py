@@ -13,7 +13,12 @@ from brainstacks_pl.sandbox.remote import RemoteExecutor
 
 __all__ = ["get_executor"]
 
-KINDS = {"local": LocalIsolatedExecutor, "isolated": LocalIsolatedExecutor, "unisolated": UnisolatedExecutor, "remote": RemoteExecutor}
+KINDS = {
+    "local": LocalIsolatedExecutor,
+    "isolated": LocalIsolatedExecutor,
+    "unisolated": UnisolatedExecutor,
+    "remote": RemoteExecutor,
+}
 _cache: dict[str, Executor] = {}
 _lock = threading.Lock()
 
@@ -45,7 +50,9 @@ def _build(spec: Any) -> Executor:
             return RemoteExecutor(url=spec)
         if spec in KINDS and spec != "remote":
             return KINDS[spec]()
-        raise ValueError(f"unknown executor {spec!r}: use local, unisolated, an http(s) URL, {{kind: ..., ...}} or {{class_path: ..., init_args: ...}}")
+        raise ValueError(
+            f"unknown executor {spec!r}: use local, unisolated, an http(s) URL, {{kind: ..., ...}} or {{class_path: ..., init_args: ...}}"
+        )
     if isinstance(spec, dict):
         spec = dict(spec)
         if "class_path" in spec:

@@ -18,7 +18,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from brainstacks_pl.sandbox.base import OPT_IN, ExecutionResult, Executor, Job, Limits, SandboxError, SandboxUnavailable
 
@@ -39,14 +39,21 @@ class RemoteExecutor(Executor):
     name = "remote"
     isolated = True
 
-    def __init__(self, url: str, token: Optional[str] = None, token_env: str = "BRAINSTACKS_SANDBOX_TOKEN", request_timeout: Optional[float] = None, batch_size: int = 64):
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        token_env: str = "BRAINSTACKS_SANDBOX_TOKEN",
+        request_timeout: float | None = None,
+        batch_size: int = 64,
+    ):
         if not str(url).startswith(("http://", "https://")):
             raise ValueError(f"a remote executor needs an http(s) URL, got {url!r}")
         self.url = str(url).rstrip("/")
         self.token = token if token is not None else os.environ.get(token_env) or None
         self.request_timeout, self.batch_size = request_timeout, max(1, int(batch_size))
 
-    def _request(self, path: str, body: Optional[dict], timeout: float) -> dict:
+    def _request(self, path: str, body: dict | None, timeout: float) -> dict:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST")
         request.add_header("Content-Type", "application/json")
@@ -72,16 +79,22 @@ class RemoteExecutor(Executor):
     def run(self, job: Job, limits: Limits = Limits()) -> ExecutionResult:
         return self.run_many([job], limits)[0]
 
-    def run_many(self, jobs: Sequence[Job], limits: Limits = Limits(), max_workers: Optional[int] = None) -> list[ExecutionResult]:
+    def run_many(
+        self, jobs: Sequence[Job], limits: Limits = Limits(), max_workers: int | None = None
+    ) -> list[ExecutionResult]:
         jobs = list(jobs)
         results: list[ExecutionResult] = []
         for start in range(0, len(jobs), self.batch_size):
             batch = jobs[start : start + self.batch_size]
             timeout = self.request_timeout or 30.0 + (limits.timeout + 10.0) * len(batch)
-            answer = self._request("/v1/run", {"jobs": [j.to_dict() for j in batch], "limits": limits.to_dict()}, timeout)
+            answer = self._request(
+                "/v1/run", {"jobs": [j.to_dict() for j in batch], "limits": limits.to_dict()}, timeout
+            )
             got = answer.get("results")
             if not isinstance(got, list) or len(got) != len(batch):
-                raise SandboxError(f"remote executor {self.url} returned {len(got) if isinstance(got, list) else got!r} results for {len(batch)} jobs")
+                raise SandboxError(
+                    f"remote executor {self.url} returned {len(got) if isinstance(got, list) else got!r} results for {len(batch)} jobs"
+                )
             for item in got:
                 result = ExecutionResult.from_dict(item)
                 result.executor = f"remote:{result.executor or '?'}"

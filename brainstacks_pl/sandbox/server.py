@@ -18,7 +18,6 @@ import os
 import threading
 from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
 
 from brainstacks_pl.sandbox.base import Executor, Job, Limits, default_workers
 from brainstacks_pl.sandbox.registry import get_executor
@@ -27,7 +26,17 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SERVER_MAX_LIMITS", "make_server", "main"]
 
-SERVER_MAX_LIMITS = Limits(timeout=60.0, memory_mb=4096, file_mb=64, scratch_mb=256, scratch_inodes=65536, max_processes=256, max_open_files=256, max_output=1 << 20, max_value_bytes=16 << 20)
+SERVER_MAX_LIMITS = Limits(
+    timeout=60.0,
+    memory_mb=4096,
+    file_mb=64,
+    scratch_mb=256,
+    scratch_inodes=65536,
+    max_processes=256,
+    max_open_files=256,
+    max_output=1 << 20,
+    max_value_bytes=16 << 20,
+)
 MAX_BODY = 64 << 20
 MAX_JOBS = 256
 
@@ -45,7 +54,14 @@ def clamp(asked: Limits, most: Limits) -> Limits:
     return replace(asked, **changes)
 
 
-def make_server(host: str, port: int, executor: Executor, token: Optional[str] = None, workers: Optional[int] = None, max_limits: Limits = SERVER_MAX_LIMITS) -> ThreadingHTTPServer:
+def make_server(
+    host: str,
+    port: int,
+    executor: Executor,
+    token: str | None = None,
+    workers: int | None = None,
+    max_limits: Limits = SERVER_MAX_LIMITS,
+) -> ThreadingHTTPServer:
     """A started-by-the-caller HTTP server (``serve_forever``) running jobs with ``executor``."""
     slots = threading.BoundedSemaphore(workers or default_workers())
 
@@ -86,7 +102,15 @@ def make_server(host: str, port: int, executor: Executor, token: Optional[str] =
                 return
             if self.path != "/v1/health":
                 return self._send(404, {"error": f"no such endpoint {self.path}"})
-            self._send(200, {"ok": True, "executor": executor.name, "isolated": executor.isolated, "max_limits": max_limits.to_dict()})
+            self._send(
+                200,
+                {
+                    "ok": True,
+                    "executor": executor.name,
+                    "isolated": executor.isolated,
+                    "max_limits": max_limits.to_dict(),
+                },
+            )
 
         def do_POST(self) -> None:
             if not self._authorized():
@@ -112,13 +136,17 @@ def make_server(host: str, port: int, executor: Executor, token: Optional[str] =
     return server
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8977)
     parser.add_argument("--executor", default="local", help="local (isolated, default) or unisolated")
     parser.add_argument("--workers", type=int, default=None, help="jobs run at once (default: CPUs, at most 16)")
-    parser.add_argument("--token-env", default=None, help="environment variable with the bearer token clients must send")
+    parser.add_argument(
+        "--token-env", default=None, help="environment variable with the bearer token clients must send"
+    )
     parser.add_argument("--max-timeout", type=float, default=SERVER_MAX_LIMITS.timeout)
     parser.add_argument("--max-memory-mb", type=int, default=SERVER_MAX_LIMITS.memory_mb)
     args = parser.parse_args(argv)
@@ -128,8 +156,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         parser.error(f"--token-env {args.token_env}: the variable is not set")
-    server = make_server(args.host, args.port, executor, token, args.workers, replace(SERVER_MAX_LIMITS, timeout=args.max_timeout, memory_mb=args.max_memory_mb))
-    log.info("serving %s executor on http://%s:%d (token %s)", executor.name, args.host, server.server_address[1], "required" if token else "not required")
+    server = make_server(
+        args.host,
+        args.port,
+        executor,
+        token,
+        args.workers,
+        replace(SERVER_MAX_LIMITS, timeout=args.max_timeout, memory_mb=args.max_memory_mb),
+    )
+    log.info(
+        "serving %s executor on http://%s:%d (token %s)",
+        executor.name,
+        args.host,
+        server.server_address[1],
+        "required" if token else "not required",
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
