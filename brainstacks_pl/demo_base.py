@@ -125,8 +125,8 @@ class DemoBaseConfig:
             raise ValueError(f"DemoBaseConfig.hidden_size={self.hidden_size} must divide by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
-                f"DemoBaseConfig.num_attention_heads={self.num_attention_heads} must divide by "
-                f"num_key_value_heads={self.num_key_value_heads}"
+                f"DemoBaseConfig.num_attention_heads={self.num_attention_heads} "
+                f"must divide by num_key_value_heads={self.num_key_value_heads}"
             )
         if self.vocab_size < 260:
             raise ValueError(f"DemoBaseConfig.vocab_size must hold 4 specials + 256 bytes, got {self.vocab_size}")

@@ -361,8 +361,8 @@ def _plain_sentences(rng: random.Random) -> str:
 
     def np() -> str:
         return (
-            f"{rng.choice(('the', 'a', 'every', 'one', 'that'))} {rng.choice(_ADJECTIVES + ('',) * 8)} "
-            f"{rng.choice(_NOUNS)}"
+            f"{rng.choice(('the', 'a', 'every', 'one', 'that'))} "
+            f"{rng.choice(_ADJECTIVES + ('',) * 8)} {rng.choice(_NOUNS)}"
         )
 
     sentences = []
@@ -412,8 +412,8 @@ def _arithmetic(rng: random.Random) -> str:
     form = rng.randrange(5)
     if form == 0:
         return (
-            f"{_number_words(a).capitalize()} plus {_number_words(b)} is {_number_words(a + b)}. In digits: {a} + {b} "
-            f"= {a + b}."
+            f"{_number_words(a).capitalize()} plus {_number_words(b)} "
+            f"is {_number_words(a + b)}. In digits: {a} + {b} = {a + b}."
         )
     if form == 1:
         hi, lo = max(a, b), min(a, b)

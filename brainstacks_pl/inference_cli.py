@@ -43,8 +43,8 @@ def format_route(decision: RouteDecision, gate: float) -> str:
     probs = "  ".join(f"{d} {p:.2f}" for d, p in decision.probs.items())
     if decision.capability_gap:
         return (
-            f"route: {probs}\n  no domain reached the gate {gate:.2f} (capability gap): answering with the base model "
-            "only"
+            f"route: {probs}\n"
+            f"  no domain reached the gate {gate:.2f} (capability gap): answering with the base model only"
         )
     weights = ", ".join(f"{d} x{decision.weights[d]:.2f}" for d in decision.selected)
     return f"route: {probs}\n  loaded: {weights}"

@@ -273,8 +273,8 @@ STACK_ARGS = (
     "float32",
 )
 SMALL_DOMAINS = (
-    '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, {name: math, path: "demo:math", '
-    "max_examples: 16}]"
+    '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, '
+    '{name: math, path: "demo:math", max_examples: 16}]'
 )
 
 
@@ -916,8 +916,8 @@ def test_bad_input_matrix(name, finished_run, model_dir, other_model, tmp_path, 
     OUTCOMES[verdict].append(name)
     expected = "named" if case.expect else "handled"
     assert verdict == expected, (
-        f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\nstderr: {outcome.err[-2000:]}\nstdout: "
-        f"{outcome.out[-1000:]}"
+        f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\n"
+        f"stderr: {outcome.err[-2000:]}\nstdout: {outcome.out[-1000:]}"
     )
 
 

@@ -328,8 +328,8 @@ class LocalIsolatedExecutor(_LocalExecutor):
         self.mode = ("root" if os.geteuid() == 0 else "user") if mode == "auto" else mode
         if self.mode == "user" and os.geteuid() == 0:
             raise ValueError(
-                "mode 'user' as root would run the program as host uid 0 (owner of root's files, exempt from "
-                "RLIMIT_NPROC); root uses mode 'root'"
+                "mode 'user' as root would run the program as host uid 0 (owner "
+                "of root's files, exempt from RLIMIT_NPROC); root uses mode 'root'"
             )
         if self.mode == "root" and os.geteuid() != 0:
             raise ValueError("mode 'root' needs the trainer to run as root; use 'user' (or 'auto')")
@@ -489,7 +489,7 @@ class UnisolatedExecutor(_LocalExecutor):
 
     def run(self, job: Job, limits: Limits = Limits()) -> ExecutionResult:
         log.warning(
-            "running model-written code WITHOUT isolation (executor: unisolated): it can read, write and reach what "
-            "this process can"
+            "running model-written code WITHOUT isolation (executor: "
+            "unisolated): it can read, write and reach what this process can"
         )
         return super().run(job, limits)
