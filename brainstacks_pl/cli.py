@@ -72,7 +72,10 @@ class BrainstacksCLI(LightningCLI):
             "--accept_new_base",
             type=bool,
             default=False,
-            help="Resume on a base model whose fingerprint differs from the one the run recorded (a deliberate change; docs/run_directory.md).",
+            help=(
+                "Resume on a base model whose fingerprint differs from the one "
+                "the run recorded (a deliberate change; docs/run_directory.md)."
+            ),
         )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
@@ -117,7 +120,8 @@ class BrainstacksCLI(LightningCLI):
         if hasattr(model, "run_phase"):
             if ckpt_path is not None:
                 raise ValueError(
-                    "--ckpt_path is not used by this phase: rerun the same command with the same default_root_dir to resume"
+                    "--ckpt_path is not used by this phase: rerun the "
+                    "same command with the same default_root_dir to resume"
                 )
             model.run_phase(context)
         else:
@@ -219,7 +223,8 @@ def refuse_zero_step_rounds(trainer: Trainer) -> None:
     ):
         if value == 0:
             raise UserError(
-                f"--trainer.{flag} 0 would freeze untrained stacks and mark their domains completed; every round needs at least one step"
+                f"--trainer.{flag} 0 would freeze untrained stacks and mark "
+                "their domains completed; every round needs at least one step"
             )
 
 

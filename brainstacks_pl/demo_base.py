@@ -78,7 +78,7 @@ def build_demo_tokenizer(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoBaseConfig:
     """Shape and training budget of the demo base (defaults build the shipped one in ~5 min on 2 CPU cores)."""
 
@@ -125,7 +125,8 @@ class DemoBaseConfig:
             raise ValueError(f"DemoBaseConfig.hidden_size={self.hidden_size} must divide by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
-                f"DemoBaseConfig.num_attention_heads={self.num_attention_heads} must divide by num_key_value_heads={self.num_key_value_heads}"
+                f"DemoBaseConfig.num_attention_heads={self.num_attention_heads} "
+                f"must divide by num_key_value_heads={self.num_key_value_heads}"
             )
         if self.vocab_size < 260:
             raise ValueError(f"DemoBaseConfig.vocab_size must hold 4 specials + 256 bytes, got {self.vocab_size}")

@@ -360,7 +360,10 @@ def _plain_sentences(rng: random.Random) -> str:
     """Freely combined subject-verb-object sentences: the corpus's main source of variety."""
 
     def np() -> str:
-        return f"{rng.choice(('the', 'a', 'every', 'one', 'that'))} {rng.choice(_ADJECTIVES + ('',) * 8)} {rng.choice(_NOUNS)}"
+        return (
+            f"{rng.choice(('the', 'a', 'every', 'one', 'that'))} "
+            f"{rng.choice(_ADJECTIVES + ('',) * 8)} {rng.choice(_NOUNS)}"
+        )
 
     sentences = []
     for _ in range(rng.randint(2, 5)):
@@ -408,7 +411,10 @@ def _arithmetic(rng: random.Random) -> str:
     a, b = rng.randint(0, 99), rng.randint(0, 99)
     form = rng.randrange(5)
     if form == 0:
-        return f"{_number_words(a).capitalize()} plus {_number_words(b)} is {_number_words(a + b)}. In digits: {a} + {b} = {a + b}."
+        return (
+            f"{_number_words(a).capitalize()} plus {_number_words(b)} "
+            f"is {_number_words(a + b)}. In digits: {a} + {b} = {a + b}."
+        )
     if form == 1:
         hi, lo = max(a, b), min(a, b)
         return f"{hi} - {lo} = {hi - lo}. Take {lo} away from {hi} and {hi - lo} are left."

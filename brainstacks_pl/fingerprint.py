@@ -110,7 +110,8 @@ def base_directory(name_or_path: str) -> Path:
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception as err:  # not downloaded, or not a valid hub id
         raise BaseModelMismatch(
-            f"base model {name_or_path!r}: no such directory and not in the local Hugging Face cache ({type(err).__name__})"
+            f"base model {name_or_path!r}: no such directory and not "
+            f"in the local Hugging Face cache ({type(err).__name__})"
         ) from err
 
 

@@ -252,12 +252,14 @@ class RoutedGenerator:
             prompt.encode("utf-8")
         except UnicodeEncodeError as err:  # bytes that were not UTF-8, kept as surrogates by the terminal reader
             raise InferenceError(
-                f"the prompt is not valid UTF-8 text (undecodable byte at character {err.start}); check the terminal's encoding"
+                "the prompt is not valid UTF-8 text (undecodable byte at "
+                f"character {err.start}); check the terminal's encoding"
             ) from None
         ids = prompt_ids(self.tokenizer, prompt, self.template)
         if self.context_length is not None and len(ids) >= self.context_length:
             raise InferenceError(
-                f"prompt is {len(ids)} tokens with the template, the model's context is {self.context_length}: shorten it"
+                f"prompt is {len(ids)} tokens with the template, the "
+                f"model's context is {self.context_length}: shorten it"
             )
         return ids
 

@@ -42,7 +42,10 @@ Up/Down recall earlier lines where the terminal supports it."""
 def format_route(decision: RouteDecision, gate: float) -> str:
     probs = "  ".join(f"{d} {p:.2f}" for d, p in decision.probs.items())
     if decision.capability_gap:
-        return f"route: {probs}\n  no domain reached the gate {gate:.2f} (capability gap): answering with the base model only"
+        return (
+            f"route: {probs}\n"
+            f"  no domain reached the gate {gate:.2f} (capability gap): answering with the base model only"
+        )
     weights = ", ".join(f"{d} x{decision.weights[d]:.2f}" for d in decision.selected)
     return f"route: {probs}\n  loaded: {weights}"
 
@@ -124,7 +127,8 @@ class ChatSession:
             cache = self.generator.cache
             resident = ", ".join(f"{s.domain}-r{s.round}" for s in self.generator.stacks.frozen_stacks) or "none"
             self.say(
-                f"resident stacks: {resident}\ncache: {len(cache.cached_files)} files, {cache.bytes_used / 2**20:.2f} MiB, {cache.hits} hits, {cache.misses} misses, {cache.evictions} evictions"
+                f"resident stacks: {resident}\ncache: {len(cache.cached_files)} files, {cache.bytes_used / 2**20:.2f} "
+                f"MiB, {cache.hits} hits, {cache.misses} misses, {cache.evictions} evictions"
             )
         elif command == "mode":
             if arg not in MODES:

@@ -245,7 +245,8 @@ class BrainstacksModel(nn.Module):
             raise ValueError(f"unknown domains {sorted(unknown)}; this model has {self.domains}")
         if mode == "routed" and (weights is None or weights.dim() != 2 or weights.shape[1] != len(self.domains)):
             raise ValueError(
-                f"routed mode needs weights of shape [batch, {len(self.domains)}], got {None if weights is None else tuple(weights.shape)}"
+                f"routed mode needs weights of shape [batch, {len(self.domains)}], "
+                f"got {None if weights is None else tuple(weights.shape)}"
             )
         ctx = self.context
         saved = (ctx.mode, ctx.active_domains, ctx.weights)

@@ -72,7 +72,8 @@ def phase_callbacks(module: L.LightningModule) -> tuple[str, ...]:
     unknown = sorted(set(declared) - set(FORCED_CALLBACKS))
     if unknown:
         raise ValueError(
-            f"{type(module).__name__}.phase_callbacks names {unknown}; the CLI's forced callbacks are {list(FORCED_CALLBACKS)}"
+            f"{type(module).__name__}.phase_callbacks names {unknown}; "
+            f"the CLI's forced callbacks are {list(FORCED_CALLBACKS)}"
         )
     return tuple(declared)
 

@@ -32,7 +32,8 @@ def print_forgetting_report(forgetting: ForgettingMatrix, run_dir: Path, logger=
             Path(logger.log_dir).parent if Path(logger.log_dir).parent.name == "tensorboard" else Path(logger.log_dir)
         )
         console.print(
-            f"TensorBoard logs: {logger.log_dir} (this phase; one run per fit below it)  ->  tensorboard --logdir {root}"
+            f"TensorBoard logs: {logger.log_dir} (this phase; one "
+            f"run per fit below it)  ->  tensorboard --logdir {root}"
         )
 
 

@@ -313,7 +313,8 @@ class RunDirectory:
         ]
         if bad:
             raise NonFiniteStackError(
-                f"the {record.phase} stack {record.domain}-r{record.round} has non-finite weights in {bad[:3]}; nothing was written "
+                f"the {record.phase} stack {record.domain}-r{record.round} "
+                f"has non-finite weights in {bad[:3]}; nothing was written "
                 "(training diverged: lower the learning rate or enable gradient clipping)"
             )
         record.file = str(path.relative_to(self.root))

@@ -69,7 +69,8 @@ def check_domain_name(name: Any, where: str) -> str:
     """``name`` if it is a safe domain name (``DOMAIN_PATTERN``), else an ``UnsafeNameError``."""
     if not isinstance(name, str) or not DOMAIN_PATTERN.fullmatch(name):
         raise UnsafeNameError(
-            f"{where}: domain name {name!r} is not allowed (letters, digits, '_' and '-', starting with a letter or digit, at most 64 characters)"
+            f"{where}: domain name {name!r} is not allowed (letters, digits, '_' "
+            "and '-', starting with a letter or digit, at most 64 characters)"
         )
     return name
 
@@ -154,7 +155,8 @@ def load_tensors(
     data = path.read_bytes()
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
         raise StackFileError(
-            f"{path}: sha256 mismatch (file is corrupt, truncated or was replaced; expected {expected_sha256[:12]}..., got {sha256_bytes(data)[:12]}...)"
+            f"{path}: sha256 mismatch (file is corrupt, truncated or was replaced; "
+            f"expected {expected_sha256[:12]}..., got {sha256_bytes(data)[:12]}...)"
         )
     try:  # safetensors parses without executing anything; a pickle is never unpickled
         tensors = safetensors_load(data)
@@ -162,7 +164,8 @@ def load_tensors(
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
         if _looks_pickled(data):
             raise StackFileError(
-                f"{path}: looks like a pickle / torch.save archive; only safetensors files are loaded (pickles can run code)"
+                f"{path}: looks like a pickle / torch.save archive; only "
+                "safetensors files are loaded (pickles can run code)"
             ) from err
         raise StackFileError(f"{path}: not a readable safetensors file (truncated or corrupt: {err})") from err
     for key, tensor in tensors.items():
@@ -242,7 +245,8 @@ class Manifest:
             raise StackFileError(f"{path}: cannot read the manifest ({err.strerror})") from err
         if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
             raise StackFileError(
-                f"{path}: unsupported manifest schema_version {raw.get('schema_version') if isinstance(raw, dict) else None!r} (expected {SCHEMA_VERSION})"
+                f"{path}: unsupported manifest schema_version "
+                f"{raw.get('schema_version') if isinstance(raw, dict) else None!r} (expected {SCHEMA_VERSION})"
             )
         return _parse_manifest(raw, Path(run_dir), str(path))
 
@@ -259,12 +263,14 @@ class Manifest:
                 k for k in layer_shapes if list(layer_shapes[k]) != self.layer_shapes.get(k)
             ]
             raise StackFileError(
-                f"{where}: run was made with a different base model ({self.base_model_id!r}); layers differ, e.g. {diff[:3]}"
+                f"{where}: run was made with a different base model "
+                f"({self.base_model_id!r}); layers differ, e.g. {diff[:3]}"
             )
         for key in ("experts", "rank", "top_k", "target_modules"):
             if stack_config.get(key) != self.stack_config.get(key):
                 raise StackFileError(
-                    f"{where}: run used StackConfig.{key}={self.stack_config.get(key)!r}, this config has {stack_config.get(key)!r}"
+                    f"{where}: run used StackConfig.{key}={self.stack_config.get(key)!r}, "
+                    f"this config has {stack_config.get(key)!r}"
                 )
         if domains[: len(self.completed_domains)] != self.completed_domains:
             raise StackFileError(

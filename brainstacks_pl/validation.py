@@ -1,4 +1,7 @@
-"""Validation loss of a stacked model over a dataloader: one definition for training, boosting and the forgetting matrix."""
+"""Validation loss of a stacked model over a dataloader.
+
+One definition for training, boosting and the forgetting matrix.
+"""
 
 from __future__ import annotations
 

@@ -13,10 +13,15 @@ before and after. Covered elsewhere and not repeated here:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,7 +29,7 @@ import torch
 from conftest import make_tiny_llama
 from fault_helpers import REPO, fit_args, make_model_dir, tree_digest
 
-from brainstacks_pl import inference_cli
+from brainstacks_pl import commands, inference_cli
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data import CurriculumDataModule, DomainConfig
@@ -254,14 +259,6 @@ def test_generate_on_a_directory_that_is_not_a_run(tmp_path):
 #   raw      an exception escaped, or a wrong exit status or message;
 #   silent   exit 0 where an error was due, or a handled case whose check failed.
 # ``test_matrix_counts`` prints the four counts; raw and silent must be 0.
-import contextlib
-import os
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from brainstacks_pl import commands
-
 OUTCOMES: dict[str, list[str]] = {"named": [], "handled": [], "raw": [], "silent": []}
 STACK_ARGS = (
     "--model.stack.experts",
@@ -275,7 +272,10 @@ STACK_ARGS = (
     "--model.stack.frozen_dtype",
     "float32",
 )
-SMALL_DOMAINS = '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, {name: math, path: "demo:math", max_examples: 16}]'
+SMALL_DOMAINS = (
+    '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, '
+    '{name: math, path: "demo:math", max_examples: 16}]'
+)
 
 
 @dataclass
@@ -916,7 +916,8 @@ def test_bad_input_matrix(name, finished_run, model_dir, other_model, tmp_path, 
     OUTCOMES[verdict].append(name)
     expected = "named" if case.expect else "handled"
     assert verdict == expected, (
-        f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\nstderr: {outcome.err[-2000:]}\nstdout: {outcome.out[-1000:]}"
+        f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\n"
+        f"stderr: {outcome.err[-2000:]}\nstdout: {outcome.out[-1000:]}"
     )
 
 

@@ -75,7 +75,8 @@ def run_ddp_phase(run_dir: Path, digests: Path, config: str, *extra: str) -> Non
         "2",
         "--trainer.enable_progress_bar",
         "false",
-        f"--trainer.callbacks=[{{class_path: test_ddp_alignment.ActiveStackDigest, init_args: {{out_dir: {digests}}}}}]",
+        f"--trainer.callbacks=[{{class_path: test_ddp_alignment.ActiveStackDigest, "
+        f"init_args: {{out_dir: {digests}}}}}]",
         *extra,
     ]
     env = {

@@ -86,7 +86,10 @@ def test_dpo_step_allocates_no_second_model(tmp_path):
     module.stacks = BrainstacksModel(make_tiny_llama(), StackConfig(rank=4), ["chat"])
     module.stack_config = module.stacks.stack_config
     module.stacks.add_stack("chat", 0)
-    count_modules = lambda: sum(1 for _ in module.modules())
+
+    def count_modules():
+        return sum(1 for _ in module.modules())
+
     params = {id(p) for p in module.parameters()}
     before = count_modules()
     tok = byte_tokenizer()

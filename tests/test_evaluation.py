@@ -333,7 +333,7 @@ def test_brainstacks_evaluate_end_to_end_skips_routed_without_a_router(tiny_run,
     for mode in ("base", "ungated"):
         entry = results["modes"][mode]
         assert entry["status"] == "ok" and set(entry["tasks"]) == names
-        for name, res in entry["tasks"].items():
+        for res in entry["tasks"].values():
             assert res["n"] == 2 and 0.0 <= res["acc"] <= 1.0
             if res["type"] == "mc":
                 assert res["gold_mean_logprob"] < 0

@@ -146,7 +146,7 @@ def test_random_sigkills_resume_to_byte_identical_stacks(model_dir, reference, t
             continue
         since = time.time_ns() - 1_000_000  # coarse mtime clocks: allow 1 ms
         proc = launch(args, tmp_path, log)
-        fired = wait_for(proc, lambda: trigger(run, since))
+        fired = wait_for(proc, lambda trigger=trigger, since=since: trigger(run, since))
         if proc.poll() is not None:
             assert proc.returncode == 0, (
                 f"seed {seed}: run failed before '{name}':\n{log.read_text(errors='replace')[-4000:]}"

@@ -48,7 +48,10 @@ def test_qlora_fsdp2_two_ranks_resume_and_match_ddp_byte_for_byte(tmp_path):
 
     run_dir, digests = tmp_path / "fsdp", tmp_path / "digests"
     digest = f"--trainer.callbacks+={{class_path: ddp_helpers.StackDigest, init_args: {{out_dir: {digests}}}}}"
-    kill = "--trainer.callbacks+={class_path: test_sft_curriculum.KillAtStep, init_args: {domain: chat, round: 1, step: 3}}"
+    kill = (
+        "--trainer.callbacks+={class_path: test_sft_curriculum.KillAtStep, "
+        "init_args: {domain: chat, round: 1, step: 3}}"
+    )
     killed = fit(model_dir, run_dir, tmp_path, FSDP2, digest, kill)
     assert killed.returncode != 0 and "killed at chat round 1 step 3" in killed.stderr
     assert (run_dir / "rounds" / "chat-r1" / "checkpoints" / "last.ckpt").is_file(), (

@@ -107,7 +107,8 @@ def test_the_readme_journey_on_a_tiny_run(sft_run, tmp_path, capsys, caplog, mon
             "4",
             "--data.max_val_examples",
             "8",
-            '--data.domains=[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]',
+            '--data.domains=[{name: chat, path: "demo:chat", max_examples: 32}, '
+            '{name: math, path: "demo:math", max_examples: 32}]',
             "--boosting.max_rounds",
             "1",
         ]

@@ -37,7 +37,7 @@ def test_public_name_is_importable(name):
 
 def test_unknown_attribute_raises():
     with pytest.raises(AttributeError, match="no_such_thing"):
-        brainstacks_pl.no_such_thing
+        _ = brainstacks_pl.no_such_thing
 
 
 def test_command_line_help():

@@ -131,7 +131,8 @@ def parse(s):
         "s = Stack().push(1).push(2)\nassert len(s) == 2 and s.pop() == 2 and s.items == [1]",
         "assert Stack().push(3) == Stack().push(3)\nassert Stack().push(3) != Stack().push(4)",
         "assert list(squares(4)) == [0, 1, 4, 9]\nassert sum(x for x in squares(3)) == 5",
-        "try:\n    Stack().pop()\nexcept IndexError as e:\n    assert 'empty' in str(e)\nelse:\n    raise AssertionError('no error')",
+        "try:\n    Stack().pop()\nexcept IndexError as e:\n"
+        "    assert 'empty' in str(e)\nelse:\n    raise AssertionError('no error')",
         "assert parse('7') == {'n': 7, 't': (1, 2), 'b': b'x', 's': {1}, 'f': float('inf'), 'big': 2 ** 200}",
         "assert isinstance(Stack(), Stack) and not isinstance(3, Stack)",
     ]
@@ -140,7 +141,10 @@ def parse(s):
 
 
 def test_values_too_deep_to_copy_stay_in_the_solution_as_handles():
-    code = "cycle = []\ncycle.append(cycle)\ndeep = 1\nfor _ in range(100):\n    deep = [deep]\nBIG = 10 ** 5000\ndef f():\n    return deep"
+    code = (
+        "cycle = []\ncycle.append(cycle)\ndeep = 1\nfor _ in range(100):\n"
+        "    deep = [deep]\nBIG = 10 ** 5000\ndef f():\n    return deep"
+    )
     tests = (
         "assert len(cycle) == 1 and len(cycle[0]) == 1",
         "x = f()\nfor _ in range(100):\n    x = x[0]\nassert x == 1",
@@ -151,7 +155,10 @@ def test_values_too_deep_to_copy_stay_in_the_solution_as_handles():
 
 
 def test_an_object_claiming_to_equal_everything_does_not_pass():
-    liar = "class Any:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\ndef add_2(x):\n    return Any()"
+    liar = (
+        "class Any:\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = object.__hash__\ndef add_2(x):\n    return Any()"
+    )
     tests = ["assert add_2(1) == 3", "assert 3 == add_2(1)", "assert add_2(1) in [3]"]
     assert code_pass_rate_reward(["p"], [liar], tests=[tests]) == [0.0]
 
@@ -189,7 +196,8 @@ def test_sandbox_has_no_network_and_a_read_only_file_system(tmp_path):
     outside = tmp_path / "outside.txt"
     code = (
         "import socket, os\n"
-        "try:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\nexcept OSError as e:\n    print('net', e.errno)\n"
+        "try:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\n"
+        "except OSError as e:\n    print('net', e.errno)\n"
         f"try:\n    open({str(outside)!r}, 'w')\nexcept OSError as e:\n    print('write', type(e).__name__)\n"
         "try:\n    open('/usr/x', 'w')\nexcept OSError as e:\n    print('usr', type(e).__name__)\n"
     )
@@ -327,7 +335,8 @@ def test_grpo_with_a_code_reward_runs_end_to_end_in_the_sandbox(sft_run, tmp_pat
         "math",
         "--trainer.max_epochs",
         "1",
-        "--model.rewards=[{function: test_rewards.counting_code_reward, kwargs: {timeout: 2.0, partial_credit: true, executor: local}}]",
+        "--model.rewards=[{function: test_rewards.counting_code_reward, "
+        "kwargs: {timeout: 2.0, partial_credit: true, executor: local}}]",
     )
     args[args.index("--config") + 1] = str(Path(__file__).resolve().parents[1] / "configs" / "grpo_code_demo.yaml")
     cli_main(args)

@@ -142,7 +142,10 @@ class KillAtStep(Callback):
 
 def test_resume_after_a_kill_gives_bit_identical_stacks(tiny_model_dir, finished_run, tmp_path):
     run_dir = tmp_path / "killed"
-    kill = "--trainer.callbacks=[{class_path: test_sft_curriculum.KillAtStep, init_args: {domain: math, round: 0, step: 3}}]"
+    kill = (
+        "--trainer.callbacks=[{class_path: test_sft_curriculum.KillAtStep, "
+        "init_args: {domain: math, round: 0, step: 3}}]"
+    )
     with pytest.raises(SimulatedKill):
         cli_main(fit_args(tiny_model_dir, run_dir, kill))
     assert (run_dir / "rounds" / "math-r0" / "checkpoints" / "last.ckpt").is_file(), (
@@ -292,7 +295,10 @@ def test_wrong_type_is_named(capsys):
 
 
 def test_missing_domain_files_name_the_domain(tiny_model_dir, tmp_path):
-    missing = '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, {name: law, path: "/nonexistent/law.jsonl"}]'
+    missing = (
+        '--data.domains=[{name: chat, path: "demo:chat", max_examples: 16}, '
+        '{name: law, path: "/nonexistent/law.jsonl"}]'
+    )
     with pytest.raises(Exception, match="law"):
         cli_main(fit_args(tiny_model_dir, tmp_path / "run", missing))
 

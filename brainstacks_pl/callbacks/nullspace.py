@@ -175,7 +175,8 @@ class NullSpaceProjection(Callback):
         for name, layer in stacks.layers.items():
             if name not in tensors or tensors[name].dim() != 2 or tensors[name].shape[0] != layer.d_out:
                 raise StackFileError(
-                    f"{run.root / record['file']}: no [d_out={layer.d_out}, K] basis for layer '{name}' (basis from another model?)"
+                    f"{run.root / record['file']}: no [d_out={layer.d_out}, K] basis "
+                    f"for layer '{name}' (basis from another model?)"
                 )
         if (metadata.get("k"), metadata.get("solver")) != (str(self.k), self.solver):
             log.warning(

@@ -49,7 +49,8 @@ class StackScorer:
             raise InferenceError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "routed" and generator.router is None:
             raise NoRouterError(
-                f"{generator.cache.root}: this run has no trained router; routed mode needs one (configs/router_demo.yaml)"
+                f"{generator.cache.root}: this run has no trained router; "
+                "routed mode needs one (configs/router_demo.yaml)"
             )
         self.generator, self.mode, self.batch_size = generator, mode, batch_size
         self._routes: dict[str, RouteDecision] = {}

@@ -273,7 +273,8 @@ def _check_writable(directory: Path) -> None:
     existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise InferenceError(
-            f"cannot write results under {directory} ({existing} is not a writable directory); give --output elsewhere and --no_tensorboard"
+            f"cannot write results under {directory} ({existing} is not a "
+            "writable directory); give --output elsewhere and --no_tensorboard"
         )
 
 

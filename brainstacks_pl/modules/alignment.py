@@ -113,7 +113,8 @@ class AlignmentModule(StackModule):
         run = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         if not Manifest.exists(run.root):
             raise FileNotFoundError(
-                f"{run.root}: no manifest.json; run the SFT phase (configs/demo.yaml) into this --trainer.default_root_dir first"
+                f"{run.root}: no manifest.json; run the SFT phase "
+                "(configs/demo.yaml) into this --trainer.default_root_dir first"
             )
         stacks = self.build(Manifest.load(run.root))
         datamodule = context.datamodule
@@ -160,7 +161,10 @@ class AlignmentModule(StackModule):
         artifacts = {"stack": run.root / records[-1].file} if records else {}
         notes = []
         if rerun:
-            what = f"{self.phase} of {self.domain} ({len(records)} stack(s), max_phase_stacks={self.max_phase_stacks}) in {run.root}"
+            what = (
+                f"{self.phase} of {self.domain} ({len(records)} stack(s), "
+                f"max_phase_stacks={self.max_phase_stacks}) in {run.root}"
+            )
             notes.append(rerun_note(what, run.manifest, f"{self.phase}:{self.domain}", settings))
         served = entry.get("served")
         title = f"{self.phase} on {self.domain}: held-out before / after" + (
@@ -188,7 +192,8 @@ class AlignmentModule(StackModule):
         trainer.fit(self, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         if trainer.interrupted:
             raise RuntimeError(
-                f"{self.phase} training of {self.domain} round {round} was interrupted; run the same command again to resume it"
+                f"{self.phase} training of {self.domain} round {round} "
+                "was interrupted; run the same command again to resume it"
             )
         bad = [k for k, v in stacks.active_state_dict().items() if not torch.isfinite(v).all()]
         if bad:

@@ -54,7 +54,8 @@ class RouterPhase:
         root = self.run_dir.root
         if not Manifest.exists(root):
             raise FileNotFoundError(
-                f"{root}: no manifest.json; train the stacks first: brainstacks fit --config configs/demo.yaml --trainer.default_root_dir {root}"
+                f"{root}: no manifest.json; train the stacks first: brainstacks "
+                f"fit --config configs/demo.yaml --trainer.default_root_dir {root}"
             )
         manifest = Manifest.load(root)
         module = self.module
@@ -189,7 +190,8 @@ class RouterPhase:
             train, val = drop_val_prompts(rows["train"], rows["val"])
             if not train or not val:
                 raise ValueError(
-                    f"the router needs training and validation examples, got {len(train)} and {len(val)} (check data.val_fraction)"
+                    "the router needs training and validation examples, got "
+                    f"{len(train)} and {len(val)} (check data.val_fraction)"
                 )
             prompts = list(dict.fromkeys(r.prompt for r in [*train, *val]))
             feats = compute_features(
@@ -253,7 +255,10 @@ class RouterPhase:
 
         root = self.run_dir.root
         epoch = f"best epoch {best['epoch']}" if "epoch" in best else "no validation epoch"
-        title = f"router over {', '.join(self.module.domain_names)}: {n_train} train / {n_val} val examples, untrained vs {epoch}"
+        title = (
+            f"router over {', '.join(self.module.domain_names)}: "
+            f"{n_train} train / {n_val} val examples, untrained vs {epoch}"
+        )
         rows = [(k, before[k], after[k]) for k in before]
         artifacts = {"router": root / ROUTER_DIR, "routing report": root / ROUTER_DIR / "routing_report.json"}
         print_phase_summary(title, rows, artifacts)

@@ -58,7 +58,8 @@ class ServedConfiguration:
 
         if not has_router:
             raise ValueError(
-                f"serve: routed needs a trained router in {run_root}; train one (configs/router_demo.yaml) or set serve: as_frozen"
+                f"serve: routed needs a trained router in {run_root}; train "
+                "one (configs/router_demo.yaml) or set serve: as_frozen"
             )
         router, spec = load_router(run_root, manifest)
         was_training = stacks.training
@@ -66,7 +67,8 @@ class ServedConfiguration:
         stacks.train(was_training)  # RoutedGenerator puts the model in eval mode; the phase decides
         if domain not in generator.router_domains:
             raise ValueError(
-                f"serve: routed, but the router does not know domain {domain!r} (its domains: {generator.router_domains}); set serve: as_frozen"
+                f"serve: routed, but the router does not know domain {domain!r} "
+                f"(its domains: {generator.router_domains}); set serve: as_frozen"
             )
         return cls(stacks, domain, mode, generator)
 

@@ -131,7 +131,8 @@ def build_root(job):
     for path in job["readonly"]:
         lines.append(f"{fstab_path(path)} {fstab_path(root + path)} none bind,ro,nosuid,nodev,X-mount.mkdir 0 0")
     lines.append(
-        f"sandbox-scratch {root}/tmp tmpfs size={job['scratch_mb']}m,nr_inodes={job['scratch_inodes']},mode=0700{owner},nosuid,nodev,X-mount.mkdir 0 0"
+        f"sandbox-scratch {root}/tmp tmpfs "
+        f"size={job['scratch_mb']}m,nr_inodes={job['scratch_inodes']},mode=0700{owner},nosuid,nodev,X-mount.mkdir 0 0"
     )
     if uid is not None:  # root mode; in a user namespace the nested unshare mounts its own /proc
         lines.append(f"proc {root}/proc proc nosuid,nodev,noexec,hidepid=invisible,subset=pid,X-mount.mkdir 0 0")

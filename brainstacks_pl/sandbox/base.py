@@ -219,7 +219,7 @@ class Executor(ABC):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sandbox-{self.name}") as pool:
             return list(pool.map(lambda job: self.run(job, limits), jobs))
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - an optional hook: by default an executor works everywhere
         """Raise ``SandboxUnavailable`` if this executor cannot run code here."""
 
 

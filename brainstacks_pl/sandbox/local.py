@@ -241,11 +241,10 @@ class _LocalExecutor(Executor):
         result.output_dropped = out.dropped + err.dropped
         result.seconds = time.monotonic() - started
         result.executor = self.name
-        if (
-            killed and not result.complete
-        ):  # the program outlasted even the trainer's deadline: a timeout, not a broken sandbox
+        if killed and not result.complete:
+            # the program outlasted even the trainer's deadline: a timeout, not a broken sandbox
             result.timed_out, result.sandbox_failed = True, False
-            result.error = "killed by the trainer's deadline (timeout + %.0f s) without a verdict" % SETUP_SECONDS
+            result.error = f"killed by the trainer's deadline (timeout + {SETUP_SECONDS:.0f} s) without a verdict"
         return result
 
     def _kill(self, proc: subprocess.Popen) -> None:
@@ -329,7 +328,8 @@ class LocalIsolatedExecutor(_LocalExecutor):
         self.mode = ("root" if os.geteuid() == 0 else "user") if mode == "auto" else mode
         if self.mode == "user" and os.geteuid() == 0:
             raise ValueError(
-                "mode 'user' as root would run the program as host uid 0 (owner of root's files, exempt from RLIMIT_NPROC); root uses mode 'root'"
+                "mode 'user' as root would run the program as host uid 0 (owner "
+                "of root's files, exempt from RLIMIT_NPROC); root uses mode 'root'"
             )
         if self.mode == "root" and os.geteuid() != 0:
             raise ValueError("mode 'root' needs the trainer to run as root; use 'user' (or 'auto')")
@@ -489,6 +489,7 @@ class UnisolatedExecutor(_LocalExecutor):
 
     def run(self, job: Job, limits: Limits = Limits()) -> ExecutionResult:
         log.warning(
-            "running model-written code WITHOUT isolation (executor: unisolated): it can read, write and reach what this process can"
+            "running model-written code WITHOUT isolation (executor: "
+            "unisolated): it can read, write and reach what this process can"
         )
         return super().run(job, limits)

@@ -51,7 +51,8 @@ def _build(spec: Any) -> Executor:
         if spec in KINDS and spec != "remote":
             return KINDS[spec]()
         raise ValueError(
-            f"unknown executor {spec!r}: use local, unisolated, an http(s) URL, {{kind: ..., ...}} or {{class_path: ..., init_args: ...}}"
+            f"unknown executor {spec!r}: use local, unisolated, an http(s) "
+            f"URL, {{kind: ..., ...}} or {{class_path: ..., init_args: ...}}"
         )
     if isinstance(spec, dict):
         spec = dict(spec)

@@ -93,7 +93,8 @@ class RemoteExecutor(Executor):
             got = answer.get("results")
             if not isinstance(got, list) or len(got) != len(batch):
                 raise SandboxError(
-                    f"remote executor {self.url} returned {len(got) if isinstance(got, list) else got!r} results for {len(batch)} jobs"
+                    f"remote executor {self.url} returned "
+                    f"{len(got) if isinstance(got, list) else got!r} results for {len(batch)} jobs"
                 )
             for item in got:
                 result = ExecutionResult.from_dict(item)
