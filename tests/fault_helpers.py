@@ -23,6 +23,35 @@ TESTS = REPO / "tests"
 TINY_DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
 
 
+def phase_args(config: str, run_dir: Path, settings: dict[str, object], *extra: str) -> list[str]:
+    """``fit --config configs/<config>`` on ``run_dir`` with ``--key value`` per setting (bools as
+    ``true``/``false``), then ``extra``: every test's CLI call is built here, so a test states only
+    the settings it is about."""
+    args = ["fit", "--config", str(REPO / "configs" / config), "--trainer.default_root_dir", str(run_dir)]
+    for key, value in settings.items():
+        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return [*args, *extra]
+
+
+TINY_SFT = {
+    "trainer.max_epochs": 2,
+    "trainer.limit_train_batches": 2,
+    "trainer.enable_progress_bar": False,
+    "data.max_seq_len": 96,
+    "data.batch_size": 4,
+    "data.max_val_examples": 8,
+}
+"""The tiny SFT curriculum every phase test starts from (tests override what they are about)."""
+
+
+def tiny_sft_args(
+    model_dir, run_dir: Path, domains: str, settings: dict[str, object] | None = None, *extra: str
+) -> list[str]:
+    """``configs/demo.yaml`` on the tiny model: ``TINY_SFT`` updated with ``settings``."""
+    merged = {"model.model_name_or_path": model_dir, **TINY_SFT, "data.domains": domains, **(settings or {})}
+    return phase_args("demo.yaml", run_dir, merged, *extra)
+
+
 def make_model_dir(path: Path) -> Path:
     """The conftest tiny Llama + byte tokenizer, written with ``save_pretrained``."""
     from conftest import save_tiny_model
@@ -32,39 +61,21 @@ def make_model_dir(path: Path) -> Path:
 
 def fit_args(model_dir: Path, run_dir: Path, *extra: str, batch_size: int = 4) -> list[str]:
     """CLI arguments (after ``brainstacks``) of the tiny 2-domain x 2-round curriculum."""
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path",
-        str(model_dir),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--data.max_seq_len",
-        "64",
-        "--data.batch_size",
-        str(batch_size),
-        "--data.max_val_examples",
-        "8",
-        f"--data.domains={TINY_DOMAINS}",
-        "--boosting.max_rounds",
-        "2",
-        "--boosting.min_loss_delta",
-        "-1.0",  # always boost to max_rounds
-        "--null_space.mode",
-        "weight",
-        "--null_space.k",
-        "4",
-        "--null_space.n_samples",
-        "8",
+    return tiny_sft_args(
+        model_dir,
+        run_dir,
+        TINY_DOMAINS,
+        {
+            "data.max_seq_len": 64,
+            "data.batch_size": batch_size,
+            "boosting.max_rounds": 2,
+            "boosting.min_loss_delta": -1.0,
+            "null_space.mode": "weight",
+            "null_space.k": 4,
+            "null_space.n_samples": 8,
+        },
         *extra,
-    ]
+    )
 
 
 def subprocess_env() -> dict[str, str]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_llama, save_tiny_model
+from fault_helpers import phase_args, tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.cli import cli_main
@@ -178,59 +179,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def sft_args(model_dir: Path, run_dir: Path) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path",
-        str(model_dir),
-        "--model.stack.rank",
-        "4",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--data.max_seq_len",
-        "96",
-        "--data.batch_size",
-        "4",
-        "--data.max_val_examples",
-        "4",
-        f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds",
-        "1",
-    ]
+    return tiny_sft_args(
+        model_dir,
+        run_dir,
+        DOMAINS,
+        {"model.stack.rank": 4, "trainer.max_epochs": 1, "data.max_val_examples": 4, "boosting.max_rounds": 1},
+    )
 
 
 def dpo_args(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "dpo_demo.yaml"),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--data.max_examples",
-        "48",
-        "--data.batch_size",
-        "4",
-        "--data.max_val_examples",
-        "6",
-        "--data.max_prompt_len",
-        "48",
-        "--data.max_seq_len",
-        "96",
+    return phase_args(
+        "dpo_demo.yaml",
+        run_dir,
+        {
+            "trainer.max_epochs": 2,
+            "trainer.limit_train_batches": 2,
+            "trainer.enable_progress_bar": False,
+            "data.max_examples": 48,
+            "data.batch_size": 4,
+            "data.max_val_examples": 6,
+            "data.max_prompt_len": 48,
+            "data.max_seq_len": 96,
+        },
         *extra,
-    ]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import save_tiny_model
+from fault_helpers import tiny_sft_args
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 from torch import nn
 
@@ -211,34 +212,18 @@ def tiny_run(tmp_path_factory) -> Path:
     save_tiny_model(model_dir)
     run_dir = tmp_path_factory.mktemp("runs") / "eval"
     cli_main(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs" / "demo.yaml"),
-            "--model.model_name_or_path",
-            str(model_dir),
-            "--trainer.default_root_dir",
-            str(run_dir),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.logger",
-            "false",
-            "--data.max_seq_len",
-            "96",
-            "--data.batch_size",
-            "4",
-            "--data.max_val_examples",
-            "4",
-            f"--data.domains={DOMAINS}",
-            "--boosting.max_rounds",
-            "1",
-            "--null_space.mode",
-            "off",
-        ]
+        tiny_sft_args(
+            model_dir,
+            run_dir,
+            DOMAINS,
+            {
+                "trainer.max_epochs": 1,
+                "trainer.logger": False,
+                "data.max_val_examples": 4,
+                "boosting.max_rounds": 1,
+                "null_space.mode": "off",
+            },
+        )
     )
     return run_dir
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama, save_tiny_model
+from fault_helpers import phase_args, tiny_sft_args
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -188,33 +189,13 @@ def make_sft_run(root: Path, *extra: str) -> Path:
     model_dir = save_tiny_model(root / "tiny")
     run_dir = root / "sft"
     cli_main(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs" / "demo.yaml"),
-            "--model.model_name_or_path",
-            str(model_dir),
-            "--model.stack.rank",
-            "4",
-            "--trainer.default_root_dir",
-            str(run_dir),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data.max_seq_len",
-            "96",
-            "--data.batch_size",
-            "4",
-            "--data.max_val_examples",
-            "4",
-            f"--data.domains={DOMAINS}",
-            "--boosting.max_rounds",
-            "1",
+        tiny_sft_args(
+            model_dir,
+            run_dir,
+            DOMAINS,
+            {"model.stack.rank": 4, "trainer.max_epochs": 1, "data.max_val_examples": 4, "boosting.max_rounds": 1},
             *extra,
-        ]
+        )
     )
     return run_dir
 
@@ -225,34 +206,23 @@ def sft_run(tmp_path_factory) -> Path:
 
 
 def grpo_args(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "grpo_demo.yaml"),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--model.group_size",
-        "3",
-        "--model.max_new_tokens",
-        "6",
-        "--model.val_max_new_tokens",
-        "6",
-        "--data.max_examples",
-        "40",
-        "--data.batch_size",
-        "2",
-        "--data.eval_batch_size",
-        "4",
-        "--data.max_val_examples",
-        "4",
+    return phase_args(
+        "grpo_demo.yaml",
+        run_dir,
+        {
+            "trainer.max_epochs": 2,
+            "trainer.limit_train_batches": 2,
+            "trainer.enable_progress_bar": False,
+            "model.group_size": 3,
+            "model.max_new_tokens": 6,
+            "model.val_max_new_tokens": 6,
+            "data.max_examples": 40,
+            "data.batch_size": 2,
+            "data.eval_batch_size": 4,
+            "data.max_val_examples": 4,
+        },
         *extra,
-    ]
+    )
 
 
 def test_grpo_phase_end_to_end_writes_a_grpo_stack(sft_run, tmp_path):

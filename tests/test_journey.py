@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_helpers import TINY_DOMAINS, tiny_sft_args
 from test_dpo import dpo_args
 from test_grpo import grpo_args
 from test_router import REPO, router_args, sft_run  # noqa: F401  (sft_run: the tiny SFT run fixture)
@@ -87,31 +88,12 @@ def test_the_readme_journey_on_a_tiny_run(sft_run, tmp_path, capsys, caplog, mon
 
     # SFT ran in the fixture; a rerun with a changed setting says it is finished and ignores it.
     cli_main(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs" / "demo.yaml"),
-            "--trainer.default_root_dir",
-            str(run),
-            "--model.model_name_or_path",
+        tiny_sft_args(
             json.loads((run / "manifest.json").read_text())["base_model_id"],
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.limit_train_batches",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data.max_seq_len",
-            "96",
-            "--data.batch_size",
-            "4",
-            "--data.max_val_examples",
-            "8",
-            '--data.domains=[{name: chat, path: "demo:chat", max_examples: 32}, '
-            '{name: math, path: "demo:math", max_examples: 32}]',
-            "--boosting.max_rounds",
-            "1",
-        ]
+            run,
+            TINY_DOMAINS,
+            {"boosting.max_rounds": 1},
+        )
     )
     out = _flat(capsys.readouterr().out)
     assert "SFT: each domain's validation loss" in out and f"stacks: {run / 'stacks'}" in out

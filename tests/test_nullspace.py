@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import make_tiny_llama, save_tiny_model
+from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, fp32_tolerance
 
@@ -188,35 +189,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path",
-        str(model_dir),
-        "--model.stack.frozen_dtype",
-        "float32",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--data.max_seq_len",
-        "64",
-        "--data.batch_size",
-        "4",
-        "--data.max_val_examples",
-        "6",
-        f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds",
-        "1",
-        "--null_space.k",
-        "8",
+    return tiny_sft_args(
+        model_dir,
+        run_dir,
+        DOMAINS,
+        {
+            "model.stack.frozen_dtype": "float32",
+            "data.max_seq_len": 64,
+            "data.max_val_examples": 6,
+            "boosting.max_rounds": 1,
+            "null_space.k": 8,
+        },
         *extra,
-    ]
+    )
 
 
 class KillAtStep(Callback):

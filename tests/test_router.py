@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama, save_tiny_model
+from fault_helpers import phase_args, tiny_sft_args
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 
 from brainstacks_pl.cli import cli_main
@@ -213,60 +214,27 @@ def sft_run(tmp_path_factory) -> Path:
     run_dir = root / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread pin
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs" / "demo.yaml"),
-            "--model.model_name_or_path",
-            str(model_dir),
-            "--trainer.default_root_dir",
-            str(run_dir),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data.max_seq_len",
-            "96",
-            "--data.batch_size",
-            "4",
-            "--data.max_val_examples",
-            "8",
-            f"--data.domains={DOMAINS}",
-            "--boosting.max_rounds",
-            "1",
-        ]
-    )
+    cli_main(tiny_sft_args(model_dir, run_dir, DOMAINS, {"trainer.max_epochs": 1, "boosting.max_rounds": 1}))
     torch.set_num_threads(threads)
     return run_dir
 
 
 def router_args(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "router_demo.yaml"),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "3",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--data.max_seq_len",
-        "96",
-        f"--data.domains={DOMAINS}",
-        "--data.val_fraction",
-        "0.25",
-        "--model.hidden",
-        "16",
-        "--model.max_train_examples",
-        "12",
-        "--model.max_val_examples",
-        "6",
+    return phase_args(
+        "router_demo.yaml",
+        run_dir,
+        {
+            "trainer.max_epochs": 3,
+            "trainer.enable_progress_bar": False,
+            "data.max_seq_len": 96,
+            "data.domains": DOMAINS,
+            "data.val_fraction": 0.25,
+            "model.hidden": 16,
+            "model.max_train_examples": 12,
+            "model.max_val_examples": 6,
+        },
         *extra,
-    ]
+    )
 
 
 def test_router_phase_end_to_end_after_a_tiny_sft_run(sft_run):

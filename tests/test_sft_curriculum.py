@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama, save_tiny_model
+from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
@@ -31,33 +32,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        "--model.model_name_or_path",
-        str(model_dir),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--data.max_seq_len",
-        "96",
-        "--data.batch_size",
-        "4",
-        "--data.max_val_examples",
-        "8",
-        f"--data.domains={DOMAINS}",
-        "--boosting.max_rounds",
-        "2",
-        "--boosting.min_loss_delta",
-        "-1.0",  # always boost to max_rounds: the test wants 2 x 2
-        *extra,
-    ]
+    return tiny_sft_args(
+        model_dir, run_dir, DOMAINS, {"boosting.max_rounds": 2, "boosting.min_loss_delta": -1.0}, *extra
+    )  # always boost to max_rounds: 2 x 2
 
 
 def stack_bytes(run_dir: Path) -> dict[str, bytes]:
