@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from memory import saved_storage_bytes
 from torch import Tensor, nn
 
 from brainstacks_pl import StackConfig, StackContext, StackedLinear
@@ -195,21 +196,9 @@ def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: i
 
 def saved_bytes(module: nn.Module, x: Tensor, context: StackContext | None = None) -> int:
     """Bytes of distinct storages autograd saves for backward, parameters and buffers excluded."""
-    owned = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in owned:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     if context is not None:
         context.aux_losses = []
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x)
-    del out
-    return sum(saved.values())
+    return saved_storage_bytes(module, lambda: module(x))
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from memory import saved_storage_bytes
 from torch import Tensor, nn
 
 from brainstacks_pl import BrainstacksModel, StackConfig
@@ -215,20 +216,7 @@ def ratio(samples: dict, num: str, den: str, invert: bool = False) -> dict:
 def saved_bytes(model: nn.Module, step: Callable[[], Tensor]) -> int:
     """Distinct storages autograd keeps for backward; parameters, buffers and the frozen-stack
     operand caches (persistent module state, counted separately) excluded."""
-    owned = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    owned |= {t.untyped_storage().data_ptr() for t in cached_operands(model)}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in owned:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = step()
-    del loss
-    return sum(saved.values())
+    return saved_storage_bytes(model, step, cached_operands(model))
 
 
 def cached_operands(model: nn.Module) -> list[Tensor]:
