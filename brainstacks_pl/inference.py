@@ -12,7 +12,9 @@ the model's frozen buffers (``BrainstacksModel.set_frozen_stacks``), so device m
 the request, not the number of stack files on disk. A batch whose prompts route to different
 domains is generated together: the union of their domains is loaded and each row gets its
 own weight row (``stacks.routed(weights)``). When no domain reaches the gate the answer comes
-from the base alone and ``RouteDecision.capability_gap`` says so.
+from the base alone and ``RouteDecision.capability_gap`` says so; so it does when the prompt is
+unlike every prompt the router was trained on (its novelty is above the router's calibrated gap
+threshold, ``routing/novelty.py``): the router's probabilities are not to be trusted there.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.routing.artifact import load_router
 from brainstacks_pl.routing.features import pad_right, prompt_ids
+from brainstacks_pl.routing.novelty import NoveltyDetector, pooled_features
 from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.storage import Manifest, StackRecord, load_tensors
 
@@ -131,7 +134,10 @@ class RouteDecision:
     selected: list[str]
     """Domains whose stacks run for this prompt."""
     capability_gap: bool
-    """No domain reached the gate: the base answers alone; the stacks lack this capability."""
+    """No domain reached the gate, or the prompt is unlike the router's training prompts (novelty
+    above the gap threshold): the base answers alone; the stacks lack this capability."""
+    novelty: float | None = None
+    """Distance of the prompt's features to the nearest domain's (None: the router has no detector)."""
 
 
 @dataclass
@@ -162,6 +168,7 @@ class RoutedGenerator:
         gate_threshold: float | None = None,
         chat_floor: float | None = None,
         device: torch.device | str = "cpu",
+        novelty: NoveltyDetector | None = None,
     ):
         self.stacks, self.tokenizer, self.manifest, self.device = (
             stacks.eval(),
@@ -170,6 +177,7 @@ class RoutedGenerator:
             torch.device(device),
         )
         self.router = router.to(self.device).eval() if router is not None else None
+        self.novelty = novelty
         # The router's settings (the spec's defaults without a router); the arguments override its gate and floor.
         self.spec = (spec or RouterSpec()).with_overrides(gate_threshold, chat_floor)
         self.cache = cache or StackCache(run_root, manifest)
@@ -217,12 +225,11 @@ class RoutedGenerator:
             stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json")
         )
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
-        router, spec = (None, None)
+        router, spec, novelty = (None, None, None)
         if require_router or manifest.extra.get("router"):
-            router, spec = load_router(root, manifest)
-        return cls(
-            stacks, tokenizer, manifest, root, router, spec, StackCache(root, manifest, cache_bytes), device=device
-        )
+            router, spec, novelty = load_router(root, manifest)
+        cache = StackCache(root, manifest, cache_bytes)
+        return cls(stacks, tokenizer, manifest, root, router, spec, cache, device=device, novelty=novelty)
 
     @property
     def router_domains(self) -> list[str]:
@@ -279,18 +286,25 @@ class RoutedGenerator:
         ids, mask = pad_right([keep_prompt_end(e, seq_len, self.tokenizer) for e in encoded], self._pad_id)
         feats = base_features(self.stacks, ids.to(self.device), mask.to(self.device), self.spec.mid_weight)
         probs = self.router.probabilities(feats, mask.to(self.device)).cpu()  # [B, D]
-        return self._decisions(probs.double())
+        novelty = None
+        if self.novelty is not None:
+            novelty = self.novelty.score(pooled_features(feats, mask.to(self.device))).cpu()  # [B]
+        return self._decisions(probs.double(), novelty)
 
     def decide(self, probs: dict[str, float]) -> RouteDecision:
         """Gate + chat floor on one prompt's router probabilities (one per router domain)."""
         return self._decisions(torch.tensor([[probs[d] for d in self.router_domains]], dtype=torch.float64))[0]
 
-    def _decisions(self, probs: Tensor) -> list[RouteDecision]:
-        """One decision per row of ``probs`` [B, D] (float64: a weight is its probability's exact float)."""
+    def _decisions(self, probs: Tensor, novelty: Tensor | None = None) -> list[RouteDecision]:
+        """One decision per row of ``probs`` [B, D] (float64: a weight is its probability's exact float);
+        a row whose ``novelty`` [B] is above the gap threshold gets no stack."""
         domains, decisions = self.router_domains, []
-        for p, w in zip(probs.tolist(), self.spec.weights(probs).tolist()):
+        scores = novelty.tolist() if novelty is not None else [None] * len(probs)
+        for p, w, score in zip(probs.tolist(), self.spec.weights(probs).tolist(), scores):
+            if score is not None and self.spec.gap_threshold is not None and score > self.spec.gap_threshold:
+                w = [0.0] * len(w)
             selected = [d for d, weight in zip(domains, w) if weight > 0]
-            decisions.append(RouteDecision(dict(zip(domains, p)), dict(zip(domains, w)), selected, not selected))
+            decisions.append(RouteDecision(dict(zip(domains, p)), dict(zip(domains, w)), selected, not selected, score))
         return decisions
 
     def load_domains(self, domains: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ from brainstacks_pl.data.prompts import Turn, prompt_text
 from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
 from brainstacks_pl.inference import Generation, InferenceError, RouteDecision, RoutedGenerator
 from brainstacks_pl.routing.features import prompt_ids
+from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.storage import StackFileError
 
 __all__ = ["main", "run_generate", "run_chat", "format_route", "ChatSession", "HELP"]
@@ -39,20 +40,24 @@ Commands:
 Up/Down recall earlier lines where the terminal supports it."""
 
 
-def format_route(decision: RouteDecision, gate: float) -> str:
+def format_route(decision: RouteDecision, spec: RouterSpec) -> str:
     probs = "  ".join(f"{d} {p:.2f}" for d, p in decision.probs.items())
+    novel = decision.novelty is not None and decision.novelty > spec.gap_threshold
     if decision.capability_gap:
-        return (
-            f"route: {probs}\n"
-            f"  no domain reached the gate {gate:.2f} (capability gap): answering with the base model only"
+        why = (
+            f"the prompt is unlike the router's training prompts "
+            f"(novelty {decision.novelty:.2f} > {spec.gap_threshold:.2f})"
+            if novel
+            else f"no domain reached the gate {spec.gate_threshold:.2f}"
         )
+        return f"route: {probs}\n  {why} (capability gap): answering with the base model only"
     weights = ", ".join(f"{d} x{decision.weights[d]:.2f}" for d in decision.selected)
     return f"route: {probs}\n  loaded: {weights}"
 
 
 def _print_generation(gen: Generation, generator: RoutedGenerator, out: TextIO) -> None:
     if gen.route is not None:
-        print(format_route(gen.route, generator.gate_threshold), file=out)
+        print(format_route(gen.route, generator.spec), file=out)
     else:
         print(f"mode: {gen.mode}", file=out)
     print(gen.text, file=out)
@@ -122,7 +127,7 @@ class ChatSession:
         if command == "route":
             if not arg:
                 raise InferenceError("usage: /route TEXT")
-            self.say(format_route(self.generator.route([arg])[0], self.generator.gate_threshold))
+            self.say(format_route(self.generator.route([arg])[0], self.generator.spec))
         elif command == "stacks":
             cache = self.generator.cache
             resident = ", ".join(f"{s.domain}-r{s.round}" for s in self.generator.stacks.frozen_stacks) or "none"

@@ -38,6 +38,7 @@ __all__ = [
     "stack_seed",
     "flatten_settings",
     "changed_settings",
+    "describe_changes",
     "record_settings",
     "settings_note",
 ]
@@ -148,9 +149,14 @@ def settings_note(manifest, key: str, settings: Mapping[str, Any]) -> str:
     recorded = manifest.extra.get("settings", {}).get(key)
     if recorded is None or not settings:
         return "settings of the finished run were not recorded; any changed settings are ignored"
-    changed = changed_settings(recorded, settings)
+    changed = describe_changes(recorded, settings)
     if not changed:
         return "same settings as the finished run"
-    shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
-    more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-    return f"changed settings ignored (the phase is finished): {shown}{more}"
+    return f"changed settings ignored (the phase is finished): {changed}"
+
+
+def describe_changes(recorded: Mapping[str, Any], current: Mapping[str, Any], shown: int = 8) -> str:
+    """``key: old -> new, ...`` for the first ``shown`` changed settings ("" when none changed)."""
+    changed = changed_settings(recorded, current)
+    text = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:shown])
+    return text + (f" and {len(changed) - shown} more" if len(changed) > shown else "")

@@ -142,7 +142,7 @@ def test_capability_gap_answers_with_the_base_and_says_so(generator):
     [gen] = generator.generate(["something no stack knows"], max_new_tokens=4)
     [base] = generator.generate(["something no stack knows"], mode="base", max_new_tokens=4)
     assert gen.route.capability_gap and gen.tokens == base.tokens
-    assert "capability gap" in inference_cli.format_route(gen.route, generator.gate_threshold)
+    assert "capability gap" in inference_cli.format_route(gen.route, generator.spec)
 
 
 # --------------------------------------------------------------------------- generation

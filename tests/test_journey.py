@@ -104,6 +104,10 @@ def test_the_readme_journey_on_a_tiny_run(sft_run, tmp_path, capsys, caplog, mon
     out = _flat(capsys.readouterr().out)
     assert "outcome discovery (examples):" in caplog.text
     assert "untrained vs best epoch" in out and "val_bce" in out and f"router: {run / 'router'}" in out
+    assert "capability gap: prompts with novelty above" in out
+    cli_main(router_args(run))
+    out = _flat(capsys.readouterr().out)
+    assert "already finished, nothing to do" in out and f"router: {run / 'router'}" in out
 
     # generate: a raw prompt and the same prompt typed as a chat turn route (and answer) the same.
     raw, typed = _generate(run, "Hi, I'm Tom."), _generate(run, "User: Hi, I'm Tom.")

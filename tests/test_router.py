@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from brainstacks_pl.layers.router import MetaRouter
 from brainstacks_pl.losses import router_loss, router_margin_penalty
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.router import RouterRow, drop_val_prompts, selection_scores
+from brainstacks_pl.routing.artifact import load_router
 from brainstacks_pl.routing.discovery import (
     DiscoveryCache,
     DiscoverySettings,
@@ -237,7 +239,7 @@ def router_args(run_dir: Path, *extra: str) -> list[str]:
     )
 
 
-def test_router_phase_end_to_end_after_a_tiny_sft_run(sft_run):
+def test_router_phase_end_to_end_after_a_tiny_sft_run(sft_run, capsys, caplog):
     cli_main(router_args(sft_run))
     manifest = Manifest.load(sft_run)
     record = manifest.extra["router"]
@@ -246,17 +248,29 @@ def test_router_phase_end_to_end_after_a_tiny_sft_run(sft_run):
     assert info["domains"] == ["chat", "math"] and info["d_model"] == 32 and info["hidden"] == 16
     assert "router/single_top1" in info["best"]["metrics"]
     router = MetaRouter(info["d_model"], info["n_domains"], info["hidden"])
-    router.load_state_dict(tensors)
+    router.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("novelty.")})
     report = json.loads((sft_run / "router" / "routing_report.json").read_text())
     assert set(report["per_source"]) == {"chat", "math"}
     assert all(abs(sum(e["oracle"].values()) - 1) < 1e-6 for e in report["per_source"].values())
     lines = [json.loads(line) for line in (sft_run / "router" / "discovery" / "math.jsonl").read_text().splitlines()]
     assert {line["split"] for line in lines} == {"train", "val"} and len(lines) == 12 + 6
     assert not (sft_run / "router" / "work").exists()
-    # A rerun reuses the cached discovery (same stacks, same settings) and trains again.
-    before = (sft_run / "router" / "discovery" / "math.jsonl").read_text()
+    # The capability-gap detector: fitted, saved beside the router, its threshold in the json and the summary.
+    _, spec, novelty = load_router(sft_run, manifest)
+    assert novelty is not None and novelty.d_model == 32 and spec.gap_threshold == info["gap_threshold"] > 0
+    assert "capability gap: prompts with novelty above" in capsys.readouterr().out
+    # A rerun with the same settings has nothing to do, says so and leaves the router as it is.
+    router_bytes, discovery = (sft_run / record["file"]).read_bytes(), (sft_run / "router" / "discovery").iterdir()
+    discovered = {path.name: path.read_text() for path in discovery}
     cli_main(router_args(sft_run))
-    assert (sft_run / "router" / "discovery" / "math.jsonl").read_text() == before
+    assert "already finished, nothing to do" in capsys.readouterr().out
+    assert (sft_run / record["file"]).read_bytes() == router_bytes
+    # Changed settings train it again (named), reusing the cached discovery (same stacks, same discovery settings).
+    with caplog.at_level(logging.INFO):
+        cli_main(router_args(sft_run, "--trainer.max_epochs", "2"))
+    assert "training it again with changed settings: trainer.max_epochs: 3 -> 2" in caplog.text
+    assert Manifest.load(sft_run).extra["settings"]["router"]["trainer.max_epochs"] == 2
+    assert {path.name: path.read_text() for path in (sft_run / "router" / "discovery").iterdir()} == discovered
 
 
 def test_router_phase_takes_its_domains_from_the_run_and_says_so(sft_run, tmp_path, caplog):

@@ -9,8 +9,7 @@ import torch
 
 from brainstacks_pl.routing.spec import DiscoverySettings, RouterFileError, RouterSpec, serving_weights
 
-# router.json as the router phase has always written it (keys and their order): runs trained
-# before RouterSpec existed must keep loading, and a rewrite must give the same file.
+# router.json as the router phase writes it (keys and their order): a rewrite must give the same file.
 WRITTEN = {
     "domains": ["chat", "code", "math"],
     "dropout": 0.1,
@@ -18,6 +17,9 @@ WRITTEN = {
     "mid_weight": 0.45,
     "gate_threshold": 0.12,
     "decision_threshold": 0.5,
+    "false_gap_rate": 0.05,
+    "gap_shrinkage": 0.01,
+    "gap_threshold": 3.25,
     "discovery": {
         "chat_domain": "chat",
         "chat_floor": 0.2,
@@ -43,6 +45,12 @@ def test_a_router_json_round_trips_through_the_spec_unchanged():
     assert spec.domains == ("chat", "code", "math") and spec.chat_floor == 0.2 and spec.d_model == 32
     assert json.dumps(spec.to_json()) == json.dumps(WRITTEN)
     assert RouterSpec.from_json(json.loads(json.dumps(spec.to_json())), "router.json") == spec
+
+
+def test_a_router_json_from_before_the_gap_detector_loads_without_one():
+    old = {k: v for k, v in WRITTEN.items() if k not in ("false_gap_rate", "gap_shrinkage", "gap_threshold")}
+    spec = RouterSpec.from_json(old, "router.json")
+    assert spec.gap_threshold is None and spec.gate_threshold == 0.12
 
 
 def test_settings_a_file_leaves_out_come_from_the_spec():
@@ -75,6 +83,9 @@ def test_settings_a_file_leaves_out_come_from_the_spec():
         ({"d_model": None}, "d_model"),
         ({"n_domains": 2}, "n_domains"),
         ({"gate_treshold": 0.2}, "gate_treshold"),
+        ({"gap_threshold": -1.0}, "gap_threshold"),
+        ({"gap_threshold": float("nan")}, "gap_threshold"),
+        ({"false_gap_rate": 1.0}, "false_gap_rate"),
     ],
 )
 def test_a_malformed_field_is_a_router_file_error_naming_it(edit, field):

@@ -77,6 +77,10 @@ class RouterModule(L.LightningModule):
         discovery: How targets are discovered (chat floor, greedy threshold, soft reasoning, prior).
         gate_threshold: Inference gate: domains below it are not loaded (stored in router.json).
         decision_threshold: A domain counts as "on" for exact match and the report when p >= this.
+        false_gap_rate: Fraction of held-out in-domain prompts the capability gap may fire on: the
+            novelty threshold is calibrated to it (``routing/novelty.py``); None fits no detector
+            (then only the gate can fire the gap).
+        gap_shrinkage: Shrinkage of the novelty detector's covariance towards a scaled identity.
         margin: Margin of the penalty ``mean(relu(margin - |p - 0.5|))``.
         margin_coeff: Weight of the margin penalty added to the BCE.
         optimizer: Optimizer of the router parameters.
@@ -111,6 +115,8 @@ class RouterModule(L.LightningModule):
         discovery: DiscoverySettings | None = None,
         gate_threshold: float = RouterSpec.gate_threshold,
         decision_threshold: float = RouterSpec.decision_threshold,
+        false_gap_rate: float | None = RouterSpec.false_gap_rate,
+        gap_shrinkage: float = RouterSpec.gap_shrinkage,
         margin: float = 0.3,
         margin_coeff: float = 0.05,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -131,6 +137,7 @@ class RouterModule(L.LightningModule):
         self.hidden, self.dropout, self.router_seq_len, self.mid_weight = hidden, dropout, router_seq_len, mid_weight
         self.discovery_settings = discovery or DiscoverySettings()
         self.gate_threshold, self.decision_threshold = gate_threshold, decision_threshold
+        self.false_gap_rate, self.gap_shrinkage = false_gap_rate, gap_shrinkage
         self.margin, self.margin_coeff = margin, margin_coeff
         self.optimizer_factory, self.warmup_steps, self.min_lr_ratio = optimizer, warmup_steps, min_lr_ratio
         self.batch_size, self.max_train_examples, self.max_val_examples = (
@@ -243,6 +250,8 @@ class RouterModule(L.LightningModule):
             mid_weight=self.mid_weight,
             gate_threshold=self.gate_threshold,
             decision_threshold=self.decision_threshold,
+            false_gap_rate=self.false_gap_rate,
+            gap_shrinkage=self.gap_shrinkage,
             discovery=self.discovery_settings,
             hidden=self.hidden,
             **record,

@@ -5,7 +5,14 @@
 3. split by unique prompt, base-only features once per prompt;
 4. one ``Trainer.fit`` of the router alone (``RouterModule.phase_callbacks`` is empty, and
    its trainer is asked for without the round checkpoint);
-5. save the best epoch, record it in the manifest, write and print the routing report.
+5. fit the capability-gap detector on the training prompts' features, calibrated on the
+   validation prompts (``routing/novelty.py``);
+6. save the best epoch and the detector, record them and the phase's settings in the
+   manifest, write and print the routing report.
+
+A rerun with the settings the router was trained with, and its files intact, has nothing to
+do and says so without loading the base; changed settings (named) or an unreadable router
+train it again, reusing the cached discovery when the stacks and discovery settings match.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data.curriculum import encode_examples
+from brainstacks_pl.errors import UserError
 from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.phase import describe_changes, record_settings
 from brainstacks_pl.progress import Progress
-from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
+from brainstacks_pl.routing.artifact import ROUTER_DIR, load_router, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
+from brainstacks_pl.routing.novelty import NoveltyDetector, fit_novelty, pooled_features
 from brainstacks_pl.routing.report import (
     build_routing_report,
     log_routing_report,
@@ -172,8 +182,43 @@ class RouterPhase:
         return torch.cat(out)
 
     # ------------------------------------------------------------------ the phase
-    def run(self) -> None:
+    def finished(self) -> bool:
+        """True (and a line saying so) when the run's router was trained with these settings and
+        still loads; otherwise log why it is trained (again) and return False."""
+        root, settings = self.run_dir.root, self.context.settings
+        if not Manifest.exists(root) or not (manifest := Manifest.load(root)).extra.get("router"):
+            return False
+        recorded = manifest.extra.get("settings", {}).get("router")
+        try:
+            _, spec, _ = load_router(root, manifest)
+        except UserError as err:
+            rank_zero_info(f"router: training it again; the one in {root / ROUTER_DIR} does not load ({err})")
+            return False
+        if recorded is None:
+            rank_zero_info(f"router: training it again; the settings of {root / ROUTER_DIR} were not recorded")
+            return False
+        changed = describe_changes(recorded, settings)
+        if changed:
+            rank_zero_info(f"router: training it again with changed settings: {changed}")
+            return False
+        if self.run_dir.is_writer:
+            from brainstacks_pl.report import print_phase_summary
 
+            epoch = (spec.best or {}).get("epoch")
+            print_phase_summary(
+                f"router over {', '.join(spec.domains)}: already finished, nothing to do (same settings)",
+                [],
+                {"router": root / ROUTER_DIR, "routing report": root / ROUTER_DIR / "routing_report.json"},
+                [
+                    f"best epoch {epoch}; to train it again change a setting (e.g. --seed_everything) "
+                    f"or delete {root / ROUTER_DIR}"
+                ],
+            )
+        return True
+
+    def run(self) -> None:
+        if self.finished():
+            return
         module, run = self.module, self.run_dir
         manifest, stacks = self._load()
         self.datamodule.setup("fit")
@@ -230,13 +275,38 @@ class RouterPhase:
         scores = selection_scores(probs, routes, self.module.decision_threshold)
         return {"val_bce": bce, "single_top1": scores["single_top1"], "mixed_exact": scores["mixed_exact"]}
 
+    def fit_novelty(self, train, val, features) -> NoveltyDetector | None:
+        """The capability-gap detector: fitted on the training prompts (labelled by source domain),
+        its threshold calibrated on the validation prompts (None if ``false_gap_rate`` is None)."""
+        if self.module.false_gap_rate is None:
+            return None
+        domains = self.module.domain_names
+        train_sources: dict[str, str] = {}  # each unique prompt, labelled by its first source domain
+        for row in train:
+            train_sources.setdefault(row.prompt, row.source)
+        held_out = list(dict.fromkeys(r.prompt for r in val))
+
+        def pooled(prompts: list[str]) -> torch.Tensor:
+            chunks = [collate_features([features[p] for p in prompts[i : i + 64]]) for i in range(0, len(prompts), 64)]
+            return torch.cat([pooled_features(feats, mask) for feats, mask in chunks])
+
+        return fit_novelty(
+            pooled(list(train_sources)),
+            [domains.index(source) for source in train_sources.values()],
+            pooled(held_out),
+            self.module.false_gap_rate,
+            self.module.gap_shrinkage,
+        )
+
     def _finish(self, train, val, features, before: dict[str, float]) -> None:
         module, run = self.module, self.run_dir
         best = {k: v for k, v in module.best.items() if k != "state"}
         spec = module.router_spec(
             prompt_template=self.datamodule.prompt_template, best=best, train_examples=len(train), val_examples=len(val)
         )
-        save_router(run.root, run.manifest, module.router, spec, write=run.is_writer)
+        novelty = self.fit_novelty(train, val, features)
+        save_router(run.root, run.manifest, module.router, spec, write=run.is_writer, novelty=novelty)
+        record_settings(run.manifest, "router", self.context.settings)
         run.save_manifest()
         probs = self.predict([r.prompt for r in val], features)
         chosen = [
@@ -248,9 +318,26 @@ class RouterPhase:
             write_routing_report(run.root / ROUTER_DIR / "routing_report.json", report)
             log_routing_report(self.context.logger, report)
             print_routing_report(report)
-            self._summary(before, self.held_out(val, features), best, len(train), len(val))
+            notes = [self._gap_note(novelty, len({r.prompt for r in val}))]
+            self._summary(before, self.held_out(val, features), best, len(train), len(val), notes)
 
-    def _summary(self, before: dict[str, float], after: dict[str, float], best: dict, n_train: int, n_val: int) -> None:
+    def _gap_note(self, novelty: NoveltyDetector | None, n_held_out: int) -> str:
+        if novelty is None:
+            return "capability gap: no novelty detector (false_gap_rate: null); only the gate fires the gap"
+        return (
+            f"capability gap: prompts with novelty above {novelty.threshold:.3f} get no stack (calibrated to fire on "
+            f"at most {self.module.false_gap_rate:.0%} of the {n_held_out} held-out in-domain prompts)"
+        )
+
+    def _summary(
+        self,
+        before: dict[str, float],
+        after: dict[str, float],
+        best: dict,
+        n_train: int,
+        n_val: int,
+        notes: list[str],
+    ) -> None:
         from brainstacks_pl.report import print_phase_summary
 
         root = self.run_dir.root
@@ -261,4 +348,4 @@ class RouterPhase:
         )
         rows = [(k, before[k], after[k]) for k in before]
         artifacts = {"router": root / ROUTER_DIR, "routing report": root / ROUTER_DIR / "routing_report.json"}
-        print_phase_summary(title, rows, artifacts)
+        print_phase_summary(title, rows, artifacts, notes)

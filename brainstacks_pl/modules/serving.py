@@ -61,9 +61,9 @@ class ServedConfiguration:
                 f"serve: routed needs a trained router in {run_root}; train "
                 "one (configs/router_demo.yaml) or set serve: as_frozen"
             )
-        router, spec = load_router(run_root, manifest)
+        router, spec, novelty = load_router(run_root, manifest)
         was_training = stacks.training
-        generator = RoutedGenerator(stacks, tokenizer, manifest, run_root, router, spec)
+        generator = RoutedGenerator(stacks, tokenizer, manifest, run_root, router, spec, novelty=novelty)
         stacks.train(was_training)  # RoutedGenerator puts the model in eval mode; the phase decides
         if domain not in generator.router_domains:
             raise ValueError(

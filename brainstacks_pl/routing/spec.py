@@ -133,6 +133,13 @@ class RouterSpec:
     """Serving gate: a domain below it gets weight 0 (its stacks are not loaded)."""
     decision_threshold: float = 0.5
     """A domain counts as "on" for exact match and the routing report when p >= this."""
+    false_gap_rate: float | None = 0.05
+    """Fraction of held-out in-domain prompts the capability gap may fire on; the novelty
+    threshold is calibrated to it (``routing/novelty.py``). None: no novelty detector."""
+    gap_shrinkage: float = 0.01
+    """Shrinkage of the novelty detector's covariance towards a scaled identity."""
+    gap_threshold: float | None = None
+    """Novelty above which a prompt is a capability gap (fitted; None: only the gate decides)."""
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     """How the targets were discovered; its chat domain and floor are also served."""
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
@@ -173,6 +180,9 @@ class RouterSpec:
             mid_weight=_number("mid_weight", self.mid_weight, 0.0, 1.0),
             gate_threshold=_number("gate_threshold", self.gate_threshold, 0.0, 1.0),
             decision_threshold=_number("decision_threshold", self.decision_threshold, 0.0, 1.0),
+            false_gap_rate=_number("false_gap_rate", self.false_gap_rate, 0.0, 0.999, optional=True),
+            gap_shrinkage=_number("gap_shrinkage", self.gap_shrinkage, 0.0, 1.0),
+            gap_threshold=_number("gap_threshold", self.gap_threshold, 0.0, math.inf, optional=True),
             train_examples=_integer("train_examples", self.train_examples, 0, optional=True),
             val_examples=_integer("val_examples", self.val_examples, 0, optional=True),
             base_model_id=_text("base_model_id", self.base_model_id, optional=True),

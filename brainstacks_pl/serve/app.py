@@ -5,7 +5,8 @@ to the event loop through an ``asyncio.Queue``. Responses carry an extra ``brain
 (the OpenAI clients keep unknown fields: ``response.brainstacks`` / ``response.model_extra``):
 
     "brainstacks": {"mode": "routed", "stacks": [{"domain": "math", "weight": 0.83, "rounds": [0, 1]}],
-                    "capability_gap": false, "router_probs": {"chat": 0.07, "math": 0.83, ...}}
+                    "capability_gap": false, "router_probs": {"chat": 0.07, "math": 0.83, ...},
+                    "novelty": 3.1}
 
 Statuses: 400 bad request (OpenAI's error shape, ``param`` names the field), 429 queue full,
 503 shutting down, 504 request timeout, 500 a failure while decoding.

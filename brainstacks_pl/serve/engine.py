@@ -245,8 +245,9 @@ class BatchEngine:
                 routed, decisions = [], []
             for job, decision in zip(routed, decisions):
                 weights = {d: w for d, w in decision.weights.items() if w > 0 and d in self.rounds}
+                rounds = {d: self.rounds[d] for d in weights}
                 job.info = RouteInfo(
-                    "routed", weights, {d: self.rounds[d] for d in weights}, decision.probs, decision.capability_gap
+                    "routed", weights, rounds, decision.probs, decision.capability_gap, decision.novelty
                 )
         for job in jobs:
             if job.route.mode != "routed":

@@ -57,7 +57,9 @@ class RouteInfo:
     probs: dict[str, float] | None = None
     """Router probabilities (routed mode only)."""
     capability_gap: bool = False
-    """Routed and no domain passed the gate: the base answered alone."""
+    """Routed, and no domain passed the gate or the prompt was novel: the base answered alone."""
+    novelty: float | None = None
+    """The prompt's novelty (routed mode, a router with a capability-gap detector)."""
 
     def to_dict(self) -> dict:
         stacks = [
@@ -66,6 +68,8 @@ class RouteInfo:
         out = {"mode": self.mode, "stacks": stacks, "capability_gap": self.capability_gap}
         if self.probs is not None:
             out["router_probs"] = {d: round(p, 6) for d, p in self.probs.items()}
+        if self.novelty is not None:
+            out["novelty"] = round(self.novelty, 6)
         return out
 
 
