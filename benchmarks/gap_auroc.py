@@ -4,8 +4,9 @@
 
 In-domain: the demo's held-out evaluation prompts (``brainstacks evaluate --tasks demo``; kept
 out of the training data). Out-of-domain: ``brainstacks_pl/data/demo/out_of_domain.jsonl``.
-Prints the AUROC of ``max_d p_d``, what the current gate does on each set and the gate with the
-best TPR - FPR; writes everything (scores included) as JSON.
+Prints, for the router's confidence ``max_d p_d`` and for the novelty score, the AUROC and the
+threshold with the best TPR - FPR, then what the served rule (gate + calibrated novelty
+threshold) does on each set; writes everything (scores included) as JSON.
 """
 
 from __future__ import annotations
@@ -33,16 +34,20 @@ def main(argv: list[str] | None = None) -> dict:
         "out_of_domain_source": "brainstacks_pl/data/demo/out_of_domain.jsonl",
         **measure_gap(generator, in_domain, out_of_domain_prompts()),
     }
-    best = result["best_gate"]
+    print(f"{result['n_in_domain']} in-domain vs {result['n_out_of_domain']} out-of-domain prompts")
+    for name in ("confidence", "novelty"):
+        if name in result:
+            best = result[name]["best_threshold"]
+            print(
+                f"{name:>10}: AUROC {result[name]['auroc']:.3f}; best threshold {abs(best['gate']):.3f} "
+                f"(TPR {best['tpr']:.0%}, FPR {best['fpr']:.0%})"
+            )
+    served = result["served"]
+    novelty = f", novelty > {result['gap_threshold']:.3f}" if "gap_threshold" in result else ""
     print(
-        f"gap AUROC {result['auroc']:.3f} "
-        f"({result['n_in_domain']} in-domain vs {result['n_out_of_domain']} out-of-domain prompts)"
+        f"as served (gate {result['gate']:.2f}{novelty}): {served['in_domain_passes']:.0%} of in-domain prompts "
+        f"keep their stacks, the gap fires on {served['out_of_domain_fires']:.0%} of out-of-domain prompts"
     )
-    print(
-        f"gate {result['gate']:.2f}: {result['gate_in_domain_passes']:.0%} of in-domain prompts pass, "
-        f"the gap fires on {result['gate_out_of_domain_fires']:.0%} of out-of-domain prompts"
-    )
-    print(f"best gate {best['gate']:.3f}: TPR {best['tpr']:.0%}, FPR {best['fpr']:.0%}")
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     return result

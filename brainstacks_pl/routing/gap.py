@@ -1,11 +1,14 @@
 """Does the capability-gap signal separate in-domain from out-of-domain prompts?
 
-The router's gap fires when no domain reaches the gate: ``max_d p_d < gate``. Its score is
-``max_d p_d``; on a held-out set of in-domain prompts (high is right) and one of out-of-domain
-prompts (low is right) the AUROC says how well any gate can separate them (0.5: not at all),
-and ``best_gate`` the gate that separates them best (Youden's J = TPR - FPR, where a true
-positive is an in-domain prompt above the gate). ``benchmarks/gap_auroc.py`` runs it on a run
-directory with the demo's held-out evaluation prompts and ``data/demo/out_of_domain.jsonl``.
+Two scores can fire the gap: the router's confidence ``max_d p_d`` (the gate: no domain
+reaches it) and the prompt's novelty (``routing/novelty.py``: its distance to the nearest
+domain's features, above the calibrated threshold). On a held-out set of in-domain prompts
+and one of out-of-domain prompts, the AUROC of each score says how well any threshold on it
+separates them (0.5: not at all; in-domain counts as positive: high confidence, low novelty),
+``best_gate`` the threshold that separates them best (Youden's J = TPR - FPR), and the rule as
+served (gate and novelty together) what it does on each set. ``benchmarks/gap_auroc.py`` runs
+it on a run directory with the demo's held-out evaluation prompts and
+``data/demo/out_of_domain.jsonl``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OUT_OF_DOMAIN_PROMPTS", "auroc", "best_gate", "gap_scores", "measure_gap", "out_of_domain_prompts"]
+__all__ = ["OUT_OF_DOMAIN_PROMPTS", "auroc", "best_gate", "measure_gap", "out_of_domain_prompts"]
 
 OUT_OF_DOMAIN_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "demo" / "out_of_domain.jsonl"
 """Capitals, translations, German, Japanese, history, poems...: none of the demo's five domains."""
@@ -44,25 +47,26 @@ def best_gate(positive: Sequence[float], negative: Sequence[float]) -> dict[str,
     return best
 
 
-def gap_scores(generator, prompts: Sequence[str], batch_size: int = 16) -> list[float]:
-    """``max_d p_d`` of the run's router for each prompt."""
-    scores: list[float] = []
+def _decide(generator, prompts: Sequence[str], batch_size: int = 16) -> list:
+    decisions = []
     for start in range(0, len(prompts), batch_size):
-        scores += [max(d.probs.values()) for d in generator.route(list(prompts[start : start + batch_size]))]
-    return scores
+        decisions += generator.route(list(prompts[start : start + batch_size]))
+    return decisions
 
 
 def measure_gap(generator, in_domain: Sequence[str], out_of_domain: Sequence[str]) -> dict[str, Any]:
-    """AUROC of the gap score, the current gate's rates and the best gate, on the two sets."""
-    pos, neg = gap_scores(generator, in_domain), gap_scores(generator, out_of_domain)
-    gate = generator.gate_threshold
-    return {
-        "n_in_domain": len(pos),
-        "n_out_of_domain": len(neg),
-        "auroc": auroc(pos, neg),
-        "gate": gate,
-        "gate_in_domain_passes": sum(p >= gate for p in pos) / len(pos),
-        "gate_out_of_domain_fires": sum(n < gate for n in neg) / len(neg),
-        "best_gate": best_gate(pos, neg),
-        "scores": {"in_domain": pos, "out_of_domain": neg},
+    """Per score (confidence, novelty): AUROC and best threshold; the served rule's rates on both sets."""
+    pos, neg = _decide(generator, in_domain), _decide(generator, out_of_domain)
+    result: dict[str, Any] = {"n_in_domain": len(pos), "n_out_of_domain": len(neg), "gate": generator.gate_threshold}
+    scores = {"confidence": lambda d: max(d.probs.values())}
+    if all(d.novelty is not None for d in pos + neg):
+        scores["novelty"] = lambda d: -d.novelty  # in-domain is the positive class: low novelty scores high
+        result["gap_threshold"] = generator.spec.gap_threshold
+    for name, score in scores.items():
+        p, n = [score(d) for d in pos], [score(d) for d in neg]
+        result[name] = {"auroc": auroc(p, n), "best_threshold": best_gate(p, n), "in_domain": p, "out_of_domain": n}
+    result["served"] = {
+        "in_domain_passes": sum(not d.capability_gap for d in pos) / len(pos),
+        "out_of_domain_fires": sum(d.capability_gap for d in neg) / len(neg),
     }
+    return result
