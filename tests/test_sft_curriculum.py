@@ -236,6 +236,14 @@ def test_best_stack_treats_a_non_finite_loss_as_a_spike():
     assert trainer.should_stop and first_b(module) == 1.0
 
 
+def test_best_stack_record_fields_are_the_round_s_validations():
+    callback, trainer, module = BestStackCallback(), FakeTrainer(), FakeModule()
+    assert callback.record_fields() == {"best_val_loss": None, "val_losses": []}, "no validation: no best"
+    validate(callback, trainer, module, 2.0)
+    validate(callback, trainer, module, 1.5)
+    assert callback.record_fields() == {"best_val_loss": 1.5, "val_losses": [2.0, 1.5]}
+
+
 def record(round: int, start: float, end: float) -> StackRecord:
     return StackRecord(file="", sha256="", domain="d", round=round, start_val_loss=start, loss_at_freeze=end)
 
