@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from memory import saved_storage_bytes
+from report_json import write_report
 from torch import Tensor, nn
 
 from brainstacks_pl import BrainstacksModel, StackConfig
@@ -491,10 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
         "verdicts": verdicts(results, floor),
     }
     print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_report(report, args.out)}")
     return report
 
 
