@@ -89,6 +89,12 @@ def tiny_llama_dir(tmp_path):
     return save_tiny_model(tmp_path / "tiny-llama")
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_llama_dir`` shared by a module's tests (runs read the model directory, never write it)."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
 @pytest.fixture
 def tiny_nf4_dir(tmp_path):
     """Like ``tiny_llama_dir``, with input widths NF4 can quantise on every CPU."""

@@ -78,6 +78,28 @@ def fit_args(model_dir: Path, run_dir: Path, *extra: str, batch_size: int = 4) -
     )
 
 
+def make_sft_run(root: Path, *extra: str) -> Path:
+    """A one-stack-per-domain (chat, math) SFT run on the tiny model under ``root``: what the
+    alignment phases continue."""
+    from brainstacks_pl.cli import cli_main
+
+    run_dir = root / "sft"
+    settings = {"model.stack.rank": 4, "trainer.max_epochs": 1, "data.max_val_examples": 4, "boosting.max_rounds": 1}
+    cli_main(tiny_sft_args(make_model_dir(root / "tiny"), run_dir, TINY_DOMAINS, settings, *extra))
+    return run_dir
+
+
+def assert_sft_then_phase(run_dir: Path, domain: str, phase: str):
+    """The manifest lists ``make_sft_run``'s two stacks, then exactly one ``phase`` stack for
+    ``domain`` (round 1): returns the manifest."""
+    from brainstacks_pl.storage import Manifest
+
+    manifest = Manifest.load(run_dir)
+    stacks = [(s.domain, s.round, s.phase) for s in manifest.stacks]
+    assert stacks == [("chat", 0, "sft"), ("math", 0, "sft"), (domain, 1, phase)], stacks
+    return manifest
+
+
 def subprocess_env() -> dict[str, str]:
     return {
         **os.environ,

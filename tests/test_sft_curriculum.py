@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama, save_tiny_model
+from conftest import make_tiny_llama
 from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 
@@ -22,13 +22,6 @@ from brainstacks_pl.storage import Manifest, StackRecord
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 48}, {name: math, path: "demo:math", max_examples: 48}]'
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_tiny_model(path)
-    return path
 
 
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
