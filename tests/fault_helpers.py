@@ -33,10 +33,11 @@ def phase_args(config: str, run_dir: Path, settings: dict[str, object], *extra: 
     return [*args, *extra]
 
 
+TINY_FIT = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.enable_progress_bar": False}
+"""Two epochs of two batches, no progress bar: the trainer of every tiny phase test."""
+
 TINY_SFT = {
-    "trainer.max_epochs": 2,
-    "trainer.limit_train_batches": 2,
-    "trainer.enable_progress_bar": False,
+    **TINY_FIT,
     "data.max_seq_len": 96,
     "data.batch_size": 4,
     "data.max_val_examples": 8,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from ddp_helpers import tensors_digest, write_rank_entry
-from fault_helpers import assert_sft_then_phase, make_sft_run, phase_args, run_to_completion
+from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args, run_to_completion
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -45,13 +45,7 @@ def sft_run(tmp_path_factory) -> Path:
     )
 
 
-TWO_RANKS = {
-    "trainer.strategy": "ddp",
-    "trainer.devices": 2,
-    "trainer.max_epochs": 2,
-    "trainer.limit_train_batches": 2,
-    "trainer.enable_progress_bar": False,
-}
+TWO_RANKS = {**TINY_FIT, "trainer.strategy": "ddp", "trainer.devices": 2}
 
 
 def run_ddp_phase(run_dir: Path, digests: Path, config: str, settings: dict[str, object]) -> None:
@@ -83,29 +77,29 @@ def copy_run(sft_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(sft_run, tmp_path / "run"))
 
 
-def test_two_rank_ddp_dpo_keeps_ranks_identical(sft_run, tmp_path):
-    run_dir, digests = copy_run(sft_run, tmp_path), tmp_path / "digests"
-    settings = {
-        "data.max_examples": 24,
-        "data.batch_size": 2,
-        "data.max_val_examples": 4,
-        "data.max_prompt_len": 32,
-        "data.max_seq_len": 64,
-    }
-    run_ddp_phase(run_dir, digests, "dpo_demo.yaml", settings)
-    check_ranks(run_dir, digests, "dpo", "chat", steps=4)
+DPO = {
+    "data.max_examples": 24,
+    "data.batch_size": 2,
+    "data.max_val_examples": 4,
+    "data.max_prompt_len": 32,
+    "data.max_seq_len": 64,
+}
+GRPO = {
+    "model.group_size": 2,
+    "model.max_new_tokens": 4,
+    "model.val_max_new_tokens": 4,
+    "data.max_examples": 24,
+    "data.batch_size": 1,
+    "data.eval_batch_size": 2,
+    "data.max_val_examples": 4,
+}
 
 
-def test_two_rank_ddp_grpo_keeps_ranks_identical(sft_run, tmp_path):
+@pytest.mark.parametrize(
+    "phase, settings, domain, steps",
+    [("dpo", DPO, "chat", 4), ("grpo", GRPO, "math", 2 * 2 * 2)],  # GRPO: 2 updates per batch, 2 batches, 2 epochs
+)
+def test_two_rank_ddp_phase_keeps_ranks_identical(sft_run, tmp_path, phase, settings, domain, steps):
     run_dir, digests = copy_run(sft_run, tmp_path), tmp_path / "digests"
-    settings = {
-        "model.group_size": 2,
-        "model.max_new_tokens": 4,
-        "model.val_max_new_tokens": 4,
-        "data.max_examples": 24,
-        "data.batch_size": 1,
-        "data.eval_batch_size": 2,
-        "data.max_val_examples": 4,
-    }
-    run_ddp_phase(run_dir, digests, "grpo_demo.yaml", settings)
-    check_ranks(run_dir, digests, "grpo", "math", steps=2 * 2 * 2)
+    run_ddp_phase(run_dir, digests, f"{phase}_demo.yaml", settings)
+    check_ranks(run_dir, digests, phase, domain, steps)

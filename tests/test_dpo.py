@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_llama
-from fault_helpers import assert_sft_then_phase, make_sft_run, phase_args
+from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.cli import cli_main
@@ -175,9 +175,7 @@ def dpo_args(run_dir: Path, *extra: str) -> list[str]:
         "dpo_demo.yaml",
         run_dir,
         {
-            "trainer.max_epochs": 2,
-            "trainer.limit_train_batches": 2,
-            "trainer.enable_progress_bar": False,
+            **TINY_FIT,
             "data.max_examples": 48,
             "data.batch_size": 4,
             "data.max_val_examples": 6,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama
-from fault_helpers import assert_sft_then_phase, make_sft_run, phase_args
+from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -193,9 +193,7 @@ def grpo_args(run_dir: Path, *extra: str) -> list[str]:
         "grpo_demo.yaml",
         run_dir,
         {
-            "trainer.max_epochs": 2,
-            "trainer.limit_train_batches": 2,
-            "trainer.enable_progress_bar": False,
+            **TINY_FIT,
             "model.group_size": 3,
             "model.max_new_tokens": 6,
             "model.val_max_new_tokens": 6,
