@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from memory import saved_storage_bytes
+from report_json import write_report
 from torch import Tensor, nn
 
 from brainstacks_pl import StackConfig, StackContext, StackedLinear
@@ -393,10 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
     }
     print_table(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_report(report, args.out)}")
     return report
 
 

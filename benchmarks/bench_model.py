@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from memory import saved_storage_bytes
+from report_json import write_report
 from torch import Tensor, nn
 
 from brainstacks_pl import BrainstacksModel, StackConfig
@@ -107,14 +107,12 @@ def sharing_copy(base: nn.Module) -> nn.Module:
 
 
 def random_stack(model: BrainstacksModel, seed: int) -> dict[str, Tensor]:
-    cfg, gen = model.stack_config, torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, (d_in, d_out) in model.layer_shapes().items():
-        tensors[f"{name}.in_proj"] = (
-            torch.randn(cfg.experts * cfg.rank + 2 * cfg.experts, d_in, generator=gen) / d_in**0.5
-        )
-        tensors[f"{name}.B"] = 0.02 * torch.randn(d_out, cfg.experts * cfg.rank, generator=gen)
-    return tensors
+    """Trained-looking stack-file tensors (``model.stack_shapes()``): in_proj at its initial scale, B small."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        key: torch.randn(shape, generator=gen) * (0.02 if key.endswith(".B") else shape[1] ** -0.5)
+        for key, shape in model.stack_shapes().items()
+    }
 
 
 def ours(base: nn.Module, frozen: int, active: bool, args: argparse.Namespace) -> BrainstacksModel:
@@ -493,10 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
         "verdicts": verdicts(results, floor),
     }
     print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_report(report, args.out)}")
     return report
 
 

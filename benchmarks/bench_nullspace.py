@@ -18,7 +18,6 @@ Every timed variant runs once per round, rounds interleaved, median over rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report_json import write_report
 from torch import nn
 
 from brainstacks_pl import StackConfig, StackContext, StackedLinear
@@ -236,8 +236,7 @@ def main() -> None:
         "targets": TARGETS,
         "pass": {key: "pass" if ok else "miss" for key, ok in verdict.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_report(result, args.out)
 
     def ms(s: float) -> str:
         return f"{1000 * s:8.2f} ms"

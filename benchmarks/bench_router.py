@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from report_json import write_report
 
 from brainstacks_pl import BrainstacksModel, StackConfig
 from brainstacks_pl.data.curriculum import CurriculumDataModule, demo_domains, encode_examples
@@ -169,8 +169,7 @@ def main() -> None:
         "discovery": bench_discovery(stacks, tokenizer, args.examples, args.repeats),
         "router_overhead": bench_overhead(stacks, tokenizer, args.repeats),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(result, args.out)
     d, o = result["discovery"], result["router_overhead"]
     print(f"{'measurement':<52} {'value':>12}")
     print(f"{'discovery: pairs (examples x routes)':<52} {d['pairs']:>12} ({d['examples']} x {d['routes']})")

@@ -20,7 +20,6 @@ the machine's load average is recorded next to the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from report_json import write_report  # noqa: E402
 
 from brainstacks_pl.rewards import code_tests_reward  # noqa: E402
 from brainstacks_pl.sandbox import Job, Limits, default_workers, get_executor, split_tests  # noqa: E402
@@ -171,8 +172,7 @@ def main() -> None:
         "note": "Absolute times depend on the machine and its load (recorded above); "
         "the differences are taken within interleaved rounds.",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(result, args.out)
     width = max(len(k) for k in list(medians) + list(group_medians))
     print(
         f"per completion, median of {args.rounds} interleaved rounds "

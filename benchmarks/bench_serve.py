@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from report_json import write_report
 
 from brainstacks_pl.serve.server import launch
 
@@ -191,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": results,
         "target": {"throughput_vs_one_at_a_time_at_max_clients": TARGET_SPEEDUP, "verdict": verdict},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
     for r in results:
         print(
             f"{r['clients']:>3} clients: {r['tokens_per_s']:8.1f} tok/s  x{r['throughput_vs_one_at_a_time']:<6} "

@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting
 from brainstacks_pl.callbacks.forgetting import ForgettingMatrix
 from brainstacks_pl.phase import DomainStart, record_settings, stack_seed
@@ -34,6 +35,8 @@ class CurriculumDriver:
 
     ``trainer_factory(round_dir)`` returns a fresh ``Trainer`` for one round; the callbacks
     it carries (``BestStackCallback``, ``ResidualBoosting``, ...) are shared across rounds.
+    ``boosting`` and ``best_stack`` are those same instances (the phase context's callbacks):
+    the driver hands ``boosting`` the run and the ``best_stack`` whose snapshot it freezes.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class CurriculumDriver:
         run_dir: str | Path,
         trainer_factory: Callable[[Path], L.Trainer],
         boosting: ResidualBoosting,
+        best_stack: BestStackCallback | None = None,
         logger=None,
         domain_hooks: list | None = None,
         accept_new_base: bool = False,
@@ -54,6 +58,7 @@ class CurriculumDriver:
         )
         self.trainer_factory = trainer_factory
         self.boosting = boosting
+        self.best_stack = best_stack
         self.logger = logger
         self.domain_hooks = domain_hooks or []
         self.forgetting = ForgettingMatrix(self.run.root / "forgetting_matrix.json")
@@ -71,7 +76,7 @@ class CurriculumDriver:
         try:
             manifest = self.run.open(stacks)
             self.run.load_stacks(stacks)
-            self.boosting.attach_run(self.run)
+            self.boosting.attach(self.run, self.best_stack)
             for domain_index, domain in enumerate(self.datamodule.domain_names):
                 if domain in manifest.completed_domains:
                     continue

@@ -34,6 +34,17 @@ def make_tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
+def random_stack_tensors(model, seed: int, b_scale: float = 0.2) -> dict[str, torch.Tensor]:
+    """Trained-looking stack tensors for every layer of a ``BrainstacksModel``, shaped as its stack
+    files (``model.stack_shapes()``): ``in_proj`` at the scale of its initialisation, ``B`` random
+    with standard deviation ``b_scale`` (a trained stack's B is no longer zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        key: torch.randn(shape, generator=gen) * (b_scale if key.endswith(".B") else shape[1] ** -0.5)
+        for key, shape in model.stack_shapes().items()
+    }
+
+
 NF4_WIDTHS = dict(hidden_size=64, intermediate_size=128)
 """A tiny model NF4 can quantise on every CPU: input widths are whole blocks of 64 (see model._check_nf4_blocks)."""
 
@@ -76,6 +87,12 @@ def tiny_llama():
 def tiny_llama_dir(tmp_path):
     """A tiny model + tokenizer written with ``save_pretrained``: the hub-loading path, offline."""
     return save_tiny_model(tmp_path / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_llama_dir`` shared by a module's tests (runs read the model directory, never write it)."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture

@@ -33,10 +33,11 @@ def phase_args(config: str, run_dir: Path, settings: dict[str, object], *extra: 
     return [*args, *extra]
 
 
+TINY_FIT = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.enable_progress_bar": False}
+"""Two epochs of two batches, no progress bar: the trainer of every tiny phase test."""
+
 TINY_SFT = {
-    "trainer.max_epochs": 2,
-    "trainer.limit_train_batches": 2,
-    "trainer.enable_progress_bar": False,
+    **TINY_FIT,
     "data.max_seq_len": 96,
     "data.batch_size": 4,
     "data.max_val_examples": 8,
@@ -76,6 +77,28 @@ def fit_args(model_dir: Path, run_dir: Path, *extra: str, batch_size: int = 4) -
         },
         *extra,
     )
+
+
+def make_sft_run(root: Path, *extra: str) -> Path:
+    """A one-stack-per-domain (chat, math) SFT run on the tiny model under ``root``: what the
+    alignment phases continue."""
+    from brainstacks_pl.cli import cli_main
+
+    run_dir = root / "sft"
+    settings = {"model.stack.rank": 4, "trainer.max_epochs": 1, "data.max_val_examples": 4, "boosting.max_rounds": 1}
+    cli_main(tiny_sft_args(make_model_dir(root / "tiny"), run_dir, TINY_DOMAINS, settings, *extra))
+    return run_dir
+
+
+def assert_sft_then_phase(run_dir: Path, domain: str, phase: str):
+    """The manifest lists ``make_sft_run``'s two stacks, then exactly one ``phase`` stack for
+    ``domain`` (round 1): returns the manifest."""
+    from brainstacks_pl.storage import Manifest
+
+    manifest = Manifest.load(run_dir)
+    stacks = [(s.domain, s.round, s.phase) for s in manifest.stacks]
+    assert stacks == [("chat", 0, "sft"), ("math", 0, "sft"), (domain, 1, phase)], stacks
+    return manifest
 
 
 def subprocess_env() -> dict[str, str]:

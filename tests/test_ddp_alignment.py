@@ -8,23 +8,18 @@ gradients keep the stacks bit-identical, and only rank 0 writes the stack file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ddp_helpers import tensors_digest, write_rank_entry
+from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args, run_to_completion
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
-from test_grpo import make_sft_run
 
-from brainstacks_pl.storage import Manifest, load_tensors
+from brainstacks_pl.storage import load_tensors
 
 pytestmark = pytest.mark.multiprocess  # spawns ranks: `-m 'not multiprocess'` skips it
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class ActiveStackDigest(Callback):
@@ -35,17 +30,12 @@ class ActiveStackDigest(Callback):
         self.out_dir = Path(out_dir)
 
     def on_fit_end(self, trainer, pl_module):
-        digest = hashlib.sha256()
-        for name, tensor in sorted(pl_module.stacks.active_state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.float().cpu().numpy().tobytes())
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         entry = {
-            "digest": digest.hexdigest(),
+            "digest": tensors_digest(pl_module.stacks.active_state_dict()),
             "steps": trainer.global_step,
             "writer_rank": getattr(rank_zero_only, "rank", 0),
         }
-        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(entry))
+        write_rank_entry(self.out_dir, trainer.global_rank, entry)
 
 
 @pytest.fixture(scope="module")
@@ -55,37 +45,16 @@ def sft_run(tmp_path_factory) -> Path:
     )
 
 
-def run_ddp_phase(run_dir: Path, digests: Path, config: str, *extra: str) -> None:
-    args = [
-        sys.executable,
-        "-m",
-        "brainstacks_pl",
-        "fit",
-        "--config",
-        str(REPO / "configs" / config),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        f"--trainer.callbacks=[{{class_path: test_ddp_alignment.ActiveStackDigest, "
-        f"init_args: {{out_dir: {digests}}}}}]",
-        *extra,
-    ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-        "OMP_NUM_THREADS": "1",
-    }  # this tree's package, not an installed one
-    done = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+TWO_RANKS = {**TINY_FIT, "trainer.strategy": "ddp", "trainer.devices": 2}
+
+
+def run_ddp_phase(run_dir: Path, digests: Path, config: str, settings: dict[str, object]) -> None:
+    """``configs/<config>`` continued from ``run_dir`` on two DDP ranks, each reporting its digest to ``digests``."""
+    digest = (
+        f"--trainer.callbacks=[{{class_path: test_ddp_alignment.ActiveStackDigest, init_args: {{out_dir: {digests}}}}}]"
+    )
+    args = phase_args(config, run_dir, {**TWO_RANKS, **settings}, digest)
+    run_to_completion(args, run_dir.parent, run_dir.parent / "ddp.log")
 
 
 def check_ranks(run_dir: Path, digests: Path, phase: str, domain: str, steps: int) -> None:
@@ -93,8 +62,7 @@ def check_ranks(run_dir: Path, digests: Path, phase: str, domain: str, steps: in
     assert rank0["digest"] == rank1["digest"], f"{phase}: the ranks' stacks differ"
     assert rank0["steps"] == rank1["steps"] == steps
     assert (rank0["writer_rank"], rank1["writer_rank"]) == (0, 1), "only rank 0 passes the writer gate"
-    manifest = Manifest.load(run_dir)
-    assert [(s.domain, s.phase) for s in manifest.stacks] == [("chat", "sft"), ("math", "sft"), (domain, phase)]
+    manifest = assert_sft_then_phase(run_dir, domain, phase)
     assert len(manifest.extra["alignment"]) == 1, "one summary: rank 1 never saved the manifest"
     record = manifest.stacks[-1]
     load_tensors(run_dir / record.file, expected_sha256=record.sha256)
@@ -109,45 +77,29 @@ def copy_run(sft_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(sft_run, tmp_path / "run"))
 
 
-def test_two_rank_ddp_dpo_keeps_ranks_identical(sft_run, tmp_path):
-    run_dir, digests = copy_run(sft_run, tmp_path), tmp_path / "digests"
-    run_ddp_phase(
-        run_dir,
-        digests,
-        "dpo_demo.yaml",
-        "--data.max_examples",
-        "24",
-        "--data.batch_size",
-        "2",
-        "--data.max_val_examples",
-        "4",
-        "--data.max_prompt_len",
-        "32",
-        "--data.max_seq_len",
-        "64",
-    )
-    check_ranks(run_dir, digests, "dpo", "chat", steps=4)
+DPO = {
+    "data.max_examples": 24,
+    "data.batch_size": 2,
+    "data.max_val_examples": 4,
+    "data.max_prompt_len": 32,
+    "data.max_seq_len": 64,
+}
+GRPO = {
+    "model.group_size": 2,
+    "model.max_new_tokens": 4,
+    "model.val_max_new_tokens": 4,
+    "data.max_examples": 24,
+    "data.batch_size": 1,
+    "data.eval_batch_size": 2,
+    "data.max_val_examples": 4,
+}
 
 
-def test_two_rank_ddp_grpo_keeps_ranks_identical(sft_run, tmp_path):
+@pytest.mark.parametrize(
+    "phase, settings, domain, steps",
+    [("dpo", DPO, "chat", 4), ("grpo", GRPO, "math", 2 * 2 * 2)],  # GRPO: 2 updates per batch, 2 batches, 2 epochs
+)
+def test_two_rank_ddp_phase_keeps_ranks_identical(sft_run, tmp_path, phase, settings, domain, steps):
     run_dir, digests = copy_run(sft_run, tmp_path), tmp_path / "digests"
-    run_ddp_phase(
-        run_dir,
-        digests,
-        "grpo_demo.yaml",
-        "--model.group_size",
-        "2",
-        "--model.max_new_tokens",
-        "4",
-        "--model.val_max_new_tokens",
-        "4",
-        "--data.max_examples",
-        "24",
-        "--data.batch_size",
-        "1",
-        "--data.eval_batch_size",
-        "2",
-        "--data.max_val_examples",
-        "4",
-    )
-    check_ranks(run_dir, digests, "grpo", "math", steps=2 * 2 * 2)
+    run_ddp_phase(run_dir, digests, f"{phase}_demo.yaml", settings)
+    check_ranks(run_dir, digests, phase, domain, steps)

@@ -8,7 +8,6 @@ both take the same later steps and end with bit-identical stacks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from ddp_helpers import tensors_digest, write_rank_entry
 from fault_helpers import REPO, fit_args, make_model_dir
 from lightning.pytorch.callbacks import Callback
 
@@ -41,18 +41,13 @@ class PlantNaN(Callback):
             self.handle = None
 
     def on_fit_end(self, trainer, pl_module):
-        digest = hashlib.sha256()
-        for name, tensor in sorted(pl_module.stacks.active_state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.float().cpu().numpy().tobytes())
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         adam_steps = {int(state["step"]) for state in trainer.optimizers[0].state.values()}
         entry = {
-            "digest": digest.hexdigest(),
+            "digest": tensors_digest(pl_module.stacks.active_state_dict()),
             "adam_steps": sorted(adam_steps),
             "nonfinite_steps": pl_module.nonfinite_steps,
         }
-        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(entry))
+        write_rank_entry(self.out_dir, trainer.global_rank, entry)
 
 
 def test_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_llama, save_tiny_model
-from fault_helpers import phase_args, tiny_sft_args
+from conftest import make_tiny_llama
+from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 from lightning.pytorch.callbacks import Callback
 
 from brainstacks_pl.cli import cli_main
@@ -26,7 +26,6 @@ from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
 
 
 # ---------------------------------------------------------------------- the loss
@@ -171,30 +170,12 @@ def test_preference_pairs_are_split_like_the_curriculum(tmp_path):
 
 
 # ---------------------------------------------------------------------- the phase end to end
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_tiny_model(path)
-    return path
-
-
-def sft_args(model_dir: Path, run_dir: Path) -> list[str]:
-    return tiny_sft_args(
-        model_dir,
-        run_dir,
-        DOMAINS,
-        {"model.stack.rank": 4, "trainer.max_epochs": 1, "data.max_val_examples": 4, "boosting.max_rounds": 1},
-    )
-
-
 def dpo_args(run_dir: Path, *extra: str) -> list[str]:
     return phase_args(
         "dpo_demo.yaml",
         run_dir,
         {
-            "trainer.max_epochs": 2,
-            "trainer.limit_train_batches": 2,
-            "trainer.enable_progress_bar": False,
+            **TINY_FIT,
             "data.max_examples": 48,
             "data.batch_size": 4,
             "data.max_val_examples": 6,
@@ -206,10 +187,8 @@ def dpo_args(run_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sft_run(tiny_model_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "sft"
-    cli_main(sft_args(tiny_model_dir, run_dir))
-    return run_dir
+def sft_run(tmp_path_factory) -> Path:
+    return make_sft_run(tmp_path_factory.mktemp("dpo"))
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -227,12 +206,7 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
     run_dir = _copy(sft_run, tmp_path / "run")
     sft_files = stack_bytes(run_dir)
     cli_main(dpo_args(run_dir))
-    manifest = Manifest.load(run_dir)
-    assert [(s.domain, s.round, s.phase) for s in manifest.stacks] == [
-        ("chat", 0, "sft"),
-        ("math", 0, "sft"),
-        ("chat", 1, "dpo"),
-    ]
+    manifest = assert_sft_then_phase(run_dir, "chat", "dpo")
     record = manifest.stacks[-1]
     assert (run_dir / record.file).is_file() and record.val_losses and math.isfinite(record.loss_at_freeze)
     summary = manifest.extra["alignment"][0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_stack_tensors
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, assert_matches_float64
 from test_stacked_linear import D_IN, D_OUT, DOMAINS, _config, _layer, _OpRecorder, _stack_tensors
 from torch import nn
@@ -164,19 +165,8 @@ def _family_model(family: str) -> BrainstacksModel:
     )
     model = BrainstacksModel(base, config, ["chat", "code"]).eval()
     for seed, domain in enumerate(("chat", "code")):
-        model.load_frozen_stack(_family_stack_tensors(model, seed), domain)
+        model.load_frozen_stack(random_stack_tensors(model, seed, b_scale=0.3), domain)
     return model
-
-
-def _family_stack_tensors(model: BrainstacksModel, seed: int) -> dict[str, torch.Tensor]:
-    config, gen = model.stack_config, torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, (d_in, d_out) in model.layer_shapes().items():
-        tensors[f"{name}.in_proj"] = (
-            torch.randn(config.experts * config.rank + 2 * config.experts, d_in, generator=gen) / d_in**0.5
-        )
-        tensors[f"{name}.B"] = 0.3 * torch.randn(d_out, config.experts * config.rank, generator=gen)
-    return tensors
 
 
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
@@ -204,7 +194,7 @@ def test_discovery_runs_only_the_stacks_its_routes_switch_on():
     from brainstacks_pl.routing.discovery import RouteLossOracle
 
     model = _family_model("llama")
-    model.load_frozen_stack(_family_stack_tensors(model, seed=3), "code")  # stacks: [chat, code, code]
+    model.load_frozen_stack(random_stack_tensors(model, seed=3, b_scale=0.3), "code")  # stacks: [chat, code, code]
     ids = torch.randint(3, 64, (7,), generator=torch.Generator().manual_seed(4))
     labels = ids.clone()
     labels[:4] = -100  # a prompt: the LM head runs from the first answer token on

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama, save_tiny_model
-from fault_helpers import phase_args, tiny_sft_args
+from conftest import make_tiny_llama
+from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -22,7 +22,6 @@ from brainstacks_pl.storage import Manifest, load_tensors
 from brainstacks_pl.tokenization import byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 32}, {name: math, path: "demo:math", max_examples: 32}]'
 
 
 # ---------------------------------------------------------------------- pure functions
@@ -184,22 +183,6 @@ def test_prompt_csv_cells_reach_the_rewards_as_text(tmp_path):
 
 
 # ---------------------------------------------------------------------- the phase end to end
-def make_sft_run(root: Path, *extra: str) -> Path:
-    """A one-stack-per-domain (chat, math) SFT run on the tiny model: what the phases continue."""
-    model_dir = save_tiny_model(root / "tiny")
-    run_dir = root / "sft"
-    cli_main(
-        tiny_sft_args(
-            model_dir,
-            run_dir,
-            DOMAINS,
-            {"model.stack.rank": 4, "trainer.max_epochs": 1, "data.max_val_examples": 4, "boosting.max_rounds": 1},
-            *extra,
-        )
-    )
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory) -> Path:
     return make_sft_run(tmp_path_factory.mktemp("grpo"))
@@ -210,9 +193,7 @@ def grpo_args(run_dir: Path, *extra: str) -> list[str]:
         "grpo_demo.yaml",
         run_dir,
         {
-            "trainer.max_epochs": 2,
-            "trainer.limit_train_batches": 2,
-            "trainer.enable_progress_bar": False,
+            **TINY_FIT,
             "model.group_size": 3,
             "model.max_new_tokens": 6,
             "model.val_max_new_tokens": 6,
@@ -229,12 +210,7 @@ def test_grpo_phase_end_to_end_writes_a_grpo_stack(sft_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(sft_run, run_dir)
     cli_main(grpo_args(run_dir))
-    manifest = Manifest.load(run_dir)
-    assert [(s.domain, s.round, s.phase) for s in manifest.stacks] == [
-        ("chat", 0, "sft"),
-        ("math", 0, "sft"),
-        ("math", 1, "grpo"),
-    ]
+    manifest = assert_sft_then_phase(run_dir, "math", "grpo")
     record = manifest.stacks[-1]
     assert record.steps == 2 * 2 * 2, "manual optimisation: updates_per_batch optimizer steps per batch"
     assert len(record.val_losses) == 2

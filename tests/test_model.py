@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, random_stack_tensors
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent
 from transformers import (
     AutoModelForCausalLM,
@@ -36,19 +36,6 @@ def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def _model(domains=DOMAINS, **config) -> BrainstacksModel:
     return BrainstacksModel(make_tiny_llama(), StackConfig(**{**SMALL, **config}), list(domains))
-
-
-def _random_stack(model: BrainstacksModel, seed: int) -> dict[str, torch.Tensor]:
-    """Trained-looking stack tensors for every layer of ``model`` (in_proj as initialised, B random)."""
-    cfg = model.stack_config
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, (d_in, d_out) in model.layer_shapes().items():
-        tensors[f"{name}.in_proj"] = (
-            torch.randn(cfg.experts * cfg.rank + 2 * cfg.experts, d_in, generator=gen) / d_in**0.5
-        )
-        tensors[f"{name}.B"] = 0.2 * torch.randn(d_out, cfg.experts * cfg.rank, generator=gen)
-    return tensors
 
 
 def _train(model: BrainstacksModel, ids: torch.Tensor, steps: int = 3, lr: float = 1e-2) -> list[float]:
@@ -91,10 +78,10 @@ def test_new_stack_changes_no_output_bit():
 def test_base_only_equals_bare_base():
     bare, ids = make_tiny_llama(), _ids()
     model = _model()
-    model.load_frozen_stack(_random_stack(model, 0), "chat")
+    model.load_frozen_stack(random_stack_tensors(model, 0), "chat")
     model.add_stack("code")
     with torch.no_grad():
-        model.load_active_state_dict(_random_stack(model, 1))
+        model.load_active_state_dict(random_stack_tensors(model, 1))
     with model.base_only():
         stacked_off = _logits(model, ids)
     with torch.no_grad():
@@ -106,14 +93,14 @@ def test_isolated_equals_a_model_that_only_had_those_stacks():
     ids = _ids()
     full = _model()
     for i, domain in enumerate(DOMAINS):
-        full.load_frozen_stack(_random_stack(full, i), domain)
+        full.load_frozen_stack(random_stack_tensors(full, i), domain)
     only_code = _model()
-    only_code.load_frozen_stack(_random_stack(only_code, 1), "code")
+    only_code.load_frozen_stack(random_stack_tensors(only_code, 1), "code")
     with full.isolated("code"):
         assert torch.equal(_logits(full, ids), _logits(only_code, ids))
     first_two = _model()
-    first_two.load_frozen_stack(_random_stack(first_two, 0), "chat")
-    first_two.load_frozen_stack(_random_stack(first_two, 1), "code")
+    first_two.load_frozen_stack(random_stack_tensors(first_two, 0), "chat")
+    first_two.load_frozen_stack(random_stack_tensors(first_two, 1), "code")
     with full.isolated(["chat", "code"]):
         assert torch.equal(_logits(full, ids), _logits(first_two, ids))
 
@@ -149,7 +136,7 @@ def test_freeze_and_reload_gives_the_same_model(tmp_path):
     model = _model()
     model.add_stack("math", round=2, seed=3)
     with torch.no_grad():
-        model.load_active_state_dict(_random_stack(model, 5))
+        model.load_active_state_dict(random_stack_tensors(model, 5))
     tensors = model.freeze_stack()
     assert model.frozen_stacks[-1].domain == "math" and model.frozen_stacks[-1].round == 2
     sha = save_tensors(tmp_path / "math.safetensors", tensors)
@@ -189,11 +176,11 @@ def test_forward_returns_aux_loss_and_fractions():
 def test_routed_per_sample_equals_each_sample_alone_and_ones_equal_ungated():
     ids = _ids(batch=3)
     model = _model()
-    model.load_frozen_stack(_random_stack(model, 0), "chat")
-    model.load_frozen_stack(_random_stack(model, 1), "code")
+    model.load_frozen_stack(random_stack_tensors(model, 0), "chat")
+    model.load_frozen_stack(random_stack_tensors(model, 1), "code")
     model.add_stack("math")
     with torch.no_grad():
-        model.load_active_state_dict(_random_stack(model, 2))
+        model.load_active_state_dict(random_stack_tensors(model, 2))
     weights = torch.tensor([[1.0, 0.0, 0.5], [0.3, 1.0, 0.0], [0.0, 0.2, 0.9]])
     with model.routed(weights):
         batched = _logits(model, ids)
@@ -264,7 +251,7 @@ def test_injection_per_architecture(arch):
     model.add_stack("chat")
     assert torch.equal(_logits(model, ids), expected)
     with torch.no_grad():
-        model.load_active_state_dict(_random_stack(model, 0))
+        model.load_active_state_dict(random_stack_tensors(model, 0))
     model.train()
     out = model(ids)
     out.logits.square().mean().backward()
@@ -352,7 +339,7 @@ def test_bfloat16_base_loads_and_runs(tiny_llama_dir):
     ids = _ids()
     model.add_stack("chat")
     with torch.no_grad():
-        model.load_active_state_dict(_random_stack(model, 0))
+        model.load_active_state_dict(random_stack_tensors(model, 0))
     model.train()
     out = model(ids)
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_tiny_llama, save_tiny_model
+from conftest import make_tiny_llama
 from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 from numerics import TINY_MODEL_DEPTH, assert_fp32_equivalent, fp32_tolerance
@@ -181,13 +181,6 @@ def test_trained_stack_is_orthogonal_and_delta_fold_keeps_the_loss(chat_stack, m
 
 
 # ---------------------------------------------------------------------------------------------- through the CLI
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_tiny_model(path)
-    return path
-
-
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return tiny_sft_args(
         model_dir,

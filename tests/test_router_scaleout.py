@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_helpers import tensors_digest, write_rank_entry
 from fault_helpers import kill_group, launch, run_to_completion, subprocess_env, wait_for
 from lightning.pytorch.callbacks import Callback
 from test_router import router_args, sft_run  # noqa: F401 (sft_run is a fixture: a tiny finished SFT run)
@@ -27,12 +27,7 @@ class RouterDigest(Callback):
         self.out_dir = Path(out_dir)
 
     def on_fit_end(self, trainer, pl_module):
-        digest = hashlib.sha256()
-        for name, tensor in sorted(pl_module.router.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / f"rank{trainer.global_rank}.txt").write_text(digest.hexdigest())
+        write_rank_entry(self.out_dir, trainer.global_rank, tensors_digest(pl_module.router.state_dict()))
 
 
 def test_router_phase_under_two_rank_ddp(sft_run, tmp_path):
@@ -49,7 +44,7 @@ def test_router_phase_under_two_rank_ddp(sft_run, tmp_path):
     done = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text(), (
+    assert (digests / "rank0.json").read_text() == (digests / "rank1.json").read_text(), (
         "DDP keeps the router identical on both ranks"
     )
     record = Manifest.load(run_dir).extra["router"]

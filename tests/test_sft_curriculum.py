@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama, save_tiny_model
+from conftest import make_tiny_llama
 from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 
@@ -22,13 +22,6 @@ from brainstacks_pl.storage import Manifest, StackRecord
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = '[{name: chat, path: "demo:chat", max_examples: 48}, {name: math, path: "demo:math", max_examples: 48}]'
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_tiny_model(path)
-    return path
 
 
 def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -234,6 +227,14 @@ def test_best_stack_treats_a_non_finite_loss_as_a_spike():
     module.set_b(float("nan"))
     validate(callback, trainer, module, float("nan"))
     assert trainer.should_stop and first_b(module) == 1.0
+
+
+def test_best_stack_record_fields_are_the_round_s_validations():
+    callback, trainer, module = BestStackCallback(), FakeTrainer(), FakeModule()
+    assert callback.record_fields() == {"best_val_loss": None, "val_losses": []}, "no validation: no best"
+    validate(callback, trainer, module, 2.0)
+    validate(callback, trainer, module, 1.5)
+    assert callback.record_fields() == {"best_val_loss": 1.5, "val_losses": [2.0, 1.5]}
 
 
 def record(round: int, start: float, end: float) -> StackRecord:

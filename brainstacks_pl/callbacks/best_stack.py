@@ -126,6 +126,12 @@ class BestStackCallback(Callback):
         if self.history or not finite:
             self.restore(pl_module)
 
+    def record_fields(self) -> dict[str, Any]:
+        """What a frozen stack's ``StackRecord`` keeps of this round: the best validation loss
+        (None when no finite one was seen) and every validation loss, in order. Whoever writes
+        the record asks here, so the callback's attributes stay its own."""
+        return {"best_val_loss": self.best if math.isfinite(self.best) else None, "val_losses": list(self.history)}
+
     def _stop(self, trainer: L.Trainer, reason: str) -> None:
         self.stopped_reason = reason
         trainer.should_stop = True

@@ -41,12 +41,16 @@ class ResidualBoosting(Callback):
         self.max_rounds = max_rounds
         self.min_loss_delta = min_loss_delta
         self.run: RunDirectory | None = None
+        self.best_stack: BestStackCallback | None = None
         self.start_val_loss: float | None = None
         self._started = 0.0
 
-    def attach_run(self, run: RunDirectory) -> None:
-        """The run directory whose manifest records this callback's frozen stacks (set by the driver)."""
-        self.run = run
+    def attach(self, run: RunDirectory, best_stack: BestStackCallback | None = None) -> None:
+        """What the curriculum driver shares with this callback (the CLI builds it from config, so
+        not through the constructor): the run directory whose manifest records the frozen stacks,
+        and the phase's ``BestStackCallback`` (None: the phase has none), whose best snapshot is
+        what gets frozen and whose validation history goes into the record."""
+        self.run, self.best_stack = run, best_stack
 
     def wants_another_round(self, records: list[StackRecord]) -> bool:
         if not records:
@@ -86,7 +90,7 @@ class ResidualBoosting(Callback):
             )
         stacks = pl_module.stacks
         info = stacks.active_info
-        best = next((cb for cb in trainer.callbacks if isinstance(cb, BestStackCallback)), None)
+        best = self.best_stack
         if best is not None:
             # Normally done by BestStackCallback.on_train_end, but a round resumed from the checkpoint
             # of its last epoch skips the fit loop (no on_train_end): restore here so the best is frozen.
@@ -103,11 +107,10 @@ class ResidualBoosting(Callback):
             domain=info.domain,
             round=info.round,
             start_val_loss=self.start_val_loss,
-            best_val_loss=best.best if best is not None else None,
             loss_at_freeze=loss_at_freeze,
-            val_losses=list(best.history) if best is not None else [],
             train_seconds=round(time.monotonic() - self._started, 3),
             steps=trainer.global_step,
+            **(best.record_fields() if best is not None else {}),
         )
         self.run.write_stack(tensors, record)
         if trainer.logger is not None:

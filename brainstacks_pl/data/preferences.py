@@ -21,7 +21,7 @@ curriculum's loader (``sources.open_dataset``) and prompts encoded by ``prompts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -153,7 +153,41 @@ class _PairCollator:
         return batch
 
 
-class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
+class _EncodedSplitLoaders:
+    """The loaders of both alignment data modules, over their encoded ``train`` / ``val`` items:
+    training shuffled per epoch, validation in order; each module brings its own collator."""
+
+    _encoded: dict[str, list] | None
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    num_workers: int
+
+    def collator(self) -> Callable[[list], dict[str, Any]]:
+        """Turns a list of encoded items into a batch."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        data = self._encoded["train"]
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(data), self.seed),
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self._encoded["val"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+        )
+
+
+class PreferenceDataModule(_EncodedSplitLoaders, TokenizerMixin, L.LightningDataModule):
     """Preference pairs for DPO: batches of ``2B`` rows, chosen first.
 
     Args:
@@ -245,24 +279,8 @@ class PreferenceDataModule(TokenizerMixin, L.LightningDataModule):
         self.setup()
         return list(self._pairs[0 if split == "train" else 1])
 
-    def train_dataloader(self) -> DataLoader:
-        data = self._encoded["train"]
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(data), self.seed),
-            collate_fn=_PairCollator(self.pad_id),
-            num_workers=self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self._encoded["val"],
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            collate_fn=_PairCollator(self.pad_id),
-            num_workers=self.num_workers,
-        )
+    def collator(self) -> _PairCollator:
+        return _PairCollator(self.pad_id)
 
 
 # --------------------------------------------------------------------------- prompts for GRPO
@@ -282,7 +300,7 @@ class _PromptCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "prompts": prompts, "columns": columns}
 
 
-class PromptDataModule(TokenizerMixin, L.LightningDataModule):
+class PromptDataModule(_EncodedSplitLoaders, TokenizerMixin, L.LightningDataModule):
     """Prompts for GRPO; every other column reaches the reward functions as a keyword argument.
 
     Args:
@@ -301,6 +319,7 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
         max_val_examples: Validation prompts used (the first in hash order); None: all.
         prompt_template: Text around each prompt; must contain ``{prompt}`` (the SFT phase's).
         seed: Seed of the split and of the training shuffle.
+        num_workers: DataLoader worker processes.
     """
 
     def __init__(
@@ -318,6 +337,7 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
         max_val_examples: int | None = 32,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         seed: int = 0,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         format_prompt("", prompt_template)
@@ -330,7 +350,7 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
             eval_batch_size or batch_size,
         )
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
-        self.prompt_template, self.seed = prompt_template, seed
+        self.prompt_template, self.seed, self.num_workers = prompt_template, seed, num_workers
         self._tokenizer = None
         self._rows: tuple[list, list] | None = None
         self._encoded: dict[str, list] | None = None
@@ -367,19 +387,5 @@ class PromptDataModule(TokenizerMixin, L.LightningDataModule):
                 for name, rows in zip(("train", "val"), self._rows)
             }
 
-    def train_dataloader(self) -> DataLoader:
-        data = self._encoded["train"]
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(data), self.seed),
-            collate_fn=_PromptCollator(self.pad_id),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self._encoded["val"],
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            collate_fn=_PromptCollator(self.pad_id),
-        )
+    def collator(self) -> _PromptCollator:
+        return _PromptCollator(self.pad_id)

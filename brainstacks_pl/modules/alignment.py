@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from typing import Any, ClassVar, Literal
 
@@ -208,11 +207,10 @@ class AlignmentModule(StackModule):
             round=round,
             phase=self.phase,
             start_val_loss=before["val_loss"],
-            best_val_loss=best.best if best is not None and math.isfinite(best.best) else None,
             loss_at_freeze=after["val_loss"],
-            val_losses=list(best.history) if best is not None else [],
             train_seconds=round_seconds(time.monotonic() - started),
             steps=trainer.global_step,
+            **(best.record_fields() if best is not None else {}),
         )
         run.manifest.extra.setdefault("alignment", []).append(
             {

@@ -159,6 +159,7 @@ class StackSFTModule(StackModule):
             context.run_dir,
             context.trainer_factory,
             boosting=context.callbacks["boosting"],
+            best_stack=context.callbacks.get("best_stack"),
             logger=context.logger,
             domain_hooks=hooks,
             accept_new_base=context.accept_new_base,
