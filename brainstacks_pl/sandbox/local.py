@@ -49,7 +49,7 @@ _bytecode_lock = threading.Lock()
 
 def _init_command() -> list[str]:
     """Interpreter flags and code that start the init: as a module whose bytecode (and that of
-    ``_child`` and ``_wire``) was compiled once per trainer process into a private directory
+    the modules it imports) was compiled once per trainer process into a private directory
     (``sys.pycache_prefix``), so no run compiles 800 lines of source first."""
     with _bytecode_lock:
         if "prefix" not in _bytecode:
@@ -63,7 +63,7 @@ def _compile_harness() -> str | None:
     prefix = None
     try:
         prefix = tempfile.mkdtemp(prefix="brainstacks-sandbox-pyc-")  # 0700, fresh: nobody else can plant bytecode
-        for name in ("_init", "_child", "_wire"):
+        for name in ("_init", "_child", "_launch", "_remote", "_rootfs", "_wire"):
             source = os.path.join(HERE, name + ".py")
             target = os.path.join(prefix, HERE.lstrip(os.sep), f"{name}.{sys.implementation.cache_tag}.pyc")
             py_compile.compile(source, cfile=target, doraise=True)
