@@ -19,6 +19,9 @@ steps, so the projection runs exactly once after each step, also with gradient a
 ``zero_grad`` runs inside the *next* step's closure, after that batch's ``training_step``, so
 the next forward would see the unprojected B and the last step of a round would never be
 projected. The per-step cost is two ``[d_out, K] x [d_out, E*r]`` products per layer.
+
+The basis files are read and written in ``nullspace_files.py``, the measurements logged in
+``nullspace_report.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from brainstacks_pl.callbacks.nullspace_files import load_saved_basis, save_basis
+from brainstacks_pl.callbacks.nullspace_report import log_report
 from brainstacks_pl.layers.dtensor import full_tensor
 from brainstacks_pl.nullspace import (
     collect_frozen_deltas,
@@ -44,14 +49,7 @@ from brainstacks_pl.nullspace import (
     project_out,
 )
 from brainstacks_pl.phase import DomainStart
-from brainstacks_pl.storage import (
-    StackFileError,
-    atomic_write_json,
-    load_tensors,
-    save_tensors,
-    serialize_tensors,
-    sha256_bytes,
-)
+from brainstacks_pl.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +109,11 @@ class NullSpaceProjection(Callback):
         if self.mode == "off" or not start.previous_domains or not stacks.frozen_stacks:
             stacks.set_null_space({}, self.mode)
             return
-        bases = self._load_saved(start.run, domain, stacks)
+        bases = load_saved_basis(start.run, domain, stacks, self.k, self.solver)
         if bases is None:
             bases, report = self.compute(stacks, start.datamodule, start.previous_domains, start.device)
-            self._save(start.run, domain, bases, report)
-            self._log_report(start.logger, domain, start.domain_index, report)
+            save_basis(start.run, domain, bases, report, self.k, self.solver, self.source)
+            log_report(start.logger, domain, start.domain_index, report)
         stacks.set_null_space(bases, self.mode)
 
     def compute(self, stacks, datamodule, previous: list[str], device) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -165,72 +163,6 @@ class NullSpaceProjection(Callback):
                 full[0],
             )
         return bases, report
-
-    # ------------------------------------------------------------------ files
-    def _load_saved(self, run, domain: str, stacks) -> dict[str, Tensor] | None:
-        record = run.manifest.null_space.get(domain)
-        if record is None:
-            return None
-        tensors, metadata = load_tensors(run.root / record["file"], expected_sha256=record["sha256"])
-        for name, layer in stacks.layers.items():
-            if name not in tensors or tensors[name].dim() != 2 or tensors[name].shape[0] != layer.d_out:
-                raise StackFileError(
-                    f"{run.root / record['file']}: no [d_out={layer.d_out}, K] basis "
-                    f"for layer '{name}' (basis from another model?)"
-                )
-        if (metadata.get("k"), metadata.get("solver")) != (str(self.k), self.solver):
-            log.warning(
-                "domain %s: re-using the saved null space (k=%s, solver=%s), not this config's (k=%d, solver=%s)",
-                domain,
-                metadata.get("k"),
-                metadata.get("solver"),
-                self.k,
-                self.solver,
-            )
-        log.info("domain %s: null space re-read from %s", domain, record["file"])
-        return {name: tensors[name] for name in stacks.layers}
-
-    def _save(self, run, domain: str, bases: dict[str, Tensor], report: dict[str, Any]) -> None:
-        path = run.null_space_path(domain)
-        metadata = {
-            "domain": domain,
-            "k": str(self.k),
-            "solver": self.solver,
-            "source": self.source,
-            "rows": str(sum(report["rows"].values())),
-        }
-        if run.is_writer:
-            sha = save_tensors(path, bases, metadata)
-            atomic_write_json(path.with_suffix(".json"), {"domain": domain, **report})
-        else:  # same bytes on every rank: every rank's manifest matches rank 0's
-            sha = sha256_bytes(serialize_tensors(bases, metadata))
-        run.manifest.null_space[domain] = {"file": str(path.relative_to(run.root)), "sha256": sha}
-        run.save_manifest()
-
-    # ------------------------------------------------------------------ logging
-    @staticmethod
-    def _log_report(logger, domain: str, step: int, report: dict[str, Any]) -> None:
-        if logger is None:
-            return
-        layers = report["layers"]
-        metrics = {f"null_space/{domain}/energy/{name}": entry["energy"] for name, entry in layers.items()}
-        metrics[f"null_space/{domain}/energy_mean"] = float(np.mean([e["energy"] for e in layers.values()]))
-        metrics[f"null_space/{domain}/rank_mean"] = float(np.mean([e["rank"] for e in layers.values()]))
-        similarity = np.mean(
-            [np.array(e["cross_domain_similarity"], dtype=float) for e in layers.values()], axis=0
-        )  # [m, m]
-        sources = report["domains"]
-        for i in range(len(sources)):
-            for j in range(i + 1, len(sources)):
-                metrics[f"null_space/{domain}/cross_domain/{sources[i]}~{sources[j]}"] = float(similarity[i, j])
-        logger.log_metrics(metrics, step=step)
-        from brainstacks_pl.figures import log_figure, similarity_figure, spectrum_figure
-
-        spectra = {name: entry["singular_values"] for name, entry in layers.items()}
-        log_figure(logger, f"null_space/{domain}/spectrum_log10", spectrum_figure(spectra, domain), step)
-        log_figure(
-            logger, f"null_space/{domain}/cross_domain_similarity", similarity_figure(similarity, sources, domain), step
-        )
 
     # ------------------------------------------------------------------ the Lightning callback
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -19,89 +19,25 @@ Speed: the selected stacks' operands are cast to the compute dtype once and cach
 buffers or files), so a forward does no casts and autograd keeps references to the cache,
 not per-call copies; the last GEMM adds into the base output (``addmm``). Routed mode takes
 ``[B, T, d]`` inputs and the ``[B*T, d]`` ones that models such as OPT feed their MLP.
+
+The frozen stacks' operands and two-GEMM forward are in ``frozen_gemm.py``; which base layers
+can be wrapped, in ``linear_shape.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.layers.context import StackContext
 from brainstacks_pl.layers.dtensor import full_tensor
-from brainstacks_pl.layers.moe_lora import MoELoRA, top_k_gates
+from brainstacks_pl.layers.frozen_gemm import FrozenOperands, build_operands, frozen_forward
+from brainstacks_pl.layers.linear_shape import UnsupportedLayerError, linear_shape
+from brainstacks_pl.layers.moe_lora import MoELoRA
 from brainstacks_pl.layers.stack_format import StackLayout, check_shapes
 
 __all__ = ["StackedLinear", "linear_shape", "UnsupportedLayerError"]
-
-
-class UnsupportedLayerError(TypeError):
-    """A target module is not a linear layer type that StackedLinear can wrap."""
-
-
-def _torch_linear_shape(layer: nn.Module) -> tuple[int, int] | None:
-    # bitsandbytes' Linear4bit / Linear8bitLt subclass nn.Linear and keep in/out_features.
-    if isinstance(layer, nn.Linear):
-        return layer.in_features, layer.out_features
-    return None
-
-
-def _conv1d_shape(layer: nn.Module) -> tuple[int, int] | None:
-    # GPT-2 style transformers Conv1D stores its weight as [d_in, d_out].
-    if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
-        return layer.weight.shape[0], layer.nf
-    return None
-
-
-# First match wins; add a dispatcher here to support another base layer type.
-_SHAPE_DISPATCHERS: list[Callable[[nn.Module], tuple[int, int] | None]] = [_torch_linear_shape, _conv1d_shape]
-
-
-def linear_shape(layer: nn.Module, name: str = "") -> tuple[int, int]:
-    """``(d_in, d_out)`` of a wrappable base layer, or a clear error naming the module."""
-    for dispatch in _SHAPE_DISPATCHERS:
-        shape = dispatch(layer)
-        if shape is not None:
-            return shape
-    raise UnsupportedLayerError(
-        f"cannot wrap module '{name}' of type {type(layer).__module__}.{type(layer).__qualname__}: "
-        "StackedLinear supports torch.nn.Linear, bitsandbytes Linear4bit/Linear8bitLt and transformers Conv1D"
-    )
-
-
-class _FrozenOperands(NamedTuple):
-    """The selected frozen stacks, ready for the two GEMMs."""
-
-    w_in: Tensor
-    """[S*(E*r+E), d_in] ``[A | W_r]`` rows of every selected stack, compute dtype."""
-    w_out: Tensor
-    """[S*E*r, d_out] their ``B^T``, compute dtype, times ``config.scale`` unless ``scale`` is it."""
-    scale: float
-    """What the gates still multiply by: 1.0 when the LoRA scale is folded into ``w_out``."""
-    domains: tuple[str, ...]
-    """Domain of each selected stack (columns of the routing weights)."""
-    cast_per_call: bool = False
-    """``w_in``/``w_out`` are the stored tensors, cast inside ``_CastMatmul`` on every call
-    (``StackContext.cache_frozen`` False: no persistent compute-dtype copy)."""
-
-
-class _CastMatmul(torch.autograd.Function):
-    """``a @ w.to(a.dtype)`` that keeps the stored ``w`` for backward and casts it again there,
-    so autograd holds no compute-dtype copy of a frozen stack between forward and backward."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, w: Tensor) -> Tensor:
-        ctx.save_for_backward(w)
-        return a @ w.to(a.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (w,) = ctx.saved_tensors
-        return grad @ w.to(grad.dtype).T, None
 
 
 # Selections whose operands stay cached per layer: routed serving uses one, training plus
@@ -139,7 +75,7 @@ class StackedLinear(nn.Module):
             "frozen_Bt", torch.empty(0, width, self.d_out, dtype=dtype, device=device), persistent=False
         )  # [S, E*r, d_out]
         self.register_buffer("null_basis", torch.empty(self.d_out, 0, device=device), persistent=False)  # [d_out, K]
-        self._operand_cache: dict[tuple, _FrozenOperands] = {}
+        self._operand_cache: dict[tuple, FrozenOperands] = {}
 
     # ------------------------------------------------------------------ stack management
     @property
@@ -271,32 +207,12 @@ class StackedLinear(nn.Module):
         if not selection:
             return result
         operands = self._operands(selection, x.dtype, x.device)
-        layout = self.layout
-        if operands.cast_per_call:
-            fused = _CastMatmul.apply(x, operands.w_in.T)  # [..., S*(E*r+E)]
-        else:
-            fused = F.linear(x, operands.w_in)  # [..., S*(E*r+E)]
-        fused = fused.unflatten(-1, (len(selection), layout.frozen_rows))  # [..., S, E*r+E]
-        mid, logits = fused.split(layout.row_split[:2], dim=-1)  # [..., S, E*r], [..., S, E]
-        coef = top_k_gates(logits, self.config.top_k)  # [..., S, E]
+        weights = None
         if self.context.mode == "routed":
             weights = self.context.routed_columns(operands.domains, operands.scale, x.dtype, x.device)  # [B, S]
-            coef = coef * weights.view(weights.shape[0], *[1] * (coef.dim() - 3), weights.shape[1], 1)  # [B, T, S, E]
-        elif operands.scale != 1.0:
-            coef = coef * operands.scale
-        mid = (mid.unflatten(-1, (layout.experts, layout.rank)) * coef.unsqueeze(-1)).flatten(-3)  # [..., S*E*r]
-        if result is None or operands.cast_per_call:
-            delta = (
-                _CastMatmul.apply(mid, operands.w_out) if operands.cast_per_call else mid @ operands.w_out
-            )  # [..., d_out]
-            return delta if result is None else result + delta.to(result.dtype).reshape(result.shape)
-        if result.dtype == mid.dtype and result.is_contiguous():
-            return torch.addmm(result.reshape(-1, self.d_out), mid.reshape(-1, mid.shape[-1]), operands.w_out).view(
-                result.shape
-            )
-        return result + (mid @ operands.w_out).to(result.dtype).reshape(result.shape)
+        return frozen_forward(x, operands, self.layout, self.config.top_k, weights, result)
 
-    def _operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _FrozenOperands:
+    def _operands(self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> FrozenOperands:
         """The selected stacks' GEMM operands in the compute dtype, built once per (selection, dtype).
 
         A cast or gathered copy is made once and kept (a view when nothing needs copying), so no
@@ -311,32 +227,21 @@ class StackedLinear(nn.Module):
         if operands is not None:
             return operands
         with torch.inference_mode(False):  # built under validation's inference mode, still usable in training
-            operands = self._build_operands(
-                selection, self.frozen_in.dtype if cast_per_call else dtype, device, fold=not cast_per_call
+            operands = build_operands(
+                self.frozen_in,
+                self.frozen_Bt,
+                selection,
+                self.frozen_in.dtype if cast_per_call else dtype,
+                device,
+                self.config.scale,
+                self.frozen_domains,
+                fold=not cast_per_call,
             )
         operands = operands._replace(cast_per_call=cast_per_call)
         while len(self._operand_cache) >= _CACHED_SELECTIONS:
             self._operand_cache.pop(next(iter(self._operand_cache)))
         self._operand_cache[key] = operands
         return operands
-
-    def _build_operands(
-        self, selection: tuple[int, ...], dtype: torch.dtype, device: torch.device, fold: bool = True
-    ) -> _FrozenOperands:
-        first, last = selection[0], selection[-1] + 1
-        contiguous = selection == tuple(range(first, last))
-        if contiguous:
-            w_in, w_out = self.frozen_in[first:last], self.frozen_Bt[first:last]  # views
-        else:
-            index = torch.tensor(selection, device=self.frozen_in.device)
-            w_in, w_out = self.frozen_in.index_select(0, index), self.frozen_Bt.index_select(0, index)
-        copied = not contiguous or self.frozen_Bt.dtype != dtype or self.frozen_Bt.device != device
-        w_in = w_in.reshape(-1, self.d_in).to(device=device, dtype=dtype)  # [S*(E*r+E), d_in]
-        w_out = w_out.reshape(-1, self.d_out).to(device=device, dtype=dtype)  # [S*E*r, d_out]
-        scale = self.config.scale
-        if copied and fold:  # never into a half-precision copy: that would round differently
-            w_out, scale = w_out * scale, 1.0
-        return _FrozenOperands(w_in, w_out, scale, tuple(self.frozen_domains[i] for i in selection))
 
     def _drop_operands(self) -> None:
         self._operand_cache.clear()

@@ -22,24 +22,23 @@ Bad input: a reward function that raises is an error naming it (``on_reward_erro
 skips the batch with a warning (``skip``); one returning the wrong number of values is always
 an error; a non-finite reward drops that sample's group from the update (counted in
 ``train/skipped_groups``). A non-finite loss or gradient skips the optimizer step.
+
+Sampling and log-probabilities live in ``grpo_rollout.py``, the reward contract and scoring in
+``grpo_rewards.py``; this module is the optimisation loop and validation.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from brainstacks_pl.generation import generate
 from brainstacks_pl.losses import group_advantages, grpo_loss
 from brainstacks_pl.modules.alignment import AlignmentModule
+from brainstacks_pl.modules.grpo_rewards import RewardError, RewardScoring, RewardSpec, load_reward
+from brainstacks_pl.modules.grpo_rollout import Rollout
 from brainstacks_pl.modules.serving import prompt_rows
 
 log = logging.getLogger(__name__)
@@ -47,42 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = ["GRPOModule", "RewardError", "RewardSpec", "load_reward"]
 
 
-class RewardError(RuntimeError):
-    """A reward function raised or broke the ``list[float]`` of the right length contract."""
-
-
-@dataclass
-class RewardSpec:
-    """One reward term of GRPO."""
-
-    function: str
-    """Import path of ``reward(prompts, completions, **columns) -> list[float]``, e.g.
-    ``brainstacks_pl.rewards.math_exact_match``."""
-    weight: float = 1.0
-    """Weight of this term in the summed reward."""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments bound to the function (e.g. ``{timeout: 2.0}``)."""
-
-
-def load_reward(spec: RewardSpec) -> Callable[..., list[float]]:
-    """Import ``spec.function`` (``package.module.name``), run its ``check(**kwargs)`` if it has
-    one (``rewards.code_tests_reward``: is the sandbox usable here?) and bind ``spec.kwargs``."""
-    module_name, _, attr = spec.function.rpartition(".")
-    if not module_name:
-        raise ValueError(f"reward function must be an import path like 'package.module.name', got {spec.function!r}")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import reward function {spec.function!r}: {err}") from err
-    if not callable(function):
-        raise ValueError(f"reward {spec.function!r} is not callable")
-    check = getattr(function, "check", None)
-    if callable(check):  # e.g. a code reward whose sandbox cannot run here refuses now, not mid-training
-        check(**spec.kwargs)
-    return functools.partial(function, **spec.kwargs) if spec.kwargs else function
-
-
-class GRPOModule(AlignmentModule):
+class GRPOModule(Rollout, RewardScoring, AlignmentModule):
     """GRPO on the active stack of ``domain``; the KL reference is the stack switched off.
 
     Args:
@@ -139,90 +103,6 @@ class GRPOModule(AlignmentModule):
         self.on_reward_error = on_reward_error
         self.automatic_optimization = False
         self.skipped_groups = 0
-
-    # ------------------------------------------------------------------ sampling and scoring
-    @torch.no_grad()
-    def sample(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        max_new_tokens: int,
-        temperature: float | None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Append up to ``max_new_tokens`` tokens to left-padded prompts ([B, P]) with the KV
-        cache (``generation.generate``); greedy when ``temperature`` is None. Returns
-        ``(sequences [B, P+C], completion_mask [B, C])``; the mask covers each completion up to
-        and including its eos."""
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        return generate(
-            self.stacks.model,
-            input_ids,
-            attention_mask,
-            max_new_tokens,
-            temperature,
-            generator,
-            eos,
-            pad if pad is not None else (eos or 0),
-        )
-
-    def token_logps(self, sequences: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[Tensor, Tensor]:
-        """Per-token log-probabilities of the completion tokens [B, C] and the aux loss."""
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.stacks(sequences, attention_mask, position_ids=position_ids)
-        logits = out.logits[:, prompt_len - 1 : -1].float()  # [B, C, V] predicts tokens P..end
-        targets = sequences[:, prompt_len:]  # [B, C]
-        return -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"), out.aux_loss
-
-    def decode(self, sequences: Tensor, completion_mask: Tensor, prompt_len: int) -> list[str]:
-        completions = sequences[:, prompt_len:]
-        return [
-            self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
-            for row, m in zip(completions, completion_mask)
-        ]
-
-    def reward_terms(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> list[Tensor] | None:
-        """Each reward term's values [B] (float64, unweighted), checked: a raising function is a
-        ``RewardError`` naming it (None with ``on_reward_error: skip``), a wrong length or a
-        non-number always is. Non-finite values pass through as they are (the caller drops them)."""
-        terms = []
-        for spec, function in zip(self.reward_specs, self.reward_functions):
-            try:
-                values = list(function(prompts, completions, **columns))
-            except Exception as err:
-                if self.on_reward_error == "raise":
-                    raise RewardError(f"reward {spec.function} raised {type(err).__name__}: {err}") from err
-                log.warning("reward %s raised %r; batch skipped", spec.function, err)
-                return None
-            if len(values) != len(completions):
-                raise RewardError(
-                    f"reward {spec.function} returned {len(values)} values for {len(completions)} completions"
-                )
-            try:
-                terms.append(torch.tensor([float(v) for v in values], dtype=torch.float64))
-            except (TypeError, ValueError) as err:
-                raise RewardError(f"reward {spec.function} returned a value that is not a number: {err}") from err
-        return terms
-
-    def score(self, prompts: list[str], completions: list[str], columns: dict[str, list], stage: str) -> Tensor | None:
-        """Weighted reward per completion [B] (float64; NaN where a term was non-finite), or
-        None when a reward raised and ``on_reward_error`` is ``skip``. Logs each term's mean."""
-        terms = self.reward_terms(prompts, completions, columns)
-        if terms is None:
-            return None
-        total = torch.zeros(len(completions), dtype=torch.float64)
-        for spec, term in zip(self.reward_specs, terms):
-            finite = torch.isfinite(term)
-            if bool(finite.any()) and self._trainer is not None:
-                self.log(
-                    f"{stage}/reward/{spec.function.rpartition('.')[2]}",
-                    term[finite].mean().float(),
-                    on_step=stage == "train",
-                    on_epoch=stage != "train",
-                    batch_size=len(completions),
-                )
-            total = total + spec.weight * term
-        return total
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
@@ -310,24 +190,6 @@ class GRPOModule(AlignmentModule):
             return last
         finally:
             self.stacks.train()
-
-    def _score_on_every_rank(
-        self, prompts: list[str], completions: list[str], columns: dict[str, list], stage: str = "train"
-    ) -> Tensor | None:
-        """``score`` with the outcome agreed across ranks (each scores its own shard): a reward
-        error or a skipped batch on one rank is one on all, so no rank is left waiting in the
-        next all-reduce."""
-        error = None
-        try:
-            rewards = self.score(prompts, completions, columns, stage)
-        except RewardError as err:
-            rewards, error = None, err
-        strategy = self.trainer.strategy
-        if strategy.reduce_boolean_decision(error is not None, all=False):
-            raise error or RewardError("a reward function raised on another rank; see its log")
-        if strategy.reduce_boolean_decision(rewards is None, all=False):
-            return None
-        return rewards
 
     def _update(
         self, optimizer, scheduler, sequences, attention, prompt_len, old_logps, ref_logps, advantages, completion_mask

@@ -45,6 +45,48 @@ _COMPARE = {
 _UNARY = {"neg": lambda a: -a, "pos": lambda a: +a, "abs": abs, "invert": lambda a: ~a}
 
 
+def _call(target, rest):
+    args, kwargs = rest
+    return target(*args, **kwargs)
+
+
+def _setitem(target, rest):
+    target[rest[0]] = rest[1]
+
+
+def _delitem(target, rest):
+    del target[rest[0]]
+
+
+def _binop(target, rest):
+    name, other, reflected = rest
+    return _BINOPS[name](other, target) if reflected else _BINOPS[name](target, other)
+
+
+# One handler per request the test runner may send: (the solution's object, the request's
+# arguments) -> the reply's value.
+_OPS = {
+    "call": _call,
+    "getattr": lambda target, rest: getattr(target, rest[0]),
+    "setattr": lambda target, rest: setattr(target, rest[0], rest[1]),
+    "getitem": lambda target, rest: target[rest[0]],
+    "setitem": _setitem,
+    "delitem": _delitem,
+    "len": lambda target, rest: len(target),
+    "bool": lambda target, rest: bool(target),
+    "iter": lambda target, rest: iter(target),
+    "next": lambda target, rest: next(target),
+    "contains": lambda target, rest: rest[0] in target,
+    "str": lambda target, rest: str(target),
+    "repr": lambda target, rest: repr(target),
+    "hash": lambda target, rest: hash(target),
+    "isinstance": lambda target, rest: isinstance(rest[0], target),
+    "binop": _binop,
+    "compare": lambda target, rest: _COMPARE[rest[0]](target, rest[1]),
+    "unary": lambda target, rest: _UNARY[rest[0]](target),
+}
+
+
 def _read_exactly(fd, n):
     chunks, left = [], n
     while left:
@@ -111,48 +153,10 @@ def _serve(namespace, rfd, wfd):
         try:
             op, ref, *rest = loads(payload, lookup)
             target = lookup(ref)
-            if op == "call":
-                args, kwargs = rest
-                result = target(*args, **kwargs)
-            elif op == "getattr":
-                result = getattr(target, rest[0])
-            elif op == "setattr":
-                result = setattr(target, rest[0], rest[1])
-            elif op == "getitem":
-                result = target[rest[0]]
-            elif op == "setitem":
-                target[rest[0]] = rest[1]
-                result = None
-            elif op == "delitem":
-                del target[rest[0]]
-                result = None
-            elif op == "len":
-                result = len(target)
-            elif op == "bool":
-                result = bool(target)
-            elif op == "iter":
-                result = iter(target)
-            elif op == "next":
-                result = next(target)
-            elif op == "contains":
-                result = rest[0] in target
-            elif op == "str":
-                result = str(target)
-            elif op == "repr":
-                result = repr(target)
-            elif op == "hash":
-                result = hash(target)
-            elif op == "isinstance":
-                result = isinstance(rest[0], target)
-            elif op == "binop":
-                name, other, reflected = rest
-                result = _BINOPS[name](other, target) if reflected else _BINOPS[name](target, other)
-            elif op == "compare":
-                result = _COMPARE[rest[0]](target, rest[1])
-            elif op == "unary":
-                result = _UNARY[rest[0]](target)
-            else:
+            handler = _OPS.get(op) if type(op) is str else None
+            if handler is None:
                 raise ValueError(f"unknown request {op!r}")
+            result = handler(target, rest)
             try:
                 reply = dumps(("ok", result), store)
             except ValueError:  # plain but nested too deeply: a handle instead

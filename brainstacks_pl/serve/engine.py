@@ -16,7 +16,9 @@ the request joins at the first step after its stacks are in memory. A row's weig
 does not use is exactly 0, so extra resident stacks do not change its output.
 
 The engine is the only thread that runs the model; the HTTP side submits ``Job`` objects and gets
-their events back through ``Job.emit`` (``serve/jobs.py``).
+their events back through ``Job.emit`` (``serve/jobs.py``). The model calls (prefill, decode
+step, sampling) are in ``serve/decode.py``, the loader threads in ``serve/residency.py``; this
+module is the queue, admission and routing.
 """
 
 from __future__ import annotations
@@ -27,21 +29,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from brainstacks_pl.generation import _forward_keywords, pad_left
+from brainstacks_pl.generation import _forward_keywords
 from brainstacks_pl.inference import InferenceError, RoutedGenerator
-from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, ShuttingDown, next_token
-from brainstacks_pl.serve.kv import check_cache, merge_rows, select_rows
+from brainstacks_pl.serve.decode import BatchDecoding
+from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, ShuttingDown
+from brainstacks_pl.serve.kv import check_cache
+from brainstacks_pl.serve.residency import StackResidency
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BatchEngine"]
 
 
-class BatchEngine:
+class BatchEngine(BatchDecoding, StackResidency):
     """Decodes every submitted ``Job`` in one continuously re-formed batch on its own thread.
 
     Args:
@@ -256,108 +259,3 @@ class BatchEngine:
                 job.info = RouteInfo(job.route.mode, weights, {d: self.rounds[d] for d in weights})
             if not job.finished:
                 job.emit(("route", job.info))
-
-    def _request_fetch(self, domains: set[str]) -> None:
-        for domain in domains - self._fetching:
-            self._fetching.add(domain)
-            threading.Thread(
-                target=self._fetch_one, args=(domain,), name=f"brainstacks-load-{domain}", daemon=True
-            ).start()
-
-    def load_into_cache(self, domain: str) -> None:
-        """Read and verify ``domain``'s stack files into the generator's host cache (thread-safe)."""
-        with self._cache_lock:
-            self.generator.cache.domain_stacks(domain)
-
-    def _fetch_one(self, domain: str) -> None:
-        try:
-            self.fetch_domain(domain)
-        except Exception as err:  # a corrupt or missing stack file: the requests that need it fail, others go on
-            log.error("loading the stacks of %s failed: %s", domain, err)
-            self._fetch_errors[domain] = f"stacks of {domain!r} could not be loaded: {err}"
-        else:
-            self._host_ready.add(domain)
-        with self._cond:
-            self._fetching.discard(domain)
-            self._cond.notify()
-
-    # ------------------------------------------------------------------ model calls
-    def _weights(self, jobs: list[Job]) -> Tensor:
-        rows = [[job.info.weights.get(d, 0.0) for d in self.domains] for job in jobs]
-        return torch.tensor(rows, dtype=torch.float32, device=self.generator.device)  # [B, n_domains]
-
-    @torch.no_grad()
-    def _forward(self, jobs: list[Job], ids: Tensor, mask: Tensor, positions: Tensor, kv: DynamicCache) -> Tensor:
-        with self.generator.stacks.routed(self._weights(jobs)):
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **self._keep,
-                **{self._cache_name: kv},
-            )
-        return out.logits[:, -1].float()  # [B, V]
-
-    def _prefill(self, jobs: list[Job]) -> None:
-        """Run the new jobs' prompts (one left-padded forward), sample their first token, merge their KV rows."""
-        device = self.generator.device
-        ids, mask = pad_left([job.ids for job in jobs], self.pad)
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        kv = DynamicCache()
-        logits = self._forward(jobs, ids, mask, positions, kv)
-        context = self.generator.context_length
-        for job in jobs:
-            job.limit = min(job.sampling.max_tokens, context - len(job.ids)) if context else job.sampling.max_tokens
-            job.rng = (
-                torch.Generator(device=device).manual_seed(job.sampling.seed)
-                if job.sampling.temperature > 0 and job.sampling.seed is not None
-                else None
-            )
-            if job.rng is None and job.sampling.temperature > 0:
-                job.rng = torch.Generator(device=device)
-                job.rng.seed()
-        if self._kv is None:
-            self._kv, self._mask = kv, mask
-        else:
-            self._kv, self._mask = merge_rows(self._kv, self._mask, kv, mask)
-        self._batch.extend(jobs)
-        self._accept(jobs, logits)
-
-    def _step(self) -> None:
-        """One token for every job in the batch."""
-        device = self.generator.device
-        ids = torch.tensor([[job.tokens[-1]] for job in self._batch], device=device)  # [B, 1]
-        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], 1)  # [B, L+1]
-        positions = self._mask.sum(1, keepdim=True) - 1  # [B, 1]: real tokens before this one
-        logits = self._forward(self._batch, ids, self._mask, positions, self._kv)
-        if self.trace.maxlen:
-            self.trace.append(tuple(job.id for job in self._batch))
-        self.steps += 1
-        self._accept(self._batch, logits)
-
-    def _accept(self, jobs: list[Job], logits: Tensor) -> None:
-        """Sample one token per job from its row of ``logits`` [len(jobs), V], emit it, retire finished jobs."""
-        greedy = logits.argmax(-1).tolist()  # one host sync for all greedy rows
-        now = time.monotonic()
-        for row, job in enumerate(jobs):
-            if job.cancelled or job.deadline < now:
-                self._end(job, "cancelled" if job.cancelled else "timeout")
-                continue
-            token = greedy[row] if job.sampling.temperature == 0 else next_token(logits[row], job.sampling, job.rng)
-            if token == self.eos:
-                self._end(job, "stop")
-                continue
-            job.tokens.append(token)
-            self.tokens_out += 1
-            job.emit(("token", token))
-            if len(job.tokens) >= job.limit:
-                self._end(job, "length")
-        keep = [i for i, job in enumerate(self._batch) if not job.finished]
-        if len(keep) < len(self._batch):
-            self._batch = [self._batch[i] for i in keep]
-            if keep:
-                self._kv, self._mask = select_rows(self._kv, self._mask, keep)
-            else:
-                self._kv, self._mask = None, None
