@@ -315,4 +315,6 @@ def test_gap_auroc_and_best_gate_on_hand_values_and_a_run(run_dir, capsys):
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "gap_auroc.py"))
     result = script["main"](["--run", str(run_dir), "--tasks", "chat_mc,math_mc"])
     assert result["n_in_domain"] == 80 and result["n_out_of_domain"] == len(out_of_domain_prompts())
-    assert 0.0 <= result["auroc"] <= 1.0 and "gap AUROC" in capsys.readouterr().out
+    assert 0.0 <= result["confidence"]["auroc"] <= 1.0 and "novelty" not in result, "this router has no detector"
+    out = capsys.readouterr().out
+    assert "confidence: AUROC" in out and "as served (gate 0.12)" in out

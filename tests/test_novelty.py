@@ -149,3 +149,15 @@ def test_a_novel_prompt_gets_no_stack_and_the_route_says_why(run_with_detector):
     assert gen.tokens == base.tokens, "a novel prompt is answered by the base alone"
     assert "unlike the router's training prompts" in inference_cli.format_route(gen.route, generator.spec)
     assert isinstance(json.loads(json.dumps(gen.route.novelty)), float), "a plain float, for the server's response"
+
+
+def test_the_gap_measure_scores_novelty_in_domain_as_positive(run_with_detector):
+    from brainstacks_pl.routing.gap import measure_gap
+
+    generator = RoutedGenerator.from_run(run_with_detector[0])
+    near, far = ["def add(a, b):"], ["Übersetze bitte: Guten Morgen, wie geht es dir heute?"]
+    novelty = {p: d.novelty for p, d in zip(near + far, generator.route(near + far))}
+    generator.spec = replace(generator.spec, gap_threshold=(novelty[near[0]] + novelty[far[0]]) / 2)
+    result = measure_gap(generator, *(near, far) if novelty[near[0]] < novelty[far[0]] else (far, near))
+    assert result["novelty"]["auroc"] == 1.0 and result["novelty"]["in_domain"][0] < 0, "scored as -novelty"
+    assert result["served"] == {"in_domain_passes": 1.0, "out_of_domain_fires": 1.0}
