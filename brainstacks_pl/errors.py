@@ -8,7 +8,7 @@ shows the traceback of user errors too.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "StackFileError", "USER_ERROR_EXIT"]
+__all__ = ["UserError", "StackFileError", "InferenceError", "USER_ERROR_EXIT"]
 
 USER_ERROR_EXIT = 2
 """Exit status of a command that stopped on a user error (argparse's convention)."""
@@ -24,3 +24,8 @@ class StackFileError(UserError, ValueError):
     Defined here rather than in ``storage`` so that the stack format (``layers/stack_format.py``),
     which ``storage`` reads, can raise it too.
     """
+
+
+class InferenceError(UserError, ValueError):
+    """A request that cannot be served (empty prompt, prompt longer than the context, no router,
+    a domain without stacks...)."""

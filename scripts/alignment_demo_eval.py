@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.preferences import PromptDataModule
+from brainstacks_pl.data.rl_prompts import PromptDataModule
 from brainstacks_pl.generation import generate
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.rewards import math_exact_match, math_operands_reward

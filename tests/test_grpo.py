@@ -13,7 +13,7 @@ from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_a
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.preferences import PromptDataModule
+from brainstacks_pl.data.rl_prompts import PromptDataModule
 from brainstacks_pl.generation import generate
 from brainstacks_pl.losses import group_advantages, grpo_loss
 from brainstacks_pl.model import BrainstacksModel

@@ -11,8 +11,9 @@
    manifest, write and print the routing report.
 
 A rerun with the settings the router was trained with, and its files intact, has nothing to
-do and says so without loading the base; changed settings (named) or an unreadable router
-train it again, reusing the cached discovery when the stacks and discovery settings match.
+do and says so without loading the base (``router_summary.router_is_finished``); changed
+settings (named) or an unreadable router train it again, reusing the cached discovery when
+the stacks and discovery settings match.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from brainstacks_pl.config import StackConfig
 from brainstacks_pl.data.curriculum import encode_examples
-from brainstacks_pl.errors import UserError
 from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.model import BrainstacksModel
-from brainstacks_pl.phase import describe_changes, record_settings
+from brainstacks_pl.modules.router_summary import gap_note, print_router_summary, router_is_finished
+from brainstacks_pl.phase import record_settings
 from brainstacks_pl.progress import Progress
-from brainstacks_pl.routing.artifact import ROUTER_DIR, load_router, save_router
+from brainstacks_pl.routing.artifact import ROUTER_DIR, save_router
 from brainstacks_pl.routing.discovery import DiscoveryCache, RouteLossOracle, discover_examples, example_key
 from brainstacks_pl.routing.features import collate_features, compute_features
 from brainstacks_pl.routing.novelty import NoveltyDetector, fit_novelty, pooled_features
@@ -182,42 +183,8 @@ class RouterPhase:
         return torch.cat(out)
 
     # ------------------------------------------------------------------ the phase
-    def finished(self) -> bool:
-        """True (and a line saying so) when the run's router was trained with these settings and
-        still loads; otherwise log why it is trained (again) and return False."""
-        root, settings = self.run_dir.root, self.context.settings
-        if not Manifest.exists(root) or not (manifest := Manifest.load(root)).extra.get("router"):
-            return False
-        recorded = manifest.extra.get("settings", {}).get("router")
-        try:
-            _, spec, _ = load_router(root, manifest)
-        except UserError as err:
-            rank_zero_info(f"router: training it again; the one in {root / ROUTER_DIR} does not load ({err})")
-            return False
-        if recorded is None:
-            rank_zero_info(f"router: training it again; the settings of {root / ROUTER_DIR} were not recorded")
-            return False
-        changed = describe_changes(recorded, settings)
-        if changed:
-            rank_zero_info(f"router: training it again with changed settings: {changed}")
-            return False
-        if self.run_dir.is_writer:
-            from brainstacks_pl.report import print_phase_summary
-
-            epoch = (spec.best or {}).get("epoch")
-            print_phase_summary(
-                f"router over {', '.join(spec.domains)}: already finished, nothing to do (same settings)",
-                [],
-                {"router": root / ROUTER_DIR, "routing report": root / ROUTER_DIR / "routing_report.json"},
-                [
-                    f"best epoch {epoch}; to train it again change a setting (e.g. --seed_everything) "
-                    f"or delete {root / ROUTER_DIR}"
-                ],
-            )
-        return True
-
     def run(self) -> None:
-        if self.finished():
+        if router_is_finished(self.run_dir.root, self.context.settings, self.run_dir.is_writer):
             return
         module, run = self.module, self.run_dir
         manifest, stacks = self._load()
@@ -318,34 +285,6 @@ class RouterPhase:
             write_routing_report(run.root / ROUTER_DIR / "routing_report.json", report)
             log_routing_report(self.context.logger, report)
             print_routing_report(report)
-            notes = [self._gap_note(novelty, len({r.prompt for r in val}))]
-            self._summary(before, self.held_out(val, features), best, len(train), len(val), notes)
-
-    def _gap_note(self, novelty: NoveltyDetector | None, n_held_out: int) -> str:
-        if novelty is None:
-            return "capability gap: no novelty detector (false_gap_rate: null); only the gate fires the gap"
-        return (
-            f"capability gap: prompts with novelty above {novelty.threshold:.3f} get no stack (calibrated to fire on "
-            f"at most {self.module.false_gap_rate:.0%} of the {n_held_out} held-out in-domain prompts)"
-        )
-
-    def _summary(
-        self,
-        before: dict[str, float],
-        after: dict[str, float],
-        best: dict,
-        n_train: int,
-        n_val: int,
-        notes: list[str],
-    ) -> None:
-        from brainstacks_pl.report import print_phase_summary
-
-        root = self.run_dir.root
-        epoch = f"best epoch {best['epoch']}" if "epoch" in best else "no validation epoch"
-        title = (
-            f"router over {', '.join(self.module.domain_names)}: "
-            f"{n_train} train / {n_val} val examples, untrained vs {epoch}"
-        )
-        rows = [(k, before[k], after[k]) for k in before]
-        artifacts = {"router": root / ROUTER_DIR, "routing report": root / ROUTER_DIR / "routing_report.json"}
-        print_phase_summary(title, rows, artifacts, notes)
+            notes = [gap_note(novelty, module.false_gap_rate, len({r.prompt for r in val}))]
+            after = self.held_out(val, features)
+            print_router_summary(run.root, module.domain_names, before, after, best, len(train), len(val), notes)
