@@ -228,7 +228,7 @@ class RoutedGenerator:
         probs = self.router.probabilities(feats, mask.to(self.device)).cpu()  # [B, D]
         novelty = None
         if self.novelty is not None:
-            novelty = self.novelty.score(pooled_features(feats, mask.to(self.device))).cpu()  # [B]
+            novelty = self.novelty.score(pooled_features(feats.cpu(), mask))  # [B], float64 on the CPU (not on MPS)
         return self._decisions(probs.double(), novelty)
 
     def decide(self, probs: dict[str, float]) -> RouteDecision:
