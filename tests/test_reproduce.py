@@ -153,3 +153,19 @@ def test_collect_builds_results_md_in_paper_order(tmp_path):
     assert "`benchmarks/reproduce/moe_vs_lora.py` `--tag long` | a longer horizon |" in text
     assert "reproduced (bit-identical)" in text and "Command: `python benchmarks/reproduce/forgetting.py`" in text
     assert "| boosting | `benchmarks/reproduce/boosting.py` | not run |" in text and "2 CPU cores" in text
+    assert "The tables come from different code: unknown" in text, "tables without a commit are not called one commit"
+
+
+def test_collect_names_the_one_commit_all_tables_came_from(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, commit in (("forgetting", "abc1234"), ("boosting", "abc1234")):
+        (results / f"{name}.json").write_text(json.dumps({"git_at_write": commit}))
+        (results / f"{name}.md").write_text(f"## {name} table\n")
+    run_script("collect", "--results", str(results), "--out", str(tmp_path / "one.md"))
+    assert (
+        "Every table was written by the library at commit abc1234 (a clean tree)." in (tmp_path / "one.md").read_text()
+    )
+    (results / "boosting.json").write_text(json.dumps({"git_at_write": "abc1234 + uncommitted library edits"}))
+    run_script("collect", "--results", str(results), "--out", str(tmp_path / "mixed.md"))
+    assert "different code: abc1234, abc1234 + uncommitted library edits" in (tmp_path / "mixed.md").read_text()

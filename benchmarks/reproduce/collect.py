@@ -29,8 +29,7 @@ access) to rerun it at that scale, and `--dry-run` to print the planned commands
 Machine: {machine}, shared with other workloads: wall times are noisy and only indicative. Losses are
 deterministic for a given thread count (all runs use 1 torch thread). A command with `--reuse` regenerated its
 table from the finished run directories of the same command without it (`runs/reproduce/`, not committed);
-rerunning without `--reuse` retrains and gives the same losses. Git commit when each table was written: {code}
-(the library in the working tree was being edited by other work at the same time, e.g. FSDP support in the layers).
+rerunning without `--reuse` retrains and gives the same losses. {code}
 
 | claim | script | verdict |
 |---|---|---|
@@ -70,10 +69,19 @@ def collect(results: Path) -> str:
         where = f"`benchmarks/reproduce/{script}.py`" + (f" `--tag {tag}`" if tag else "")
         summary.append(f"| {result.get('paper', name)} | {where} | {verdict(result)} |")
         sections.append(md.read_text().strip())
-    head = HEADER.format(
-        machine=machine or "unknown", summary="\n".join(summary), code=", ".join(sorted(code)) or "unknown"
-    )
+    head = HEADER.format(machine=machine or "unknown", summary="\n".join(summary), code=_code_line(code))
     return head + "\n" + "\n\n".join(sections) + "\n"
+
+
+def _code_line(commits: set[str]) -> str:
+    """Which code the tables come from: one clean commit, or a warning naming the mix."""
+    only = next(iter(commits)) if len(commits) == 1 else None
+    if only and only != "unknown" and "uncommitted" not in only:
+        return f"Every table was written by the library at commit {only} (a clean tree)."
+    return (
+        f"The tables come from different code: {', '.join(sorted(commits)) or 'unknown'}; rerun every script "
+        "at one commit before comparing them."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
