@@ -10,6 +10,8 @@ Every option comes from a class signature or a dataclass, with its docstring as 
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,15 @@ __all__ = ["BrainstacksCLI", "cli_main", "run_fit", "main", "CurriculumProgressB
 # Trainer arguments that may be objects a Trainer takes ownership of (Lightning sets their
 # accelerator, devices and precision): every per-round Trainer needs its own unused copy.
 STATEFUL_TRAINER_ARGS = ("strategy", "accelerator", "plugins")
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    """Lightning logs a tip to install a cloud logger each time a trainer is built (every boosting
+    round); a phase's output is its progress and its summary, so the tip is dropped."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
 
 
 class CurriculumProgressBar(TQDMProgressBar):
@@ -229,8 +240,14 @@ def refuse_zero_step_rounds(trainer: Trainer) -> None:
 
 
 def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
-    """Run the CLI; tests pass ``args`` as a list and get the CLI object back."""
-    return BrainstacksCLI(args=args)
+    """Run the CLI; tests pass ``args`` as a list and get the CLI object back.
+
+    ``brainstacks fit`` passes the command line as ``args`` (its own parser took ``fit`` off
+    ``sys.argv``); Lightning warns on every such call that ``sys.argv`` also has arguments, which
+    would be the first line every user reads, so that one warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+        return BrainstacksCLI(args=args)
 
 
 USER_ERROR_TYPES = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

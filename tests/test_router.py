@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -262,8 +263,12 @@ def test_router_phase_end_to_end_after_a_tiny_sft_run(sft_run, capsys, caplog):
     # A rerun with the same settings has nothing to do, says so and leaves the router as it is.
     router_bytes, discovery = (sft_run / record["file"]).read_bytes(), (sft_run / "router" / "discovery").iterdir()
     discovered = {path.name: path.read_text() for path in discovery}
-    cli_main(router_args(sft_run))
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        cli_main(router_args(sft_run))
     assert "already finished, nothing to do" in capsys.readouterr().out
+    assert not [w for w in caught if "args parameter" in str(w.message)], "no warning about sys.argv for `fit`"
+    assert "Tip:" not in caplog.text, "no advert among a phase's log lines"
     assert (sft_run / record["file"]).read_bytes() == router_bytes
     # Changed settings train it again (named), reusing the cached discovery (same stacks, same discovery settings).
     with caplog.at_level(logging.INFO):
