@@ -13,6 +13,7 @@ function that runs it (``"module:function"``, called with the parsed ``argparse.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -39,6 +40,26 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use a base whose fingerprint differs from the run's (a deliberate change; docs/run_directory.md)",
     )
+    p.add_argument(
+        "--gap_threshold",
+        type=_gap_threshold,
+        default=None,
+        help="novelty above which a routed prompt gets no stack (capability gap; docs/router.md); "
+        "off: never by novelty; default: the router's calibrated threshold",
+    )
+
+
+def _gap_threshold(text: str) -> float:
+    """``off`` or a number >= 0 (argparse reports anything else as a usage error, exit 2)."""
+    if text.strip().lower() == "off":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}")
+    return value
 
 
 def _cache_option(p: argparse.ArgumentParser) -> None:

@@ -109,6 +109,7 @@ class RoutedGenerator:
         chat_floor: float | None = None,
         device: torch.device | str = "cpu",
         novelty: NoveltyDetector | None = None,
+        gap_threshold: float | None = None,
     ):
         self.stacks, self.tokenizer, self.manifest, self.device = (
             stacks.eval(),
@@ -119,7 +120,7 @@ class RoutedGenerator:
         self.router = router.to(self.device).eval() if router is not None else None
         self.novelty = novelty
         # The router's settings (the spec's defaults without a router); the arguments override its gate and floor.
-        self.spec = (spec or RouterSpec()).with_overrides(gate_threshold, chat_floor)
+        self.spec = (spec or RouterSpec()).with_overrides(gate_threshold, chat_floor, gap_threshold)
         self.cache = cache or StackCache(run_root, manifest)
         self.context_length = int(getattr(stacks.model.config, "max_position_embeddings", 0) or 0) or None
         self.loaded: tuple[str, ...] = tuple(dict.fromkeys(info.domain for info in stacks.frozen_stacks))
@@ -135,10 +136,13 @@ class RoutedGenerator:
         cache_bytes: int | None = None,
         require_router: bool = False,
         accept_new_base: bool = False,
+        gap_threshold: float | None = None,
     ) -> RoutedGenerator:
         """Base + router of a run directory; no stack is loaded until a request needs it.
 
         ``accept_new_base``: serve on a base whose fingerprint differs from the run's (a deliberate move).
+        ``gap_threshold``: novelty above which a prompt is a capability gap, instead of the router's
+        calibrated one (``math.inf``: never by novelty).
         """
         from transformers import AutoTokenizer
 
@@ -169,7 +173,18 @@ class RoutedGenerator:
         if require_router or manifest.extra.get("router"):
             router, spec, novelty = load_router(root, manifest)
         cache = StackCache(root, manifest, cache_bytes)
-        return cls(stacks, tokenizer, manifest, root, router, spec, cache, device=device, novelty=novelty)
+        return cls(
+            stacks,
+            tokenizer,
+            manifest,
+            root,
+            router,
+            spec,
+            cache,
+            device=device,
+            novelty=novelty,
+            gap_threshold=gap_threshold,
+        )
 
     @property
     def router_domains(self) -> list[str]:

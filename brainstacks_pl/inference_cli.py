@@ -42,7 +42,7 @@ Up/Down recall earlier lines where the terminal supports it."""
 
 def format_route(decision: RouteDecision, spec: RouterSpec) -> str:
     probs = "  ".join(f"{d} {p:.2f}" for d, p in decision.probs.items())
-    novel = decision.novelty is not None and decision.novelty > spec.gap_threshold
+    novel = decision.novelty is not None and spec.gap_threshold is not None and decision.novelty > spec.gap_threshold
     if decision.capability_gap:
         why = (
             f"the prompt is unlike the router's training prompts "
@@ -209,6 +209,7 @@ def _open_generator(args: argparse.Namespace, require_router: bool) -> RoutedGen
         cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20),
         require_router=require_router,
         accept_new_base=args.accept_new_base,
+        gap_threshold=args.gap_threshold,
     )
 
 

@@ -161,3 +161,20 @@ def test_the_gap_measure_scores_novelty_in_domain_as_positive(run_with_detector)
     result = measure_gap(generator, *(near, far) if novelty[near[0]] < novelty[far[0]] else (far, near))
     assert result["novelty"]["auroc"] == 1.0 and result["novelty"]["in_domain"][0] < 0, "scored as -novelty"
     assert result["served"] == {"in_domain_passes": 1.0, "out_of_domain_fires": 1.0}
+
+
+def test_the_gap_threshold_can_be_overridden_when_serving(run_with_detector, capsys):
+    run_dir, _ = run_with_detector
+    spec = RouterSpec(domains=tuple(DOMAINS), gap_threshold=3.0)
+    assert spec.with_overrides(gap_threshold=5.0).gap_threshold == 5.0
+    assert RouterSpec(domains=tuple(DOMAINS)).with_overrides(gap_threshold=5.0).gap_threshold is None, (
+        "no detector, nothing to override"
+    )
+    generate = ["generate", "--run", str(run_dir), "--prompt", "def add(a, b):", "--max_new_tokens", "1"]
+    assert inference_cli.main([*generate, "--gap_threshold", "0"]) == 0
+    assert "unlike the router's training prompts (novelty" in capsys.readouterr().out, "every prompt is novel at 0"
+    assert inference_cli.main([*generate, "--gap_threshold", "off"]) == 0
+    assert "capability gap" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        inference_cli.main([*generate, "--gap_threshold", "-1"])
+    assert exit_info.value.code == 2 and "expected a number >= 0 or 'off'" in capsys.readouterr().err

@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
             quantization=args.quantization,
             model_name_or_path=args.model_name_or_path,
             accept_new_base=args.accept_new_base,
+            gap_threshold=args.gap_threshold,
         )
     except (FileNotFoundError, ValueError) as err:
         if isinstance(err, UserError):

@@ -209,9 +209,14 @@ class RouterSpec:
             probs, self.domains, gate=self.gate_threshold, chat_domain=self.chat_domain, chat_floor=self.chat_floor
         )
 
-    def with_overrides(self, gate_threshold: float | None = None, chat_floor: float | None = None) -> RouterSpec:
-        """This spec with a serving-time gate and/or chat floor (None: keep the trained one)."""
+    def with_overrides(
+        self, gate_threshold: float | None = None, chat_floor: float | None = None, gap_threshold: float | None = None
+    ) -> RouterSpec:
+        """This spec with a serving-time gate, chat floor and/or gap threshold (None: keep the trained one).
+        A gap threshold applies only to a router that has a novelty detector."""
         spec = self if gate_threshold is None else replace(self, gate_threshold=gate_threshold)
+        if gap_threshold is not None and spec.gap_threshold is not None:
+            spec = replace(spec, gap_threshold=gap_threshold)
         return spec if chat_floor is None else replace(spec, discovery=replace(spec.discovery, chat_floor=chat_floor))
 
     def to_json(self) -> dict[str, Any]:

@@ -77,6 +77,7 @@ def build(args: argparse.Namespace):
         dtype=args.dtype,
         cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20),
         accept_new_base=args.accept_new_base,
+        gap_threshold=args.gap_threshold,
     )
     engine = BatchEngine(generator, max_batch=args.max_batch, max_queue=args.max_queue)
     settings = ServeSettings(
