@@ -243,10 +243,12 @@ def cli_main(args: list[str] | None = None) -> BrainstacksCLI:
     """Run the CLI; tests pass ``args`` as a list and get the CLI object back.
 
     ``brainstacks fit`` passes the command line as ``args`` (its own parser took ``fit`` off
-    ``sys.argv``); Lightning warns on every such call that ``sys.argv`` also has arguments, which
-    would be the first line every user reads, so that one warning is silenced here."""
+    ``sys.argv``); Lightning warns on every such call that ``sys.argv`` also has arguments, and
+    Lightning's own use of a torch API torch deprecated warns in every fit. Neither is the user's
+    to act on and both would sit among the first lines they read, so those two are silenced here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         return BrainstacksCLI(args=args)
 
 
