@@ -78,10 +78,6 @@ class NoveltyDetector:
     def from_tensors(cls, tensors: dict[str, Tensor], threshold: float) -> NoveltyDetector:
         return cls(tensors[MEANS], tensors[WHITEN], threshold)
 
-    def to(self, device: torch.device | str) -> NoveltyDetector:
-        self.means, self.whiten = self.means.to(device), self.whiten.to(device)
-        return self
-
 
 def fit_novelty(
     train: Tensor, labels: Sequence[int], held_out: Tensor, false_gap_rate: float = 0.05, shrinkage: float = 0.01
