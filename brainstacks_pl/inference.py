@@ -255,9 +255,7 @@ class RoutedGenerator:
         a row whose ``novelty`` [B] is above the gap threshold gets no stack."""
         domains, decisions = self.router_domains, []
         scores = novelty.tolist() if novelty is not None else [None] * len(probs)
-        for p, w, score in zip(probs.tolist(), self.spec.weights(probs).tolist(), scores):
-            if score is not None and self.spec.gap_threshold is not None and score > self.spec.gap_threshold:
-                w = [0.0] * len(w)
+        for p, w, score in zip(probs.tolist(), self.spec.weights(probs, novelty).tolist(), scores):
             selected = [d for d, weight in zip(domains, w) if weight > 0]
             decisions.append(RouteDecision(dict(zip(domains, p)), dict(zip(domains, w)), selected, not selected, score))
         return decisions

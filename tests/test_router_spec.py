@@ -102,3 +102,13 @@ def test_serving_weights_gate_then_floor_the_chat_domain_when_any_domain_is_on()
     no_chat = serving_weights(probs, ["chat", "code", "math"], gate=0.12, chat_domain=None, chat_floor=0.2)
     assert no_chat.tolist() == [[0.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.9, 0.0, 0.3]]
     assert probs.tolist()[0] == [0.05, 0.5, 0.1], "the input is not modified"
+
+
+def test_spec_weights_zero_every_domain_of_a_prompt_beyond_the_gap_threshold():
+    probs = torch.tensor([[0.05, 0.5, 0.1], [0.9, 0.0, 0.3]], dtype=torch.float64)  # [B, D]
+    spec = RouterSpec(domains=("chat", "code", "math"), gap_threshold=2.0)
+    novelty = torch.tensor([1.0, 3.0], dtype=torch.float64)  # [B]
+    assert spec.weights(probs, novelty).tolist() == [[0.2, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    assert spec.weights(probs).tolist() == spec.weights(probs, None).tolist() == [[0.2, 0.5, 0.0], [0.9, 0.0, 0.3]]
+    no_detector = RouterSpec(domains=("chat", "code", "math"))
+    assert no_detector.weights(probs, novelty).tolist() == [[0.2, 0.5, 0.0], [0.9, 0.0, 0.3]]

@@ -14,6 +14,9 @@ the HTTP server (on the router's probabilities) and by evaluation (through infer
 
     w_d    = p_d if p_d >= gate else 0                          [..., D]
     w_chat = max(w_chat, chat_floor) if any_d w_d > 0           the chat floor
+
+When serving, ``RouterSpec.weights`` adds the capability gap: a prompt whose novelty
+(``routing/novelty.py``) is above ``gap_threshold`` gets no weight at all.
 """
 
 from __future__ import annotations
@@ -203,11 +206,15 @@ class RouterSpec:
     def chat_floor(self) -> float:
         return self.discovery.chat_floor
 
-    def weights(self, probs: Tensor) -> Tensor:
-        """``serving_weights`` of router probabilities ``[..., n_domains]`` with this spec's gate and floor."""
-        return serving_weights(
+    def weights(self, probs: Tensor, novelty: Tensor | None = None) -> Tensor:
+        """``serving_weights`` of router probabilities ``[..., n_domains]`` with this spec's gate and
+        floor; rows whose ``novelty`` ``[...]`` is above the gap threshold are all zero."""
+        weights = serving_weights(
             probs, self.domains, gate=self.gate_threshold, chat_domain=self.chat_domain, chat_floor=self.chat_floor
         )
+        if novelty is None or self.gap_threshold is None:
+            return weights
+        return weights.masked_fill((novelty > self.gap_threshold)[..., None], 0.0)
 
     def with_overrides(
         self, gate_threshold: float | None = None, chat_floor: float | None = None, gap_threshold: float | None = None
