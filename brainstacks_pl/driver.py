@@ -74,7 +74,7 @@ class CurriculumDriver:
         self.datamodule.setup("fit")
         self.run.acquire_lock()
         try:
-            manifest = self.run.open(stacks)
+            manifest = self.run.open(stacks, self.datamodule.prompt_template)
             self.run.load_stacks(stacks)
             self.boosting.attach(self.run, self.best_stack)
             for domain_index, domain in enumerate(self.datamodule.domain_names):

@@ -10,6 +10,7 @@ What the fingerprint covers, and why it is cheap for a 10 GB checkpoint:
 
 * ``config``: sha256 of ``config.json`` as canonical JSON, minus the keys that say where or
   how it was loaded (``_name_or_path``, ``transformers_version``, ``torch_dtype``/``dtype``);
+* ``source`` (a base converted from GGUF only): the sha256 of the GGUF file;
 * ``weights``: one sha256 over every weights file (``*.safetensors``, ``*.bin``, ``*.pt``,
   ``*.pth``) in name order: its name and size, and, for a file over ``WHOLE_FILE_BYTES``, its
   safetensors header (names, dtypes, shapes, offsets: up to ``HEADER_BYTES``) and
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from brainstacks_pl.errors import UserError
+from brainstacks_pl.gguf_convert import SOURCE_FILE
 
 __all__ = [
     "BaseModelMismatch",
@@ -153,12 +155,30 @@ def fingerprint(name_or_path: str) -> dict[str, Any]:
     weights = hashlib.sha256()
     for path in files:
         _hash_file(path, weights)
-    return {
+    record = {
         "config": hashlib.sha256(canonical.encode()).hexdigest(),
         "weights": weights.hexdigest(),
         "weights_bytes": sum(p.stat().st_size for p in files),
         "files": len(files),
     }
+    source = _converted_from(directory)
+    if source is not None:
+        record["source"] = source
+    return record
+
+
+def _converted_from(directory: Path) -> str | None:
+    """The sha256 of the GGUF file a converted base came from (``gguf_convert.SOURCE_FILE``), if any."""
+    path = directory / SOURCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        sha = json.loads(path.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError) as err:
+        raise BaseModelMismatch(f"base model {str(directory)!r}: unreadable {SOURCE_FILE} ({err})") from err
+    if not isinstance(sha, str):
+        raise BaseModelMismatch(f"base model {str(directory)!r}: {SOURCE_FILE} has no sha256")
+    return sha
 
 
 def check_base_model(
@@ -176,6 +196,8 @@ def check_base_model(
     if not old or accept_new_base:
         return current
     differ = [key for key in ("config", "weights") if old.get(key) != current["fingerprint"].get(key)]
+    if "source" in old and old["source"] != current["fingerprint"].get("source"):
+        differ.append("source GGUF checksum")
     if differ:
         raise BaseModelMismatch(
             f"{where}: base model {current['location']!r} is not the one this run's stacks were trained on "

@@ -29,14 +29,14 @@ from torch import Tensor
 
 from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.config import StackConfig
-from brainstacks_pl.data.prompts import keep_prompt_end
 from brainstacks_pl.errors import InferenceError
 from brainstacks_pl.fingerprint import check_base_model, is_local
 from brainstacks_pl.generation import generate, pad_left
 from brainstacks_pl.layers.router import MetaRouter, base_features
 from brainstacks_pl.model import BrainstacksModel
+from brainstacks_pl.prompts import base_template, keep_prompt_end, prompt_ids
 from brainstacks_pl.routing.artifact import load_router
-from brainstacks_pl.routing.features import pad_right, prompt_ids
+from brainstacks_pl.routing.features import pad_right
 from brainstacks_pl.routing.novelty import NoveltyDetector, pooled_features
 from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.stack_cache import StackCache
@@ -204,10 +204,23 @@ class RoutedGenerator:
 
     @property
     def template(self) -> str:
-        return self.spec.prompt_template
+        """The template the run's stacks were trained with (recorded in the manifest)."""
+        return self.manifest.prompt_template
+
+    @property
+    def base_template(self) -> str:
+        """The template of a prompt the base answers alone (``:base``, the capability gap)."""
+        return base_template(self.tokenizer, self.template)
+
+    def template_for(self, decision: RouteDecision | None, mode: Mode) -> str:
+        """``base_template`` in base mode and for a routed prompt that got no stack, else ``template``."""
+        if mode == "base" or (decision is not None and decision.capability_gap):
+            return self.base_template
+        return self.template
 
     # ------------------------------------------------------------------ prompts
-    def encode(self, prompt: str) -> list[int]:
+    def encode(self, prompt: str, template: str | None = None) -> list[int]:
+        """``prompt`` as model input ids in ``template`` (default: the run's)."""
         if not prompt or not prompt.strip():
             raise InferenceError("empty prompt: give the model something to answer")
         try:
@@ -217,7 +230,7 @@ class RoutedGenerator:
                 "the prompt is not valid UTF-8 text (undecodable byte at "
                 f"character {err.start}); check the terminal's encoding"
             ) from None
-        ids = prompt_ids(self.tokenizer, prompt, self.template)
+        ids = prompt_ids(self.tokenizer, prompt, template or self.template)
         if self.context_length is not None and len(ids) >= self.context_length:
             raise InferenceError(
                 f"prompt is {len(ids)} tokens with the template, the "
@@ -290,7 +303,6 @@ class RoutedGenerator:
             raise InferenceError("no prompts given")
         if max_new_tokens < 1 or temperature < 0:
             raise InferenceError(f"need max_new_tokens >= 1 and temperature >= 0, got {max_new_tokens}, {temperature}")
-        encoded = [self.encode(p) for p in prompts]
         decisions: list[RouteDecision | None] = [None] * len(prompts)
         if mode == "routed":
             decisions = self.route(prompts)
@@ -301,6 +313,7 @@ class RoutedGenerator:
             scope = self.stacks.ungated()
         else:
             scope = self.stacks.base_only()
+        encoded = [self.encode(p, self.template_for(d, mode)) for p, d in zip(prompts, decisions)]
         with scope:
             tokens = self.decode_batch(encoded, max_new_tokens, temperature, seed)
         return [

@@ -3,7 +3,7 @@
     brainstacks generate --run RUN --prompt "What is 12 times 7?" [--mode routed|ungated|base]
     brainstacks chat --run RUN
 
-Both send the prompt exactly as training rendered it (``data.prompts.format_prompt``); ``chat``
+Both send the prompt exactly as training rendered it (``prompts.format_prompt``); ``chat``
 sends the conversation so far (``User:`` / ``Assistant:`` turns), so its first turn routes and
 answers exactly like ``generate`` with the same text. ``HELP`` lists chat's commands.
 """
@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from brainstacks_pl.commands import MODES, parse_subcommand
-from brainstacks_pl.data.prompts import Turn, prompt_text
 from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
 from brainstacks_pl.inference import Generation, InferenceError, RouteDecision, RoutedGenerator
-from brainstacks_pl.routing.features import prompt_ids
+from brainstacks_pl.prompts import Turn, prompt_ids, prompt_text
 from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.storage import StackFileError
 

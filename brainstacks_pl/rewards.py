@@ -5,8 +5,9 @@ per group member) and every other column of the prompt data as a keyword list of
 length (``answer``, ``tests``, ...). It must return one finite float per completion; the GRPO
 module checks that and says which function broke the rule.
 
-- ``math_exact_match``: 1 when the completion's final number equals the reference answer's
-  (the number after ``####``, else the last number in the text).
+- ``math_exact_match``: 1 when the completion's final number (the number after its last
+  ``####``: ``answers.extract_answer(text, "hash")``, the very rule ``evaluate`` scores math
+  generation with) equals the reference answer.
 - ``format_reward``: 1 when the completion ends its answer with a ``#### <number>`` line.
 - ``math_operands_reward``: the share of the prompt's numbers that the completion's working
   uses (a dense, verifiable step reward: a policy that never gets the final number right can
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from brainstacks_pl.answers import answers_match, extract_answer
 from brainstacks_pl.sandbox import Job, Limits, SandboxError, SandboxUnavailable, get_executor, split_tests
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ __all__ = [
     "SandboxUnavailable",
     "code_pass_rate_reward",
     "code_tests_reward",
-    "extract_answer",
     "extract_code",
     "format_reward",
     "math_exact_match",
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_FINAL_RE = re.compile(r"####\s*(-?\$?\d[\d,]*(?:\.\d+)?)")
 _FORMAT_RE = re.compile(r"####\s*-?\$?\d[\d,]*(?:\.\d+)?\s*$")
 _FENCE_RE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
@@ -67,29 +67,14 @@ def _to_number(text: str) -> float | None:
         return None
 
 
-def extract_answer(text: Any) -> float | None:
-    """The final numeric answer: the number after the last ``####``, else the last number in the text."""
-    if text is None:
-        return None
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    text = str(text)
-    final = _FINAL_RE.findall(text)
-    if final:
-        return _to_number(final[-1])
-    numbers = _NUMBER_RE.findall(text)
-    return _to_number(numbers[-1]) if numbers else None
-
-
 def math_exact_match(
     prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any
 ) -> list[float]:
-    """1.0 where the completion's final number equals the reference ``answer``'s (to 1e-6), else 0.0."""
-    scores = []
-    for completion, reference in zip(completions, answer):
-        got, want = extract_answer(completion), extract_answer(reference)
-        scores.append(float(got is not None and want is not None and abs(got - want) <= 1e-6 * max(1.0, abs(want))))
-    return scores
+    """1.0 where the completion's ``hash`` answer equals the reference ``answer`` (to 1e-6), else 0.0."""
+    return [
+        float(answers_match(extract_answer(str(completion), "hash"), str(reference), "hash"))
+        for completion, reference in zip(completions, answer)
+    ]
 
 
 def math_operands_reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) -> list[float]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from brainstacks_pl.errors import UserError
+from brainstacks_pl.errors import StackFileError, UserError
 from brainstacks_pl.fingerprint import base_location, check_base_model
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.storage import (
@@ -216,8 +216,11 @@ class RunDirectory:
             self.lock_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ manifest and stacks
-    def open(self, stacks: BrainstacksModel) -> Manifest:
-        """Load (and check) the manifest of an earlier run, or start a new one."""
+    def open(self, stacks: BrainstacksModel, prompt_template: str | None = None) -> Manifest:
+        """Load (and check) the manifest of an earlier run, or start a new one.
+
+        ``prompt_template`` (the SFT data's resolved template) is recorded by a new run; a resumed
+        run refuses a different one (its stacks were trained in the recorded template)."""
         shapes, config = stacks.layer_shapes(), stacks.stack_config.to_dict()
         for domain in stacks.domains:
             check_domain_name(domain, "the curriculum")
@@ -228,12 +231,18 @@ class RunDirectory:
             saved = asdict(self.manifest)
             self.manifest.check_compatible(shapes, config, stacks.domains, where=where)
             self.manifest.domains = list(stacks.domains)
+            if prompt_template is not None and prompt_template != self.manifest.prompt_template:
+                raise StackFileError(
+                    f"{where}: the run's stacks were trained with prompt_template "
+                    f"{self.manifest.prompt_template!r}; this config renders prompts with {prompt_template!r}"
+                )
         else:
             self.manifest = Manifest(
                 base_model_id=base_location(stacks.base_model_id),
                 layer_shapes=shapes,
                 stack_config=config,
                 domains=list(stacks.domains),
+                **({"prompt_template": prompt_template} if prompt_template is not None else {}),
             )
         self.check_base(stacks.base_model_id)
         if asdict(self.manifest) != saved:  # nothing is rewritten that did not change

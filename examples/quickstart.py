@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from brainstacks_pl import BrainstacksModel, StackConfig, storage
 from brainstacks_pl.assets import resolve_model_name
-from brainstacks_pl.data.prompts import format_prompt
+from brainstacks_pl.prompts import format_prompt
 
 EXAMPLES = [("What is 12 times 7?", "12 x 7 = 84.\n#### 84"), ("What is 9 plus 15?", "9 + 15 = 24.\n#### 24")]
 

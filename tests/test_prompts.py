@@ -1,4 +1,4 @@
-"""One canonical prompt rendering (data/prompts.py): every format, every consumer, same text."""
+"""One canonical prompt rendering (prompts.py): every format, every consumer, same text."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from brainstacks_pl.data.batches import encode_examples
 from brainstacks_pl.data.curriculum import DEMO_DOMAINS, demo_domains
 from brainstacks_pl.data.formats import FORMATS, Example
 from brainstacks_pl.data.preferences import PreferenceDataModule, PreferencePair
-from brainstacks_pl.data.prompts import (
+from brainstacks_pl.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
     format_prompt,
     keep_prompt_end,

@@ -16,7 +16,7 @@ from brainstacks_pl.data.formats import (
     detect_format,
     strip_chat_tokens,
 )
-from brainstacks_pl.data.prompts import format_prompt, parse_turns, prompt_text, render_turns
+from brainstacks_pl.prompts import format_prompt, parse_turns, prompt_text, render_turns
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from brainstacks_pl.data.batches import EpochShuffleSampler
 from brainstacks_pl.data.decontaminate import split_train_val
 from brainstacks_pl.data.formats import strip_chat_tokens
-from brainstacks_pl.data.prompts import prompt_text
-from brainstacks_pl.data.sources import open_dataset
+from brainstacks_pl.data.sources import ProceduralOptions, open_dataset
+from brainstacks_pl.prompts import prompt_text
 
 __all__ = ["PROMPT_COLUMNS", "EncodedSplitLoaders", "cell_text", "load_rows", "split_items"]
 
@@ -35,11 +35,16 @@ PROMPT_COLUMNS = ("prompt", "question", "instruction", "query")
 
 
 def load_rows(
-    path: str, split: str = "train", max_examples: int | None = None, label: str = "alignment data"
+    path: str,
+    split: str = "train",
+    max_examples: int | None = None,
+    label: str = "alignment data",
+    procedural: ProceduralOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of ``path`` (``demo:<name>``, a local file / glob / directory, or a hub dataset),
-    read by the curriculum's loader (``sources.open_dataset``) so both get the same checks."""
-    ds, _ = open_dataset(path, label, split)
+    """Rows of ``path`` (``demo:<name>``, a local file / glob / directory, a hub dataset, or a
+    ``reasoning_gym:<family>`` generated with ``procedural``), read by the curriculum's loader
+    (``sources.open_dataset``) so both get the same checks."""
+    ds, _ = open_dataset(path, label, split, procedural=procedural)
     rows = [dict(row) for row in ds]
     return rows[:max_examples] if max_examples is not None else rows
 

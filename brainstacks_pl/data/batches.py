@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, Example, format_prompt
+from brainstacks_pl.data.formats import Example
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_head
 
 __all__ = [
     "Encoded",
@@ -67,14 +68,14 @@ def encode_examples(
     An example longer than ``max_seq_len`` keeps bos, the end of its prompt (at least half the
     budget when the prompt is that long) and the start of its response; ``truncated`` counts them.
     """
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    head = [bos] if bos is not None else []
+    eos = tokenizer.eos_token_id
+    head = prompt_head(tokenizer, template)
     tail = [eos] if eos is not None else []
     budget = max_seq_len - len(head)
     ids_out, labels_out, lengths, truncated = [], [], [], 0
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
-        prompts = [format_prompt(ex.prompt, template) for ex in part]
+        prompts = [format_prompt(ex.prompt, template, tokenizer) for ex in part]
         ids, bounds = _prompt_lengths(tokenizer, prompts, [p + ex.response for p, ex in zip(prompts, part)])
         for seq, b in zip(ids, bounds):
             p, r = seq[:b], seq[b:] + tail

@@ -42,7 +42,7 @@ from brainstacks_pl.data.decontaminate import (
     remove_duplicates,
     split_train_val,
 )
-from brainstacks_pl.data.formats import DEFAULT_PROMPT_TEMPLATE, Example, format_prompt
+from brainstacks_pl.data.formats import Example
 from brainstacks_pl.data.sources import (
     DEMO_DIR,
     DEMO_DOMAINS,
@@ -54,6 +54,7 @@ from brainstacks_pl.data.sources import (
     resolve_files,
 )
 from brainstacks_pl.data.tokenizer import TokenizerMixin
+from brainstacks_pl.prompts import AUTO_TEMPLATE, check_template
 from brainstacks_pl.storage import check_domain_name
 
 __all__ = [
@@ -125,7 +126,10 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
         pack: Pack training examples into full rows of ``max_seq_len`` (validation never is).
         decontaminate: Cross-domain decontamination: drop (keep a shared example in the earliest
             domain), reassign (in the best keyword-profile match) or off.
-        prompt_template: Text around each prompt; must contain ``{prompt}``.
+        prompt_template: How prompts are wrapped: ``auto`` (the base's chat template if its
+            tokenizer has one, else ``plain``), ``plain`` (the paper's ``### Prompt:`` / ``###
+            Response:`` text), ``chat``, or a custom text containing ``{prompt}``. A phase that
+            continues a run uses the run's recorded template.
         seed: Seed of the validation split, the packing order and the training shuffle.
         num_workers: DataLoader worker processes.
     """
@@ -141,7 +145,7 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
         max_val_examples: int | None = 64,
         pack: bool = True,
         decontaminate: Literal["drop", "reassign", "off"] = "drop",
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str = AUTO_TEMPLATE,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -161,13 +165,13 @@ class CurriculumDataModule(TokenizerMixin, L.LightningDataModule):
                 "need max_seq_len >= 2 and batch sizes >= 1, got "
                 f"max_seq_len={max_seq_len}, batch_size={batch_size}, eval_batch_size={eval_batch_size}"
             )
-        format_prompt("", prompt_template)  # validates the template
+        self.template_setting = check_template(prompt_template)
         self.domains = domains
         self.tokenizer_name = tokenizer
         self.max_seq_len, self.batch_size = max_seq_len, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
-        self.pack, self.decontaminate, self.prompt_template = pack, decontaminate, prompt_template
+        self.pack, self.decontaminate = pack, decontaminate
         self.seed, self.num_workers = seed, num_workers
         self._tokenizer = None
         self._current = names[0]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text, role_name
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_text, role_name
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",

@@ -25,9 +25,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from brainstacks_pl.data.alignment_rows import EncodedSplitLoaders, cell_text, load_rows, split_items
 from brainstacks_pl.data.decontaminate import check_val_fraction
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_ids
 from brainstacks_pl.data.rl_prompts import PromptDataModule
 from brainstacks_pl.data.tokenizer import TokenizerMixin
+from brainstacks_pl.prompts import AUTO_TEMPLATE, check_template, prompt_ids
 
 __all__ = ["PreferencePair", "PreferenceDataModule", "PromptDataModule", "load_rows", "preference_pairs"]
 
@@ -118,7 +118,10 @@ class PreferenceDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataM
         eval_batch_size: Pairs per validation batch (None: ``batch_size``).
         val_fraction: Fraction of unique prompts held out for validation.
         max_val_examples: Validation pairs used (the first in hash order); None: all.
-        prompt_template: Text around each prompt; must contain ``{prompt}`` (the SFT phase's).
+        prompt_template: How prompts are wrapped: ``auto`` (the base's chat template if its
+            tokenizer has one, else ``plain``), ``plain`` (the paper's ``### Prompt:`` / ``###
+            Response:`` text), ``chat``, or a custom text containing ``{prompt}``. A phase that
+            continues a run uses the run's recorded template.
         seed: Seed of the split and of the training shuffle.
         num_workers: DataLoader worker processes.
     """
@@ -136,12 +139,12 @@ class PreferenceDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataM
         eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
         max_val_examples: int | None = 64,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str = AUTO_TEMPLATE,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        format_prompt("", prompt_template)
+        self.template_setting = check_template(prompt_template)
         check_val_fraction(val_fraction)
         if max_prompt_len < 1 or max_seq_len <= max_prompt_len:
             raise ValueError(f"need 1 <= max_prompt_len < max_seq_len, got {max_prompt_len} and {max_seq_len}")
@@ -150,7 +153,7 @@ class PreferenceDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataM
         self.max_prompt_len, self.max_seq_len = max_prompt_len, max_seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
-        self.prompt_template, self.seed, self.num_workers = prompt_template, seed, num_workers
+        self.seed, self.num_workers = seed, num_workers
         self._tokenizer = None
         self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
         self._encoded: dict[str, list] | None = None

@@ -18,9 +18,11 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from brainstacks_pl.data.alignment_rows import PROMPT_COLUMNS, EncodedSplitLoaders, cell_text, load_rows, split_items
 from brainstacks_pl.data.decontaminate import check_val_fraction
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt, prompt_ids
+from brainstacks_pl.data.procedural import is_procedural
+from brainstacks_pl.data.sources import ProceduralOptions
 from brainstacks_pl.data.tokenizer import TokenizerMixin
 from brainstacks_pl.generation import pad_left
+from brainstacks_pl.prompts import AUTO_TEMPLATE, check_template, prompt_ids
 
 __all__ = ["PromptDataModule"]
 
@@ -49,8 +51,12 @@ class PromptDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataModul
     """Prompts for GRPO; every other column reaches the reward functions as a keyword argument.
 
     Args:
-        path: Local json/jsonl/csv/parquet file, glob or directory, a hub dataset name, or
-            ``demo:math_rl`` / ``demo:code_rl`` (bundled).
+        path: Local json/jsonl/csv/parquet file, glob or directory, a hub dataset name,
+            ``demo:math_rl`` / ``demo:code_rl`` (bundled), or ``reasoning_gym:<family>`` (its rows
+            carry ``answer`` and ``entry`` for ``data.procedural.reasoning_gym_reward``).
+        size: ``reasoning_gym:`` paths: items to generate.
+        generator: ``reasoning_gym:`` paths: the family's settings (as a curriculum domain's);
+            the items are generated with ``seed``, so the SFT domain's seed gives its very items.
         prompt_column: Column holding the prompt (None: the first of prompt, question, instruction, query).
         columns: Extra columns to pass to the rewards, reward keyword -> dataset column
             (e.g. ``{answer: solution}``); None: every other column under its own name.
@@ -62,7 +68,10 @@ class PromptDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataModul
         eval_batch_size: Prompts per validation batch (None: ``batch_size``).
         val_fraction: Fraction of unique prompts held out for validation.
         max_val_examples: Validation prompts used (the first in hash order); None: all.
-        prompt_template: Text around each prompt; must contain ``{prompt}`` (the SFT phase's).
+        prompt_template: How prompts are wrapped: ``auto`` (the base's chat template if its
+            tokenizer has one, else ``plain``), ``plain`` (the paper's ``### Prompt:`` / ``###
+            Response:`` text), ``chat``, or a custom text containing ``{prompt}``. A phase that
+            continues a run uses the run's recorded template.
         seed: Seed of the split and of the training shuffle.
         num_workers: DataLoader worker processes.
     """
@@ -80,12 +89,15 @@ class PromptDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataModul
         eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
         max_val_examples: int | None = 32,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str = AUTO_TEMPLATE,
         seed: int = 0,
         num_workers: int = 0,
+        size: int = 1000,
+        generator: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        format_prompt("", prompt_template)
+        self.procedural = ProceduralOptions(size, seed, dict(generator or {})) if is_procedural(path) else None
+        self.template_setting = check_template(prompt_template)
         check_val_fraction(val_fraction)
         self.path, self.prompt_column, self.columns = path, prompt_column, None if columns is None else dict(columns)
         self.tokenizer_name, self.split, self.max_examples = tokenizer, split, max_examples
@@ -95,14 +107,14 @@ class PromptDataModule(EncodedSplitLoaders, TokenizerMixin, L.LightningDataModul
             eval_batch_size or batch_size,
         )
         self.val_fraction, self.max_val_examples = val_fraction, max_val_examples
-        self.prompt_template, self.seed, self.num_workers = prompt_template, seed, num_workers
+        self.seed, self.num_workers = seed, num_workers
         self._tokenizer = None
         self._rows: tuple[list, list] | None = None
         self._encoded: dict[str, list] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self._rows is None:
-            rows = load_rows(self.path, self.split, self.max_examples)
+            rows = load_rows(self.path, self.split, self.max_examples, procedural=self.procedural)
             if not rows:
                 raise ValueError(f"{self.path}: no rows")
             column = self.prompt_column or next((c for c in PROMPT_COLUMNS if c in rows[0]), None)

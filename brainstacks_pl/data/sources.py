@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import codecs
 import glob
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -24,11 +26,13 @@ from brainstacks_pl.data.formats import (
     required_columns,
     strip_chat_tokens,
 )
+from brainstacks_pl.data.procedural import family_of, generate_items, is_procedural
 
 __all__ = [
     "DEMO_DIR",
     "DEMO_DOMAINS",
     "DomainConfig",
+    "ProceduralOptions",
     "UnknownDomainError",
     "demo_domains",
     "load_examples",
@@ -52,7 +56,9 @@ class DomainConfig:
     """Domain name (unique; names the stacks, the router outputs and the logged metrics)."""
     path: str
     """Hub dataset name, local file, glob, or directory of json/jsonl/csv/parquet files (relative
-    paths resolve against the current directory); ``demo:<name>`` is the bundled demo domain."""
+    paths resolve against the current directory); ``demo:<name>`` is the bundled demo domain;
+    ``reasoning_gym:<family>`` generates items of a reasoning-gym family (``size``, ``seed``,
+    ``generator``)."""
     format: str = "auto"
     """Row format: auto, alpaca, messages, prompt_completion or question_answer."""
     columns: dict[str, str] = field(default_factory=dict)
@@ -63,6 +69,18 @@ class DomainConfig:
     """Use only the first N rows (None: all)."""
     subset: str | None = None
     """Hub dataset configuration name (e.g. ``main`` for gsm8k); ignored for local files."""
+    size: int = 1000
+    """``reasoning_gym:`` sources: items to generate (before the validation split)."""
+    seed: int = 0
+    """``reasoning_gym:`` sources: the generator's seed."""
+    generator: dict[str, Any] = field(default_factory=dict)
+    """``reasoning_gym:`` sources: the family's settings (keyword arguments of
+    ``reasoning_gym.create_dataset``, e.g. ``{min_terms: 2, max_terms: 2}`` for chain_sum)."""
+
+    @property
+    def procedural(self) -> ProceduralOptions | None:
+        """The generator options of a ``reasoning_gym:`` source (None for any other path)."""
+        return ProceduralOptions(self.size, self.seed, dict(self.generator)) if is_procedural(self.path) else None
 
     @property
     def label(self) -> str:
@@ -78,6 +96,15 @@ class DomainConfig:
             )
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"domain {self.name!r}: max_examples must be >= 1 or None, got {self.max_examples}")
+
+
+@dataclass(frozen=True)
+class ProceduralOptions:
+    """How a ``reasoning_gym:<family>`` source generates its items (``data/procedural.py``)."""
+
+    size: int = 1000
+    seed: int = 0
+    generator: dict[str, Any] = field(default_factory=dict)
 
 
 def demo_domains(names: Sequence[str] = DEMO_DOMAINS) -> list[DomainConfig]:
@@ -109,6 +136,8 @@ def _looks_local(path: str) -> bool:
 def resolve_files(path: str, label: str) -> list[Path] | None:
     """Local data files at ``path`` (``demo:<name>``, a file, glob or directory), or None for a
     hub dataset name; ``label`` names the data in errors (``domain 'math'``)."""
+    if is_procedural(path):
+        return []  # generated, nothing to download
     if path.startswith("demo:"):
         stem = path[len("demo:") :]
         files = sorted(p for p in DEMO_DIR.glob(f"{stem}.*") if p.suffix in _BUILDERS)
@@ -171,10 +200,25 @@ def builder_options(builder: str, files: Sequence[Path]) -> dict:
     }
 
 
-def open_dataset(path: str, label: str, split: str = "train", subset: str | None = None):
+def open_dataset(
+    path: str,
+    label: str,
+    split: str = "train",
+    subset: str | None = None,
+    procedural: ProceduralOptions | None = None,
+):
     """``(dataset, where)`` for any data path: the one loader of the curriculum and the alignment
-    data, so every file gets the same checks (UTF-8, empty file, one file type, CSV as text)."""
+    data, so every file gets the same checks (UTF-8, empty file, one file type, CSV as text).
+
+    A ``reasoning_gym:<family>`` path becomes a dataset with the columns ``question``,
+    ``answer`` and ``entry`` (the whole item as JSON, for the family's scorer)."""
     import datasets  # heavy import, only when data is actually loaded
+
+    if is_procedural(path):
+        options = procedural or ProceduralOptions()
+        items = generate_items(family_of(path), options.size, options.seed, options.generator)
+        rows = [{"question": e["question"], "answer": str(e["answer"]), "entry": json.dumps(e)} for e in items]
+        return datasets.Dataset.from_list(rows), f"{path} ({options.size} items, seed {options.seed})"
 
     files = resolve_files(path, label)
     if files is None:
@@ -204,7 +248,7 @@ def open_dataset(path: str, label: str, split: str = "train", subset: str | None
 
 def load_examples(cfg: DomainConfig) -> tuple[list[Example], dict[str, int]]:
     """Load, adapt and strip one domain. Returns the examples and ``{"loaded", "dropped_invalid"}``."""
-    ds, where = open_dataset(cfg.path, cfg.label, cfg.split, cfg.subset)
+    ds, where = open_dataset(cfg.path, cfg.label, cfg.split, cfg.subset, cfg.procedural)
     if cfg.max_examples is not None and len(ds) > cfg.max_examples:
         ds = ds.select(range(cfg.max_examples))
     if len(ds) == 0:

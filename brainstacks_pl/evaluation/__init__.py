@@ -8,13 +8,8 @@ model type ``brainstacks``; it is not imported here so lm-eval stays an optional
 from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackScorer
 from brainstacks_pl.evaluation.scoring import (
     ContinuationScore,
-    answers_match,
     cut_at_stop,
     encode_pair,
-    extract_after_hash,
-    extract_answer,
-    extract_choice_letter,
-    extract_last_number,
     pick_choice,
     score_continuations,
 )
@@ -27,13 +22,8 @@ __all__ = [
     "StackScorer",
     "TaskExample",
     "TaskSpec",
-    "answers_match",
     "encode_pair",
-    "extract_after_hash",
-    "extract_answer",
-    "extract_choice_letter",
     "cut_at_stop",
-    "extract_last_number",
     "load_examples",
     "load_task",
     "pick_choice",

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from brainstacks_pl.evaluation.scoring import ContinuationScore, cut_at_stop, score_continuations
 from brainstacks_pl.inference import MODES, InferenceError, RouteDecision, RoutedGenerator
-from brainstacks_pl.routing.features import prompt_ids
+from brainstacks_pl.prompts import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ class StackScorer:
             chunk = todo[start : start + self.batch_size]
             self._routes.update(zip(chunk, gen.route_ids([prompt_ids(self.tokenizer, t, gen.template) for t in chunk])))
         return [self._routes[t] for t in route_texts]
+
+    def templates(self, route_texts: Sequence[str]) -> list[str]:
+        """The prompt template of each request in this mode (``RoutedGenerator.template_for``): the
+        base's own template in base mode and for a routed prompt the capability gap sends to the base."""
+        gen = self.generator
+        if self.mode != "routed":
+            return [gen.template_for(None, self.mode)] * len(route_texts)
+        return [gen.template_for(decision, self.mode) for decision in self.decisions(route_texts)]
 
     def _prepare(self, route_texts: Sequence[str]) -> Tensor | None:
         """Make the mode's stacks resident; routed: the ``[N, n_domains]`` weight rows."""

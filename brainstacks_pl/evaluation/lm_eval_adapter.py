@@ -29,9 +29,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from brainstacks_pl.data.prompts import format_prompt
 from brainstacks_pl.evaluation.engine import ScoreRequest, StackScorer
 from brainstacks_pl.evaluation.scoring import encode_pair, encode_prompt
+from brainstacks_pl.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 

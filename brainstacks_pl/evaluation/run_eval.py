@@ -18,17 +18,20 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from brainstacks_pl.answers import answers_match, extract_answer
 from brainstacks_pl.commands import MODES, parse_subcommand
+from brainstacks_pl.data.procedural import SOLVED, score_completion, trained_questions
 from brainstacks_pl.errors import USER_ERROR_EXIT, UserError
 from brainstacks_pl.evaluation.engine import NoRouterError, ScoreRequest, StackScorer
-from brainstacks_pl.evaluation.scoring import answers_match, encode_pair, encode_prompt, extract_answer, pick_choice
-from brainstacks_pl.evaluation.tasks import TaskSpec, build_context, load_examples, resolve_tasks
+from brainstacks_pl.evaluation.scoring import encode_pair, encode_prompt, pick_choice
+from brainstacks_pl.evaluation.tasks import TaskExample, TaskSpec, build_context, load_examples, resolve_tasks
 from brainstacks_pl.inference import InferenceError, RoutedGenerator
+from brainstacks_pl.prompts import CHAT_TEMPLATE
 from brainstacks_pl.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -53,19 +56,22 @@ def no_router_message(run_dir: str | Path) -> str:
     return f"routed: skipped, {run_dir} has no trained router (train one with configs/router_demo.yaml)"
 
 
-def evaluate_task(scorer: StackScorer, task: TaskSpec, limit: int | None = None) -> dict[str, Any]:
-    """One task in the scorer's mode: accuracy and its details."""
-    shots, examples = load_examples(task)
+def evaluate_task(
+    scorer: StackScorer, task: TaskSpec, limit: int | None = None, exclude: Collection[str] = ()
+) -> dict[str, Any]:
+    """One task in the scorer's mode: accuracy and its details (``exclude``: prompts not to score)."""
+    shots, examples, excluded = load_examples(task, exclude)
     examples = examples[:limit] if limit else examples
-    tok, template = scorer.tokenizer, scorer.generator.template
-    contexts = [build_context(ex, shots, template) for ex in examples]
-    routes = [ex.prompt for ex in examples]
-    result: dict[str, Any] = {"domain": task.domain, "type": task.type, "n": len(examples)}
+    tok, routes = scorer.tokenizer, [ex.prompt for ex in examples]
+    templates = scorer.templates(routes)
+    contexts = [build_context(ex, shots, template, tok) for ex, template in zip(examples, templates)]
+    bos = [template != CHAT_TEMPLATE for template in templates]  # a chat template writes its own start
+    result: dict[str, Any] = {"domain": task.domain, "type": task.type, "n": len(examples), "excluded": excluded}
     if task.type == "mc":
         requests, spans = [], []
-        for ex, context, route in zip(examples, contexts, routes):
+        for ex, context, route, head in zip(examples, contexts, routes, bos):
             spans.append((len(requests), len(requests) + len(ex.choices)))
-            requests += [ScoreRequest(*encode_pair(tok, context, choice), route) for choice in ex.choices]
+            requests += [ScoreRequest(*encode_pair(tok, context, choice, head), route) for choice in ex.choices]
         scores = scorer.loglikelihood(requests)
         per_example = [scores[a:b] for a, b in spans]
         result["acc"] = _mean([pick_choice(s, "mean") == ex.answer for s, ex in zip(per_example, examples)])
@@ -73,10 +79,10 @@ def evaluate_task(scorer: StackScorer, task: TaskSpec, limit: int | None = None)
         result["acc_sum"] = _mean([pick_choice(s, "sum") == ex.answer for s, ex in zip(per_example, examples)])
         result["gold_mean_logprob"] = _mean([s[ex.answer].mean_logprob for s, ex in zip(per_example, examples)])
     else:
-        prompts = [encode_prompt(tok, context) for context in contexts]
+        prompts = [encode_prompt(tok, context, head) for context, head in zip(contexts, bos)]
         texts = scorer.generate(prompts, routes, task.max_new_tokens, task.stop)
         predicted = [extract_answer(t, task.extract) for t in texts]
-        result["acc"] = _mean([answers_match(p, ex.answer, task.extract) for p, ex in zip(predicted, examples)])
+        result["acc"] = _mean([_solved(t, p, ex, task) for t, p, ex in zip(texts, predicted, examples)])
         result["chance"] = 0.0  # an exact-match answer is not guessed by chance
         result["extracted"] = _mean([p is not None for p in predicted])
         result["samples"] = [
@@ -89,6 +95,13 @@ def evaluate_task(scorer: StackScorer, task: TaskSpec, limit: int | None = None)
         result["route_share"] = {d: _mean([d in dec.selected for dec in decisions]) for d in domains}
         result["capability_gap"] = _mean([dec.capability_gap for dec in decisions])
     return result
+
+
+def _solved(text: str, predicted: str | None, example: TaskExample, task: TaskSpec) -> bool:
+    """A reasoning-gym item by its family's own ``score_answer``; any other by ``answers_match``."""
+    if example.entry is not None:
+        return score_completion(text, example.entry, task.generator) >= SOLVED
+    return answers_match(predicted, example.answer, task.extract)
 
 
 def _mean(values: Sequence[float | bool]) -> float:
@@ -107,6 +120,7 @@ def evaluate_run(
     """Every task in every mode on one loaded model; a mode that cannot run is recorded as skipped."""
     generator = generator or RoutedGenerator.from_run(run_dir, **load_kwargs)
     manifest = generator.manifest
+    seen = trained_questions(manifest.extra.get("settings", {}))
     results: dict[str, Any] = {
         "run": str(run_dir),
         "base_model": manifest.base_model_id,
@@ -125,7 +139,7 @@ def evaluate_run(
             results["modes"][mode] = {"status": "skipped", "reason": no_router_message(run_dir)}
             continue
         start = time.perf_counter()
-        per_task = {task.name: evaluate_task(scorer, task, limit) for task in tasks}
+        per_task = {task.name: evaluate_task(scorer, task, limit, seen) for task in tasks}
         results["modes"][mode] = {
             "status": "ok",
             "seconds": round(time.perf_counter() - start, 3),

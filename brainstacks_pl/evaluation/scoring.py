@@ -1,4 +1,5 @@
-"""Pure scoring helpers: continuation log-likelihoods, choice selection, stop strings, answers.
+"""Pure scoring helpers: continuation log-likelihoods, choice selection, stop strings
+(answer extraction is ``brainstacks_pl/answers.py``, shared with the GRPO rewards).
 
 Log-likelihood of a continuation ``c_1..c_m`` given a context ``x``::
 
@@ -14,8 +15,6 @@ caller can route each row with its own weights; a hand-built ``nn.Module`` tests
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,12 +29,6 @@ __all__ = [
     "score_continuations",
     "pick_choice",
     "cut_at_stop",
-    "extract_answer",
-    "extract_after_hash",
-    "extract_last_number",
-    "extract_choice_letter",
-    "answers_match",
-    "EXTRACTORS",
 ]
 
 LogitsFn = Callable[[Tensor, Tensor, list[int]], Tensor]
@@ -144,73 +137,3 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to the first of the ``stop`` strings (empty ones ignored)."""
     cut = min((text.index(s) for s in stop if s and s in text), default=len(text))
     return text[:cut]
-
-
-# --------------------------------------------------------------------------- answers
-
-_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
-_HASH_RE = re.compile(r"####\s*(" + _NUMBER + ")")
-_NUMBER_RE = re.compile(_NUMBER)
-_LETTER_RES = [
-    re.compile(r"\b(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])"),  # "The answer is (B)"
-    re.compile(r"^\s*\(?([A-Z])(?:[.):]|\s*$)"),  # "B." / "B)" / "(B)" / a lone "B" at the start
-    re.compile(r"\(([A-Z])\)"),  # "(B)" anywhere
-]
-
-
-def _clean_number(text: str) -> str:
-    text = text.replace(",", "").replace("$", "")
-    value = float(text)
-    return str(int(value)) if value == int(value) else str(value)
-
-
-def extract_after_hash(text: str) -> str | None:
-    """The number after the first ``####`` (GSM8K style), normalised ("1,000" -> "1000"); None if absent."""
-    match = _HASH_RE.search(text)
-    return _clean_number(match.group(1)) if match else None
-
-
-def extract_last_number(text: str) -> str | None:
-    """The last number in the text, normalised (trailing sentence dots are not decimals); None if none."""
-    found = _NUMBER_RE.findall(text)
-    return _clean_number(found[-1]) if found else None
-
-
-def extract_choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
-    """The chosen option letter: "Answer: B", "the answer is (C)", a leading "D." / "D)" / "D",
-    or "(E)" anywhere, tried in that order; letters must be capitals in ``letters``; None if none."""
-    for pattern in _LETTER_RES:
-        for match in pattern.finditer(text):
-            if match.group(1) in letters:
-                return match.group(1)
-    return None
-
-
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {
-    "hash": extract_after_hash,
-    "last_number": extract_last_number,
-    "letter": extract_choice_letter,
-    "exact": lambda text: text.strip() or None,
-}
-
-
-def extract_answer(text: str, method: str) -> str | None:
-    """Apply one of ``EXTRACTORS`` (hash | last_number | letter | exact)."""
-    if method not in EXTRACTORS:
-        raise ValueError(f"unknown answer extraction {method!r}; choose one of {sorted(EXTRACTORS)}")
-    return EXTRACTORS[method](text)
-
-
-def answers_match(predicted: str | None, gold: str, method: str) -> bool:
-    """Compare an extracted answer with the gold one (numbers numerically, letters case-blind)."""
-    if predicted is None:
-        return False
-    if method in ("hash", "last_number"):
-        try:
-            gold_value = float(gold.replace(",", "").replace("$", ""))
-            return math.isclose(float(predicted), gold_value, rel_tol=0, abs_tol=1e-6)
-        except ValueError:
-            return False
-    if method == "letter":
-        return predicted.upper() == gold.strip().upper()
-    return predicted.strip() == gold.strip()

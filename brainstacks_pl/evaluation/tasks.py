@@ -15,6 +15,20 @@ One task per YAML file::
     stop: ["### Prompt"]          # generation: cut the answer at the first of these strings
     limit: null                   # score only the first N examples
 
+A ``reasoning_gym:<family>`` path generates ``size`` items with ``seed`` and the family's
+``generator`` settings (``data/procedural.py``); each is judged by the family's own
+``score_answer`` on the ``final`` answer (``answers.py``), whatever ``extract`` says, and an
+item whose question the run trained on is dropped (``evaluate`` passes those questions as
+``exclude``; ``results.json`` counts them)::
+
+    name: arith_eval
+    domain: arith
+    type: generation
+    path: "reasoning_gym:chain_sum"
+    size: 100
+    seed: 1001
+    generator: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 2}
+
 Multiple-choice ``answer`` is the index of the right choice, its letter ("B") or its text.
 Generation ``answer`` is the gold text the extracted answer is compared with (numbers
 numerically). Every prompt is wrapped in the run's SFT prompt template, as in training.
@@ -23,16 +37,27 @@ numerically). Every prompt is wrapped in the run's SFT prompt template, as in tr
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt
-from brainstacks_pl.evaluation.scoring import EXTRACTORS
+from brainstacks_pl.answers import EXTRACTORS
+from brainstacks_pl.data.procedural import family_of, generate_items, is_procedural
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, format_prompt
 
-__all__ = ["TaskSpec", "TaskExample", "DEMO_TASKS_DIR", "load_task", "resolve_tasks", "load_examples", "build_context"]
+__all__ = [
+    "TaskSpec",
+    "TaskExample",
+    "TaskData",
+    "DEMO_TASKS_DIR",
+    "load_task",
+    "resolve_tasks",
+    "load_examples",
+    "build_context",
+]
 
 DEMO_TASKS_DIR = Path(__file__).parent / "demo_tasks"
 _LOCAL_SUFFIXES = (".json", ".jsonl")
@@ -55,6 +80,12 @@ class TaskSpec:
     max_new_tokens: int = 64
     stop: list[str] = field(default_factory=lambda: ["### Prompt", "\n\n"])
     limit: int | None = None
+    size: int = 100
+    """``reasoning_gym:`` paths: items to generate."""
+    seed: int = 0
+    """``reasoning_gym:`` paths: the generator's seed."""
+    generator: dict[str, Any] = field(default_factory=dict)
+    """``reasoning_gym:`` paths: the family's settings."""
     source: str | None = None
     """The YAML file the task came from (relative ``path`` resolves against its folder)."""
 
@@ -64,6 +95,10 @@ class TaskSpec:
             raise ValueError(f"{where}: name must be a non-empty string")
         if self.type not in ("mc", "generation"):
             raise ValueError(f"{where}: type must be 'mc' or 'generation', got {self.type!r}")
+        if is_procedural(self.path):
+            if self.type != "generation":
+                raise ValueError(f"{where}: a reasoning_gym: task is a generation task (type: generation)")
+            self.extract = "final"  # what the family's score_answer judges (answers.py)
         if self.type == "generation" and self.extract not in EXTRACTORS:
             raise ValueError(f"{where}: extract must be one of {sorted(EXTRACTORS)}, got {self.extract!r}")
         if self.few_shot < 0 or (self.limit is not None and self.limit < 1) or self.max_new_tokens < 1:
@@ -85,6 +120,16 @@ class TaskExample:
     answer: Any
     """mc: index of the right choice; generation: the gold answer text."""
     choices: list[str] | None = None
+    entry: dict[str, Any] | None = None
+    """A reasoning-gym item: judged by its family's ``score_answer`` (``data/procedural.py``)."""
+
+
+class TaskData(NamedTuple):
+    shots: list[TaskExample]
+    examples: list[TaskExample]
+    """The scored examples (after ``few_shot``, ``exclude`` and ``limit``)."""
+    excluded: int
+    """Examples dropped because their prompt is in ``exclude`` (what the run trained on)."""
 
 
 def load_task(path: str | Path) -> TaskSpec:
@@ -133,6 +178,9 @@ def resolve_tasks(spec: str | list[str]) -> list[TaskSpec]:
 
 
 def _read_rows(task: TaskSpec) -> list[dict[str, Any]]:
+    if is_procedural(task.path):
+        items = generate_items(family_of(task.path), task.size, task.seed, task.generator)
+        return [{"prompt": e["question"], "answer": str(e["answer"]), "entry": e} for e in items]
     base = Path(task.source).parent if task.source else Path.cwd()
     local = Path(task.path) if Path(task.path).is_absolute() else base / task.path
     if local.suffix in _LOCAL_SUFFIXES and local.is_file():
@@ -168,9 +216,9 @@ def _mc_answer(task: TaskSpec, raw: Any, choices: list[str], row: int) -> int:
     return index
 
 
-def load_examples(task: TaskSpec) -> tuple[list[TaskExample], list[TaskExample]]:
-    """``(shots, examples)``: the first ``few_shot`` rows are the shots, the rest are scored
-    (the first ``limit`` of them)."""
+def load_examples(task: TaskSpec, exclude: Collection[str] = ()) -> TaskData:
+    """The first ``few_shot`` rows are the shots; the rest are scored, but for those whose
+    prompt is in ``exclude`` (the first ``limit`` of them)."""
     rows = _read_rows(task)
     examples: list[TaskExample] = []
     for i, row in enumerate(rows):
@@ -186,20 +234,28 @@ def load_examples(task: TaskSpec) -> tuple[list[TaskExample], list[TaskExample]]
                 raise ValueError(f"task {task.name!r} row {i}: a multiple-choice row needs >= 2 choices")
             examples.append(TaskExample(prompt, _mc_answer(task, row[task.column("answer")], choices, i), choices))
         else:
-            examples.append(TaskExample(prompt, str(row[task.column("answer")])))
+            examples.append(TaskExample(prompt, str(row[task.column("answer")]), entry=row.get("entry")))
     shots, scored = examples[: task.few_shot], examples[task.few_shot :]
+    seen = {text.strip() for text in exclude}
+    kept = [ex for ex in scored if ex.prompt.strip() not in seen]
+    excluded, scored = len(scored) - len(kept), kept
     if task.limit is not None:
         scored = scored[: task.limit]
     if not scored:
-        raise ValueError(f"task {task.name!r}: no examples left to score (rows {len(rows)}, few_shot {task.few_shot})")
-    return shots, scored
+        raise ValueError(
+            f"task {task.name!r}: no examples left to score "
+            f"(rows {len(rows)}, few_shot {task.few_shot}, in the training data {excluded})"
+        )
+    return TaskData(shots, scored, excluded)
 
 
-def build_context(example: TaskExample, shots: list[TaskExample], template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
+def build_context(
+    example: TaskExample, shots: list[TaskExample], template: str = DEFAULT_PROMPT_TEMPLATE, tokenizer=None
+) -> str:
     """The text the model conditions on: each shot as ``template(prompt) + its answer``, a blank
     line, then ``template(prompt)`` of the example."""
     parts = []
     for shot in shots:
         answer = shot.choices[shot.answer] if shot.choices is not None else shot.answer
-        parts.append(format_prompt(shot.prompt, template) + str(answer) + "\n\n")
-    return "".join(parts) + format_prompt(example.prompt, template)
+        parts.append(format_prompt(shot.prompt, template, tokenizer) + str(answer) + "\n\n")
+    return "".join(parts) + format_prompt(example.prompt, template, tokenizer)

@@ -115,13 +115,15 @@ class AlignmentModule(StackModule):
                 f"{run.root}: no manifest.json; run the SFT phase "
                 "(configs/demo.yaml) into this --trainer.default_root_dir first"
             )
-        stacks = self.build(Manifest.load(run.root))
+        manifest = Manifest.load(run.root)
+        stacks = self.build(manifest)
         datamodule = context.datamodule
         if datamodule is None:
             raise ValueError(f"the {self.phase} phase needs a data module (data: in the config)")
         if getattr(datamodule, "tokenizer_name", None) is None and getattr(datamodule, "_tokenizer", None) is None:
             datamodule.tokenizer_name = self.model_name_or_path
         self.tokenizer = datamodule.tokenizer
+        datamodule.use_run_template(manifest.prompt_template)  # prompts as the stacks were trained on
         self._phase_logger = context.logger
         run.acquire_lock()
         try:

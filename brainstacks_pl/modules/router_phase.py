@@ -188,6 +188,7 @@ class RouterPhase:
             return
         module, run = self.module, self.run_dir
         manifest, stacks = self._load()
+        self.datamodule.use_run_template(manifest.prompt_template)  # the router reads prompts as the stacks do
         self.datamodule.setup("fit")
         run.acquire_lock()
         work_dir = run.root / ROUTER_DIR / "work"

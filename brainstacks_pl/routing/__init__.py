@@ -11,7 +11,7 @@ from brainstacks_pl.routing.discovery import (
     make_target,
     route_weights,
 )
-from brainstacks_pl.routing.features import collate_features, compute_features, pad_right, prompt_ids
+from brainstacks_pl.routing.features import collate_features, compute_features, pad_right
 from brainstacks_pl.routing.report import build_routing_report, print_routing_report, route_name, write_routing_report
 from brainstacks_pl.routing.spec import DiscoverySettings, RouterFileError, RouterSpec, serving_weights
 
@@ -33,7 +33,6 @@ __all__ = [
     "make_target",
     "pad_right",
     "print_routing_report",
-    "prompt_ids",
     "route_name",
     "route_weights",
     "save_router",

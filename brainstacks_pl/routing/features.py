@@ -1,7 +1,7 @@
 """Router inputs: prompt token ids (the SFT prompt template) and base-only features.
 
 The router sees exactly the tokens a stack sees before the answer starts,
-``[bos] + format_prompt(prompt)`` (the one canonical rendering and encoder, ``data/prompts.py``),
+``[bos] + format_prompt(prompt)`` (the one canonical rendering and encoder, ``prompts.py``),
 cut to bos and the last ``router_seq_len - 1`` tokens, the same end every prompt encoder keeps. The base is
 frozen and the features are computed with every stack off, so one prompt's features never
 change during router training: ``compute_features`` runs the base once per unique prompt and
@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE, prompt_ids
 from brainstacks_pl.layers.router import base_features
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, prompt_ids
 from brainstacks_pl.routing.spec import RouterSpec
 
-__all__ = ["prompt_ids", "pad_right", "compute_features", "collate_features"]
+__all__ = ["pad_right", "compute_features", "collate_features"]
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:

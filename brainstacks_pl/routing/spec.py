@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brainstacks_pl.data.prompts import DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE
 from brainstacks_pl.storage import StackFileError
 
 __all__ = ["DiscoverySettings", "RouterFileError", "RouterSpec", "serving_weights"]

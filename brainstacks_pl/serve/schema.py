@@ -168,9 +168,9 @@ def parse_request(kind: type[_Sampling], body: object) -> _Sampling:
 
 def chat_prompt(messages: list[Message]) -> str:
     """The conversation as one prompt, in the canonical form every command renders
-    (``data.prompts.prompt_text``): a lone user message as is (so the server answers exactly
+    (``prompts.prompt_text``): a lone user message as is (so the server answers exactly
     what ``brainstacks generate --prompt`` answers), otherwise ``Role: text`` turns."""
-    from brainstacks_pl.data.prompts import prompt_text
+    from brainstacks_pl.prompts import prompt_text
 
     return prompt_text([(m.role, m.text()) for m in messages])
 

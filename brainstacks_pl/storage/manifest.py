@@ -11,6 +11,7 @@ from typing import Any
 
 from brainstacks_pl.errors import StackFileError
 from brainstacks_pl.layers.stack_format import file_shapes
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE
 from brainstacks_pl.storage.atomic import atomic_write_json
 from brainstacks_pl.storage.manifest_schema import StackRecord, manifest_fields
 
@@ -35,6 +36,10 @@ class Manifest:
     """domain -> {"file": ..., "sha256": ...}: the basis the domain's stacks were projected against."""
     base_model: dict[str, Any] = field(default_factory=dict)
     """{"location": resolved absolute path or hub id, "fingerprint": ...} (``brainstacks_pl.fingerprint``)."""
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    """The template the stacks were trained with (``prompts.py``: ``chat`` or a plain text);
+    every later phase, ``evaluate``, ``generate``, ``chat`` and ``serve`` render prompts with it.
+    Runs from before it was recorded were trained with the plain default."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: str | Path) -> None:

@@ -22,6 +22,20 @@ conversation its role-prefixed lines. Text that starts with a role prefix (``"Us
 is read back as turns, so rendering is idempotent and ``"User: Hi"`` typed by hand renders
 exactly like ``"Hi"``.
 
+**Two kinds of template** (``docs/data.md``, recorded in the run's manifest and read from there
+by every later phase, ``evaluate`` and ``serve``):
+
+* ``plain`` (the paper's choice): the text template above, the same for every base;
+  any other string containing ``{prompt}`` is a custom plain template;
+* ``chat``: the base's own chat template (``tokenizer.apply_chat_template`` with the
+  generation prompt), system turns kept as system messages, no extra bos (the template
+  writes whatever special tokens the model expects) and the base's end-of-turn token (its
+  ``eos``) ending every answer.
+
+``auto`` (the default of every data module) is resolved once, by ``resolve_template``, to
+``chat`` for a tokenizer that has a chat template and ``plain`` otherwise. A prompt answered
+by the base alone goes in ``base_template`` (its own chat template whenever it has one).
+
 ``prompt_ids`` is the one prompt encoder (router features, serving, preference pairs, GRPO
 prompts); ``keep_prompt_end`` is the one truncation rule: a prompt too long for its budget
 keeps bos and its *end*, the tokens right before the answer, as the SFT data
@@ -34,7 +48,14 @@ import re
 from collections.abc import Sequence
 
 __all__ = [
+    "AUTO_TEMPLATE",
+    "CHAT_TEMPLATE",
     "DEFAULT_PROMPT_TEMPLATE",
+    "PLAIN_TEMPLATE",
+    "base_template",
+    "check_template",
+    "prompt_head",
+    "resolve_template",
     "ROLE_NAMES",
     "Turn",
     "format_prompt",
@@ -47,6 +68,10 @@ __all__ = [
 ]
 
 DEFAULT_PROMPT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n"
+"""The ``plain`` template (the paper's Alpaca-style wrapping)."""
+PLAIN_TEMPLATE = "plain"
+CHAT_TEMPLATE = "chat"
+AUTO_TEMPLATE = "auto"
 
 Turn = tuple[str, str]
 """``(role, content)`` with role one of ``System``, ``User``, ``Assistant``."""
@@ -116,24 +141,79 @@ def prompt_text(prompt: str | Sequence[Turn]) -> str:
     return render_turns(turns)
 
 
-def format_prompt(prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
-    """The text the model sees before its answer: ``template`` with ``{prompt}`` replaced by
-    ``render_turns(prompt)`` (plain replacement: braces in the text are safe).
+def check_template(template: str) -> str:
+    """``template`` if it is ``auto``, ``plain``, ``chat`` or a string containing ``{prompt}``."""
+    if not isinstance(template, str) or (
+        template not in (AUTO_TEMPLATE, PLAIN_TEMPLATE, CHAT_TEMPLATE) and "{prompt}" not in template
+    ):
+        raise ValueError(
+            f"prompt_template must be auto, plain, chat or a text containing '{{prompt}}', got {template!r}"
+        )
+    return template
 
-    The one rendering used for training, routing, generation and evaluation.
+
+def _has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_template(template: str, tokenizer) -> str:
+    """The template a run records: ``auto`` -> ``chat`` when ``tokenizer`` has a chat template,
+    else the plain text; ``plain`` -> the plain text; ``chat`` (checked to exist) or a custom text as given."""
+    check_template(template)
+    if template == AUTO_TEMPLATE:
+        return CHAT_TEMPLATE if _has_chat_template(tokenizer) else DEFAULT_PROMPT_TEMPLATE
+    if template == PLAIN_TEMPLATE:
+        return DEFAULT_PROMPT_TEMPLATE
+    if template == CHAT_TEMPLATE and not _has_chat_template(tokenizer):
+        raise ValueError("prompt_template is 'chat' but the base's tokenizer has no chat template; use plain (or auto)")
+    return template
+
+
+def base_template(tokenizer, run_template: str) -> str:
+    """The template of a prompt answered by the base alone (``:base``, the capability gap): the
+    base's own chat template when it has one, else the run's template."""
+    return CHAT_TEMPLATE if _has_chat_template(tokenizer) else run_template
+
+
+def format_prompt(prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_TEMPLATE, tokenizer=None) -> str:
+    """The text the model sees before its answer.
+
+    A plain template gets ``{prompt}`` replaced by ``render_turns(prompt)`` (plain replacement:
+    braces in the text are safe); ``chat`` renders the turns with ``tokenizer``'s chat template
+    and its generation prompt. The one rendering used for training, routing, generation and evaluation.
     """
+    if template == CHAT_TEMPLATE:
+        if not _has_chat_template(tokenizer):
+            raise ValueError("the chat prompt template needs a tokenizer with a chat template")
+        messages = [{"role": role.lower(), "content": content} for role, content in _chat_turns(prompt)]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if template in (AUTO_TEMPLATE, PLAIN_TEMPLATE):
+        raise ValueError(f"prompt template {template!r} must be resolved first (resolve_template)")
     if "{prompt}" not in template:
         raise ValueError(f"prompt_template must contain '{{prompt}}', got {template!r}")
     return template.replace("{prompt}", render_turns(prompt))
 
 
+def _chat_turns(prompt: str | Sequence[Turn]) -> list[Turn]:
+    """Turns for a chat template: system turns stay system messages (the template places them)."""
+    turns = parse_turns(prompt) if isinstance(prompt, str) else [(role_name(r), c.strip()) for r, c in prompt]
+    return [(role, content) for role, content in turns if content or role != "System"]
+
+
+def prompt_head(tokenizer, template: str) -> list[int]:
+    """The ids before the rendered prompt: ``[bos]`` for a plain template (if the tokenizer has
+    one); nothing for ``chat``, whose rendering already starts the way the model expects."""
+    if template == CHAT_TEMPLATE or tokenizer.bos_token_id is None:
+        return []
+    return [tokenizer.bos_token_id]
+
+
 def prompt_ids(
     tokenizer, prompt: str | Sequence[Turn], template: str = DEFAULT_PROMPT_TEMPLATE, max_len: int | None = None
 ) -> list[int]:
-    """``[bos] + format_prompt(prompt)`` as token ids, cut by ``keep_prompt_end`` to ``max_len``."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = tokenizer(format_prompt(prompt, template), add_special_tokens=False)["input_ids"]
-    return keep_prompt_end(bos + ids, max_len, tokenizer)
+    """``prompt_head + format_prompt(prompt)`` as token ids, cut by ``keep_prompt_end`` to ``max_len``."""
+    ids = tokenizer(format_prompt(prompt, template, tokenizer), add_special_tokens=False)["input_ids"]
+    return keep_prompt_end(prompt_head(tokenizer, template) + ids, max_len, tokenizer)
 
 
 def keep_prompt_end(ids: Sequence[int], max_len: int | None, tokenizer) -> list[int]:
