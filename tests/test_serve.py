@@ -29,7 +29,7 @@ from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.serve.app import ServeSettings, create_app
 from brainstacks_pl.serve.engine import BatchEngine
 from brainstacks_pl.serve.jobs import Job, QueueFull, Route, Sampling
-from brainstacks_pl.serve.server import bind, launch
+from brainstacks_pl.serve.server import api_keys, bind, launch
 from brainstacks_pl.serve.text import TextStream
 
 PROMPT = "Compute 12 times 7."
@@ -308,6 +308,43 @@ def _status(call) -> int:
     except openai.APIStatusError as err:
         return err.status_code
     return 200
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def test_with_api_keys_every_route_but_health_needs_one(run_dir):
+    with serving(RoutedGenerator.from_run(run_dir), api_keys=("k1", "k2")) as (client, _, url):
+        for call in (lambda c: c.models.list(), lambda c: chat(c, max_tokens=2)):
+            with pytest.raises(openai.AuthenticationError) as err:
+                call(client)  # api_key="unused"
+            assert err.value.status_code == 401
+            assert err.value.body == {
+                "message": err.value.body["message"],
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        assert [m.id for m in client.with_options(api_key="k2").models.list()][0] == NAME
+        assert chat(client.with_options(api_key="k1"), max_tokens=2).usage.completion_tokens >= 1
+        assert http(f"{url}/health")[0] == 200
+        assert http(f"{url}/v1/embeddings")[0] == 401, "unknown paths are no way around the key"
+
+
+def test_api_keys_come_from_the_flag_and_the_environment(monkeypatch):
+    args = commands.build_parser().parse_args(["serve", "--run", "r", "--api_key", "a,b", "--api_key", " c "])
+    monkeypatch.delenv("BRAINSTACKS_API_KEYS", raising=False)
+    assert api_keys(args) == ("a", "b", "c")
+    monkeypatch.setenv("BRAINSTACKS_API_KEYS", "d,,a")
+    assert api_keys(args) == ("a", "b", "c", "d")
+
+
+def test_an_open_server_on_a_public_interface_is_refused(run_dir, capsys, monkeypatch):
+    monkeypatch.delenv("BRAINSTACKS_API_KEYS", raising=False)
+    assert commands.main(["serve", "--run", str(run_dir), "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 0.0.0.0 is reachable") and err.count("\n") == 1
+    assert "--allow_unauthenticated" in err
 
 
 # --------------------------------------------------------------------------- continuous batching (engine, float64)

@@ -8,6 +8,9 @@ to the event loop through an ``asyncio.Queue``. Responses carry an extra ``brain
                     "capability_gap": false, "router_probs": {"chat": 0.07, "math": 0.83, ...},
                     "novelty": 3.1}
 
+With ``ServeSettings.api_keys`` set, every route but ``/health`` needs ``Authorization: Bearer KEY``
+(401 ``invalid_api_key`` otherwise; the check is ``brainstacks_pl.auth.bearer_matches``).
+
 Statuses: 400 bad request (OpenAI's error shape, ``param`` names the field), 429 queue full,
 503 shutting down, 504 request timeout, 500 a failure while decoding.
 """
@@ -23,11 +26,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from brainstacks_pl.auth import bearer_matches
 from brainstacks_pl.inference import InferenceError
 from brainstacks_pl.serve.engine import BatchEngine
 from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, Sampling, ShuttingDown
@@ -57,6 +63,8 @@ class ServeSettings:
     """Seconds from arrival until a request still waiting or decoding ends with 504 / a timeout event."""
     completion_default_tokens: int = 16
     """``max_tokens`` of /v1/completions when the request leaves it out (OpenAI's default)."""
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys clients must send on every route but ``/health``; empty: no key needed."""
 
 
 def _error(err: ApiError) -> JSONResponse:
@@ -76,6 +84,26 @@ def _end_error(reason: str) -> ApiError | None:
     if reason.startswith("error: "):
         return ApiError(500, reason.removeprefix("error: "), type="server_error")
     return None
+
+
+class _RequireKey:
+    """ASGI middleware: 401 in OpenAI's shape unless the request carries one of ``keys``.
+
+    Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which would wrap every response
+    (streams included) in a task of its own and hide the client's disconnect from the routes."""
+
+    def __init__(self, app, keys: tuple[str, ...], open_paths: frozenset[str] = frozenset({"/health"})):
+        self.app, self.keys, self.open_paths = app, keys, open_paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.keys and scope["path"] not in self.open_paths:
+            if not bearer_matches(Headers(scope=scope).get("authorization"), self.keys):
+                message = "Incorrect or missing API key: send 'Authorization: Bearer KEY'"
+                response = _error(ApiError(401, message, code="invalid_api_key"))
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _Handler:
@@ -351,4 +379,7 @@ def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
         HttpRoute("/v1/models", handler.models, methods=["GET"]),
         HttpRoute("/health", handler.health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
+    middleware = [Middleware(_RequireKey, keys=tuple(settings.api_keys))]
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: not_found}, lifespan=lifespan
+    )
