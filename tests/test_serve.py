@@ -22,6 +22,7 @@ import openai
 import pytest
 import torch
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from test_inference import set_bias, write_run
 
 from brainstacks_pl import commands, inference_cli
@@ -85,6 +86,23 @@ def http(url: str, data: bytes | None = None) -> tuple[int, dict]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def scrape(url: str, key: str | None = None) -> dict[tuple, float]:
+    """``GET /metrics`` as {(sample name, sorted labels): value}."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=30) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def moved(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 def chat(client, model=NAME, prompt=PROMPT, **kwargs):
@@ -182,11 +200,13 @@ def test_pinned_domains_and_capability_gap_are_reported(server, reference):
     router = engine.generator.router
     saved = {k: v.clone() for k, v in router.state_dict().items()}
     set_bias(engine.generator, [-30.0, -30.0, -30.0])  # the server is idle: no request reads the router now
+    before = scrape(server[2])
     try:
         reply = chat(client, max_tokens=6, temperature=0)
     finally:
         router.load_state_dict(saved)
     assert reply.brainstacks["capability_gap"] and reply.brainstacks["stacks"] == []
+    assert moved(before, scrape(server[2]), "brainstacks_capability_gaps_total") == 1
     assert reply.choices[0].message.content == reference.generate([PROMPT], "base", max_new_tokens=6)[0].text
 
 
@@ -219,6 +239,26 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
     assert stopped.text == "x" and stopped.flush() == ""
     near_miss = TextStream(decode, stops=["END"])
     assert "".join(near_miss.feed(b) for b in b"xENO") + near_miss.flush() == "xENO" and not near_miss.stopped
+
+
+def test_metrics_count_a_request(server):
+    client, _, url = server
+    before = scrape(url)
+    reply = chat(client, max_tokens=5, temperature=0)
+    after = scrape(url)
+    usage, route = reply.usage, "/v1/chat/completions"
+    assert moved(before, after, "brainstacks_http_requests_total", route=route, status="200") == 1
+    assert moved(before, after, "brainstacks_prompt_tokens_total") == usage.prompt_tokens
+    assert moved(before, after, "brainstacks_completion_tokens_total") == usage.completion_tokens
+    assert moved(before, after, "brainstacks_time_to_first_token_seconds_count") == 1
+    assert moved(before, after, "brainstacks_inter_token_latency_seconds_count") == usage.completion_tokens - 1
+    assert moved(before, after, "brainstacks_requests_ended_total", reason=reply.choices[0].finish_reason) == 1
+    for stack in reply.brainstacks["stacks"]:
+        assert moved(before, after, "brainstacks_router_decisions_total", domain=stack["domain"]) == 1
+    assert after[("brainstacks_queue_depth", ())] == 0 and after[("brainstacks_running_batch_size", ())] == 0
+    assert after[("brainstacks_stack_cache_loads_total", ())] >= len(reply.brainstacks["stacks"]) > 0
+    http(f"{url}/v1/nowhere")
+    assert moved(after, scrape(url), "brainstacks_http_requests_total", route="other", status="404") == 1
 
 
 # --------------------------------------------------------------------------- bad requests
@@ -328,6 +368,8 @@ def test_with_api_keys_every_route_but_health_needs_one(run_dir):
         assert [m.id for m in client.with_options(api_key="k2").models.list()][0] == NAME
         assert chat(client.with_options(api_key="k1"), max_tokens=2).usage.completion_tokens >= 1
         assert http(f"{url}/health")[0] == 200
+        assert http(f"{url}/metrics")[0] == 401
+        assert moved({}, scrape(url, key="k1"), "brainstacks_http_requests_total", route="/metrics", status="401") == 1
         assert http(f"{url}/v1/embeddings")[0] == 401, "unknown paths are no way around the key"
 
 

@@ -37,6 +37,7 @@ from brainstacks_pl.auth import bearer_matches
 from brainstacks_pl.inference import InferenceError
 from brainstacks_pl.serve.engine import BatchEngine
 from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, Sampling, ShuttingDown
+from brainstacks_pl.serve.metrics import CountRequests, ServeMetrics
 from brainstacks_pl.serve.schema import (
     ApiError,
     ChatRequest,
@@ -109,8 +110,8 @@ class _RequireKey:
 class _Handler:
     """The routes, bound to one engine."""
 
-    def __init__(self, engine: BatchEngine, settings: ServeSettings):
-        self.engine, self.settings = engine, settings
+    def __init__(self, engine: BatchEngine, settings: ServeSettings, metrics: ServeMetrics):
+        self.engine, self.settings, self.metrics = engine, settings, metrics
         self.has_router = engine.generator.router is not None
         self.created = int(time.time())
 
@@ -183,12 +184,25 @@ class _Handler:
             raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
         return queue
 
-    async def _events(self, job: Job, queue: asyncio.Queue) -> AsyncIterator[tuple[str, object]]:
+    async def _events(self, job: Job, queue: asyncio.Queue, arrival: float) -> AsyncIterator[tuple[str, object]]:
+        """The job's events until its end (the job is cancelled if the caller stops early), measured."""
+        metrics, last, seen = self.metrics, arrival, 0
+        metrics.prompt_tokens.inc(len(job.ids))
         try:
             while True:
                 event = await queue.get()
+                kind, value = event
+                if kind == "token":
+                    now = time.monotonic()
+                    (metrics.inter_token if seen else metrics.first_token).observe(now - last)
+                    last, seen = now, seen + 1
+                    metrics.completion_tokens.inc()
+                elif kind == "route":
+                    metrics.routed(value)
+                elif kind == "end":
+                    metrics.end(value)
                 yield event
-                if event[0] == "end":
+                if kind == "end":
                     return
         finally:
             if not job.finished:
@@ -219,6 +233,7 @@ class _Handler:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: Request, chat: bool) -> Response:
+        arrival = time.monotonic()
         try:
             body = await self._body(request)
             if chat:
@@ -235,11 +250,11 @@ class _Handler:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(job, queue, reply, include_usage),
+                self._stream(job, queue, arrival, reply, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        async for kind, value in self._events(job, queue):
+        async for kind, value in self._events(job, queue, arrival):
             if kind == "route":
                 reply.info = value
             elif kind == "token" and reply.feed(value):
@@ -251,8 +266,10 @@ class _Handler:
                 return JSONResponse(reply.full(value))
         raise AssertionError("the event stream ended without an end event")
 
-    async def _stream(self, job: Job, queue: asyncio.Queue, reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
-        async for kind, value in self._events(job, queue):
+    async def _stream(
+        self, job: Job, queue: asyncio.Queue, arrival: float, reply: _Reply, include_usage: bool
+    ) -> AsyncIterator[str]:
+        async for kind, value in self._events(job, queue, arrival):
             if kind == "route":
                 reply.info = value
                 yield _sse(reply.chunk(role=True))
@@ -353,7 +370,8 @@ class _Reply:
 def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
     """The ASGI app; its lifespan starts the engine and, at shutdown, closes it (requests still in
     flight after uvicorn's graceful-shutdown timeout end with ``shutdown``)."""
-    handler = _Handler(engine, settings)
+    metrics = ServeMetrics(engine)
+    handler = _Handler(engine, settings, metrics)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         return _error(
@@ -378,8 +396,12 @@ def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
         HttpRoute("/v1/completions", handler.completions, methods=["POST"]),
         HttpRoute("/v1/models", handler.models, methods=["GET"]),
         HttpRoute("/health", handler.health, methods=["GET"]),
+        HttpRoute("/metrics", metrics.endpoint, methods=["GET"]),
     ]
-    middleware = [Middleware(_RequireKey, keys=tuple(settings.api_keys))]
+    middleware = [
+        Middleware(CountRequests, metrics=metrics, routes=frozenset(r.path for r in routes)),  # 401s count too
+        Middleware(_RequireKey, keys=tuple(settings.api_keys)),
+    ]
     return Starlette(
         routes=routes, middleware=middleware, exception_handlers={HTTPException: not_found}, lifespan=lifespan
     )
