@@ -11,6 +11,7 @@ import io
 import json
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -44,10 +45,10 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @contextmanager
-def serving(generator: RoutedGenerator, **settings):
-    """An in-process server on 127.0.0.1:<free port>; yields (openai client, engine)."""
+def serving(generator: RoutedGenerator, engine_type: type[BatchEngine] = BatchEngine, **settings):
+    """An in-process server on 127.0.0.1:<free port>; yields (openai client, engine, base URL)."""
     limits = {k: settings.pop(k) for k in ("max_batch", "max_queue", "fetch_domain") if k in settings}
-    engine = BatchEngine(generator, **limits)
+    engine = engine_type(generator, **limits)
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(
         uvicorn.Config(create_app(engine, ServeSettings(NAME, **settings)), log_level="warning", lifespan="on")
@@ -387,6 +388,27 @@ def test_an_open_server_on_a_public_interface_is_refused(run_dir, capsys, monkey
     err = capsys.readouterr().err
     assert err.startswith("error: --host 0.0.0.0 is reachable") and err.count("\n") == 1
     assert "--allow_unauthenticated" in err
+
+
+class _SlowEngine(BatchEngine):
+    """One decode step per 20 ms: a long answer is still decoding while the test acts."""
+
+    def _step(self) -> None:
+        time.sleep(0.02)
+        super()._step()
+
+
+def test_a_non_streaming_client_that_goes_away_cancels_its_request(run_dir):
+    with serving(RoutedGenerator.from_run(run_dir), engine_type=_SlowEngine, max_tokens=200) as (_, engine, url):
+        body = json.dumps({"model": NAME, "prompt": PROMPT, "max_tokens": 200, "temperature": 0}).encode()
+        head = "POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as sock:
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            _wait(lambda: engine.tokens_out >= 3, "the first tokens")
+        closed = time.monotonic()
+        _wait(lambda: engine.stats()["running"] == 0, "the request to leave the batch", timeout=10)
+        assert time.monotonic() - closed < 1.0 and engine.tokens_out < 50, "decoding stopped at the next steps"
+        assert moved({}, scrape(url), "brainstacks_requests_ended_total", reason="cancelled") == 1
 
 
 # --------------------------------------------------------------------------- continuous batching (engine, float64)

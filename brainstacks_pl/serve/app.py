@@ -254,6 +254,21 @@ class _Handler:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        watcher = asyncio.create_task(self._cancel_on_disconnect(request, job))
+        try:
+            return await self._full(job, queue, arrival, reply)
+        finally:
+            watcher.cancel()
+
+    async def _cancel_on_disconnect(self, request: Request, job: Job) -> None:
+        """Cancel ``job`` once its client has gone away. The body has been read, so the next ASGI
+        message is ``http.disconnect``, which the server sends when the connection closes; without
+        this, a non-streaming request would decode to ``max_tokens`` for nobody."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.engine.cancel(job)
+
+    async def _full(self, job: Job, queue: asyncio.Queue, arrival: float, reply: _Reply) -> Response:
         async for kind, value in self._events(job, queue, arrival):
             if kind == "route":
                 reply.info = value
