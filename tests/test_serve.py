@@ -242,10 +242,31 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
     assert "".join(near_miss.feed(b) for b in b"xENO") + near_miss.flush() == "xENO" and not near_miss.stopped
 
 
+def test_n_choices_share_the_prompt_and_sum_their_tokens(server):
+    client, _, _ = server
+    one = chat(client, max_tokens=8, temperature=0)
+    three = chat(client, max_tokens=8, temperature=0, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}, "greedy: all identical"
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    seeded = chat(client, max_tokens=8, temperature=0.9, seed=5, n=2)
+    assert [c.message.content for c in seeded.choices] == [
+        chat(client, max_tokens=8, temperature=0.9, seed=seed).choices[0].message.content for seed in (5, 6)
+    ], "choice i draws from seed + i"
+    stream = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=8, temperature=0, n=2, stream=True)
+    texts, finished = ["", ""], []
+    for c in stream:
+        texts[c.choices[0].index] += c.choices[0].text
+        finished += [c.choices[0].index] if c.choices[0].finish_reason else []
+    assert texts == [one.choices[0].message.content] * 2 and sorted(finished) == [0, 1]
+
+
 def test_metrics_count_a_request(server):
-    client, _, url = server
+    client, engine, url = server
     before = scrape(url)
     reply = chat(client, max_tokens=5, temperature=0)
+    _wait(lambda: engine.stats()["running"] == 0, "the engine to drop the finished row")  # it may reply first
     after = scrape(url)
     usage, route = reply.usage, "/v1/chat/completions"
     assert moved(before, after, "brainstacks_http_requests_total", route=route, status="200") == 1
@@ -275,7 +296,7 @@ def test_bad_requests_get_400_in_openai_error_shape(server):
         "messages.0.content": dict(model=NAME, messages=[{"role": "user", "content": 7}]),
         "messages.0.role": dict(model=NAME, messages=[{"role": "robot", "content": "hi"}]),
         "foo": dict(model=NAME, messages=[{"role": "user", "content": "hi"}], extra_body={"foo": 1}),
-        "n": dict(model=NAME, messages=[{"role": "user", "content": "hi"}], n=2),
+        "n": dict(model=NAME, messages=[{"role": "user", "content": "hi"}], n=17),
     }
     for param, kwargs in cases.items():
         with pytest.raises(openai.BadRequestError) as err:
