@@ -1,8 +1,9 @@
-"""The HTTP routes: OpenAI's chat and text completions (plain and server-sent events), models, health.
+"""The HTTP routes: OpenAI's chat and text completions (plain and server-sent events), models, health, metrics.
 
-Each completion request becomes one ``Job`` for the ``BatchEngine``; the engine's events come back
-to the event loop through an ``asyncio.Queue``. Responses carry an extra ``brainstacks`` object
-(the OpenAI clients keep unknown fields: ``response.brainstacks`` / ``response.model_extra``):
+Each choice of a completion request (``n`` of them) becomes one ``Job`` for the ``BatchEngine``;
+the engine's events come back to the event loop through one ``asyncio.Queue`` per request.
+Responses carry an extra ``brainstacks`` object (the OpenAI clients keep unknown fields:
+``response.brainstacks`` / ``response.model_extra``):
 
     "brainstacks": {"mode": "routed", "stacks": [{"domain": "math", "weight": 0.83, "rounds": [0, 1]}],
                     "capability_gap": false, "router_probs": {"chat": 0.07, "math": 0.83, ...},
