@@ -108,6 +108,19 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     add = p.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     add("--port", type=int, default=8000, help="TCP port (0: any free port, logged at startup)")
+    add(
+        "--api_key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="bearer key clients must send (repeatable or comma-separated; also BRAINSTACKS_API_KEYS); "
+        "with a key every route but /health needs 'Authorization: Bearer KEY'",
+    )
+    add(
+        "--allow_unauthenticated",
+        action="store_true",
+        help="listen on a non-loopback --host without any API key (refused otherwise)",
+    )
     add("--served_name", default=None, help="model name clients send (default: the run directory's name)")
     add("--max_batch", type=int, default=16, help="requests decoded together in one batch at most")
     add("--max_queue", type=int, default=64, help="requests waiting for a batch slot at most; beyond it: HTTP 429")

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -22,6 +23,7 @@ import openai
 import pytest
 import torch
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from test_inference import set_bias, write_run
 
 from brainstacks_pl import commands, inference_cli
@@ -29,7 +31,7 @@ from brainstacks_pl.inference import RoutedGenerator
 from brainstacks_pl.serve.app import ServeSettings, create_app
 from brainstacks_pl.serve.engine import BatchEngine
 from brainstacks_pl.serve.jobs import Job, QueueFull, Route, Sampling
-from brainstacks_pl.serve.server import bind, launch
+from brainstacks_pl.serve.server import api_keys, bind, launch
 from brainstacks_pl.serve.text import TextStream
 
 PROMPT = "Compute 12 times 7."
@@ -43,10 +45,10 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @contextmanager
-def serving(generator: RoutedGenerator, **settings):
-    """An in-process server on 127.0.0.1:<free port>; yields (openai client, engine)."""
+def serving(generator: RoutedGenerator, engine_type: type[BatchEngine] = BatchEngine, **settings):
+    """An in-process server on 127.0.0.1:<free port>; yields (openai client, engine, base URL)."""
     limits = {k: settings.pop(k) for k in ("max_batch", "max_queue", "fetch_domain") if k in settings}
-    engine = BatchEngine(generator, **limits)
+    engine = engine_type(generator, **limits)
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(
         uvicorn.Config(create_app(engine, ServeSettings(NAME, **settings)), log_level="warning", lifespan="on")
@@ -85,6 +87,23 @@ def http(url: str, data: bytes | None = None) -> tuple[int, dict]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def scrape(url: str, key: str | None = None) -> dict[tuple, float]:
+    """``GET /metrics`` as {(sample name, sorted labels): value}."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=30) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def moved(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 def chat(client, model=NAME, prompt=PROMPT, **kwargs):
@@ -182,11 +201,13 @@ def test_pinned_domains_and_capability_gap_are_reported(server, reference):
     router = engine.generator.router
     saved = {k: v.clone() for k, v in router.state_dict().items()}
     set_bias(engine.generator, [-30.0, -30.0, -30.0])  # the server is idle: no request reads the router now
+    before = scrape(server[2])
     try:
         reply = chat(client, max_tokens=6, temperature=0)
     finally:
         router.load_state_dict(saved)
     assert reply.brainstacks["capability_gap"] and reply.brainstacks["stacks"] == []
+    assert moved(before, scrape(server[2]), "brainstacks_capability_gaps_total") == 1
     assert reply.choices[0].message.content == reference.generate([PROMPT], "base", max_new_tokens=6)[0].text
 
 
@@ -221,6 +242,47 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
     assert "".join(near_miss.feed(b) for b in b"xENO") + near_miss.flush() == "xENO" and not near_miss.stopped
 
 
+def test_n_choices_share_the_prompt_and_sum_their_tokens(server):
+    client, _, _ = server
+    one = chat(client, max_tokens=8, temperature=0)
+    three = chat(client, max_tokens=8, temperature=0, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}, "greedy: all identical"
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    seeded = chat(client, max_tokens=8, temperature=0.9, seed=5, n=2)
+    assert [c.message.content for c in seeded.choices] == [
+        chat(client, max_tokens=8, temperature=0.9, seed=seed).choices[0].message.content for seed in (5, 6)
+    ], "choice i draws from seed + i"
+    stream = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=8, temperature=0, n=2, stream=True)
+    texts, finished = ["", ""], []
+    for c in stream:
+        texts[c.choices[0].index] += c.choices[0].text
+        finished += [c.choices[0].index] if c.choices[0].finish_reason else []
+    assert texts == [one.choices[0].message.content] * 2 and sorted(finished) == [0, 1]
+
+
+def test_metrics_count_a_request(server):
+    client, engine, url = server
+    before = scrape(url)
+    reply = chat(client, max_tokens=5, temperature=0)
+    _wait(lambda: engine.stats()["running"] == 0, "the engine to drop the finished row")  # it may reply first
+    after = scrape(url)
+    usage, route = reply.usage, "/v1/chat/completions"
+    assert moved(before, after, "brainstacks_http_requests_total", route=route, status="200") == 1
+    assert moved(before, after, "brainstacks_prompt_tokens_total") == usage.prompt_tokens
+    assert moved(before, after, "brainstacks_completion_tokens_total") == usage.completion_tokens
+    assert moved(before, after, "brainstacks_time_to_first_token_seconds_count") == 1
+    assert moved(before, after, "brainstacks_inter_token_latency_seconds_count") == usage.completion_tokens - 1
+    assert moved(before, after, "brainstacks_requests_ended_total", reason=reply.choices[0].finish_reason) == 1
+    for stack in reply.brainstacks["stacks"]:
+        assert moved(before, after, "brainstacks_router_decisions_total", domain=stack["domain"]) == 1
+    assert after[("brainstacks_queue_depth", ())] == 0 and after[("brainstacks_running_batch_size", ())] == 0
+    assert after[("brainstacks_stack_cache_loads_total", ())] >= len(reply.brainstacks["stacks"]) > 0
+    http(f"{url}/v1/nowhere")
+    assert moved(after, scrape(url), "brainstacks_http_requests_total", route="other", status="404") == 1
+
+
 # --------------------------------------------------------------------------- bad requests
 
 
@@ -234,7 +296,7 @@ def test_bad_requests_get_400_in_openai_error_shape(server):
         "messages.0.content": dict(model=NAME, messages=[{"role": "user", "content": 7}]),
         "messages.0.role": dict(model=NAME, messages=[{"role": "robot", "content": "hi"}]),
         "foo": dict(model=NAME, messages=[{"role": "user", "content": "hi"}], extra_body={"foo": 1}),
-        "n": dict(model=NAME, messages=[{"role": "user", "content": "hi"}], n=2),
+        "n": dict(model=NAME, messages=[{"role": "user", "content": "hi"}], n=17),
     }
     for param, kwargs in cases.items():
         with pytest.raises(openai.BadRequestError) as err:
@@ -308,6 +370,66 @@ def _status(call) -> int:
     except openai.APIStatusError as err:
         return err.status_code
     return 200
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def test_with_api_keys_every_route_but_health_needs_one(run_dir):
+    with serving(RoutedGenerator.from_run(run_dir), api_keys=("k1", "k2")) as (client, _, url):
+        for call in (lambda c: c.models.list(), lambda c: chat(c, max_tokens=2)):
+            with pytest.raises(openai.AuthenticationError) as err:
+                call(client)  # api_key="unused"
+            assert err.value.status_code == 401
+            assert err.value.body == {
+                "message": err.value.body["message"],
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        assert [m.id for m in client.with_options(api_key="k2").models.list()][0] == NAME
+        assert chat(client.with_options(api_key="k1"), max_tokens=2).usage.completion_tokens >= 1
+        assert http(f"{url}/health")[0] == 200
+        assert http(f"{url}/metrics")[0] == 401
+        assert moved({}, scrape(url, key="k1"), "brainstacks_http_requests_total", route="/metrics", status="401") == 1
+        assert http(f"{url}/v1/embeddings")[0] == 401, "unknown paths are no way around the key"
+
+
+def test_api_keys_come_from_the_flag_and_the_environment(monkeypatch):
+    args = commands.build_parser().parse_args(["serve", "--run", "r", "--api_key", "a,b", "--api_key", " c "])
+    monkeypatch.delenv("BRAINSTACKS_API_KEYS", raising=False)
+    assert api_keys(args) == ("a", "b", "c")
+    monkeypatch.setenv("BRAINSTACKS_API_KEYS", "d,,a")
+    assert api_keys(args) == ("a", "b", "c", "d")
+
+
+def test_an_open_server_on_a_public_interface_is_refused(run_dir, capsys, monkeypatch):
+    monkeypatch.delenv("BRAINSTACKS_API_KEYS", raising=False)
+    assert commands.main(["serve", "--run", str(run_dir), "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 0.0.0.0 is reachable") and err.count("\n") == 1
+    assert "--allow_unauthenticated" in err
+
+
+class _SlowEngine(BatchEngine):
+    """One decode step per 20 ms: a long answer is still decoding while the test acts."""
+
+    def _step(self) -> None:
+        time.sleep(0.02)
+        super()._step()
+
+
+def test_a_non_streaming_client_that_goes_away_cancels_its_request(run_dir):
+    with serving(RoutedGenerator.from_run(run_dir), engine_type=_SlowEngine, max_tokens=200) as (_, engine, url):
+        body = json.dumps({"model": NAME, "prompt": PROMPT, "max_tokens": 200, "temperature": 0}).encode()
+        head = "POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as sock:
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            _wait(lambda: engine.tokens_out >= 3, "the first tokens")
+        closed = time.monotonic()
+        _wait(lambda: engine.stats()["running"] == 0, "the request to leave the batch", timeout=10)
+        assert time.monotonic() - closed < 1.0 and engine.tokens_out < 50, "decoding stopped at the next steps"
+        assert moved({}, scrape(url), "brainstacks_requests_ended_total", reason="cancelled") == 1
 
 
 # --------------------------------------------------------------------------- continuous batching (engine, float64)

@@ -11,7 +11,6 @@ are capped by the server's ``--max-*`` options; at most ``--workers`` jobs run a
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import threading
 from dataclasses import fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from brainstacks_pl.auth import bearer_matches
 from brainstacks_pl.sandbox.base import Executor, Job, Limits, default_workers
 from brainstacks_pl.sandbox.registry import get_executor
 
@@ -91,8 +91,7 @@ def make_server(
         def _authorized(self) -> bool:
             if not token:
                 return True
-            given = self.headers.get("Authorization", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if bearer_matches(self.headers.get("Authorization"), [token]):
                 return True
             self._send(401, {"error": "missing or wrong bearer token"})
             return False

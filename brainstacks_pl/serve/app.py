@@ -1,12 +1,16 @@
-"""The HTTP routes: OpenAI's chat and text completions (plain and server-sent events), models, health.
+"""The HTTP routes: OpenAI's chat and text completions (plain and server-sent events), models, health, metrics.
 
-Each completion request becomes one ``Job`` for the ``BatchEngine``; the engine's events come back
-to the event loop through an ``asyncio.Queue``. Responses carry an extra ``brainstacks`` object
-(the OpenAI clients keep unknown fields: ``response.brainstacks`` / ``response.model_extra``):
+Each choice of a completion request (``n`` of them) becomes one ``Job`` for the ``BatchEngine``;
+the engine's events come back to the event loop through one ``asyncio.Queue`` per request.
+Responses carry an extra ``brainstacks`` object (the OpenAI clients keep unknown fields:
+``response.brainstacks`` / ``response.model_extra``):
 
     "brainstacks": {"mode": "routed", "stacks": [{"domain": "math", "weight": 0.83, "rounds": [0, 1]}],
                     "capability_gap": false, "router_probs": {"chat": 0.07, "math": 0.83, ...},
                     "novelty": 3.1}
+
+With ``ServeSettings.api_keys`` set, every route but ``/health`` needs ``Authorization: Bearer KEY``
+(401 ``invalid_api_key`` otherwise; the check is ``brainstacks_pl.auth.bearer_matches``).
 
 Statuses: 400 bad request (OpenAI's error shape, ``param`` names the field), 429 queue full,
 503 shutting down, 504 request timeout, 500 a failure while decoding.
@@ -18,19 +22,23 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from brainstacks_pl.auth import bearer_matches
 from brainstacks_pl.inference import InferenceError
 from brainstacks_pl.serve.engine import BatchEngine
-from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, Sampling, ShuttingDown
+from brainstacks_pl.serve.jobs import Job, QueueFull, Sampling, ShuttingDown
+from brainstacks_pl.serve.metrics import CountRequests, ServeMetrics
+from brainstacks_pl.serve.reply import Reply
 from brainstacks_pl.serve.schema import (
     ApiError,
     ChatRequest,
@@ -40,7 +48,6 @@ from brainstacks_pl.serve.schema import (
     parse_request,
     resolve_model,
 )
-from brainstacks_pl.serve.text import TextStream
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -57,6 +64,8 @@ class ServeSettings:
     """Seconds from arrival until a request still waiting or decoding ends with 504 / a timeout event."""
     completion_default_tokens: int = 16
     """``max_tokens`` of /v1/completions when the request leaves it out (OpenAI's default)."""
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys clients must send on every route but ``/health``; empty: no key needed."""
 
 
 def _error(err: ApiError) -> JSONResponse:
@@ -78,11 +87,31 @@ def _end_error(reason: str) -> ApiError | None:
     return None
 
 
+class _RequireKey:
+    """ASGI middleware: 401 in OpenAI's shape unless the request carries one of ``keys``.
+
+    Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which would wrap every response
+    (streams included) in a task of its own and hide the client's disconnect from the routes."""
+
+    def __init__(self, app, keys: tuple[str, ...], open_paths: frozenset[str] = frozenset({"/health"})):
+        self.app, self.keys, self.open_paths = app, keys, open_paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.keys and scope["path"] not in self.open_paths:
+            if not bearer_matches(Headers(scope=scope).get("authorization"), self.keys):
+                message = "Incorrect or missing API key: send 'Authorization: Bearer KEY'"
+                response = _error(ApiError(401, message, code="invalid_api_key"))
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _Handler:
     """The routes, bound to one engine."""
 
-    def __init__(self, engine: BatchEngine, settings: ServeSettings):
-        self.engine, self.settings = engine, settings
+    def __init__(self, engine: BatchEngine, settings: ServeSettings, metrics: ServeMetrics):
+        self.engine, self.settings, self.metrics = engine, settings, metrics
         self.has_router = engine.generator.router is not None
         self.created = int(time.time())
 
@@ -123,7 +152,9 @@ class _Handler:
         with self.engine.tokenizer_lock:
             return self.engine.generator.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    async def _job(self, req, prompt: str, param: str, default_tokens: int) -> Job:
+    async def _jobs(self, req, prompt: str, param: str, default_tokens: int) -> list[Job]:
+        """One job per choice (``n``); with a ``seed``, choice ``i`` draws from ``seed + i``, so the
+        choices differ and each is reproducible."""
         route = resolve_model(req.model, self.settings.name, self.engine.stack_domains, self.has_router)
         max_tokens = req.requested_tokens() or min(default_tokens, self.settings.max_tokens)
         if max_tokens > self.settings.max_tokens:
@@ -133,38 +164,69 @@ class _Handler:
                 "max_tokens",
             )
         ids = await asyncio.to_thread(self._encode, prompt, param)  # a long prompt must not hold up the event loop
-        sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed)
-        return Job(prompt, ids, route, sampling, emit=lambda event: None, timeout=self.settings.request_timeout)
+        return [
+            Job(
+                prompt,
+                ids,
+                route,
+                Sampling(max_tokens, req.temperature, req.top_p, None if req.seed is None else req.seed + i),
+                emit=lambda event: None,
+                timeout=self.settings.request_timeout,
+            )
+            for i in range(req.n)
+        ]
 
-    def _submit(self, job: Job) -> asyncio.Queue:
+    def _submit(self, jobs: list[Job]) -> asyncio.Queue:
+        """Submit every job; their events arrive on one queue as ``(choice index, kind, value)``."""
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def emit(event) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+        def sink(index: int):
+            def emit(event) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, *event))
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
 
-        job.emit = emit
-        try:
-            self.engine.submit(job)
-        except QueueFull as err:
-            raise ApiError(429, str(err), type="rate_limit_error", code="rate_limit_exceeded") from None
-        except ShuttingDown as err:
-            raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
+            return emit
+
+        for index, job in enumerate(jobs):
+            job.emit = sink(index)
+            try:
+                self.engine.submit(job)
+            except (QueueFull, ShuttingDown) as err:
+                for submitted in jobs[:index]:  # all choices or none
+                    self.engine.cancel(submitted)
+                if isinstance(err, QueueFull):
+                    raise ApiError(429, str(err), type="rate_limit_error", code="rate_limit_exceeded") from None
+                raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
         return queue
 
-    async def _events(self, job: Job, queue: asyncio.Queue) -> AsyncIterator[tuple[str, object]]:
+    async def _events(
+        self, jobs: list[Job], queue: asyncio.Queue, arrival: float
+    ) -> AsyncIterator[tuple[int, str, object]]:
+        """The jobs' events until every one has ended (those left are cancelled if the caller stops
+        early), measured."""
+        metrics, last, seen, open_jobs = self.metrics, [arrival] * len(jobs), [0] * len(jobs), len(jobs)
+        metrics.prompt_tokens.inc(len(jobs[0].ids))
         try:
-            while True:
-                event = await queue.get()
+            while open_jobs:
+                index, kind, value = event = await queue.get()
+                if kind == "token":
+                    now = time.monotonic()
+                    (metrics.inter_token if seen[index] else metrics.first_token).observe(now - last[index])
+                    last[index], seen[index] = now, seen[index] + 1
+                    metrics.completion_tokens.inc()
+                elif kind == "route":
+                    metrics.routed(value)
+                elif kind == "end":
+                    metrics.end(value)
+                    open_jobs -= 1
                 yield event
-                if event[0] == "end":
-                    return
         finally:
-            if not job.finished:
-                self.engine.cancel(job)
+            for job in jobs:
+                if not job.finished:
+                    self.engine.cancel(job)
 
     # ------------------------------------------------------------------ routes
     async def models(self, request: Request) -> Response:
@@ -191,6 +253,7 @@ class _Handler:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: Request, chat: bool) -> Response:
+        arrival = time.monotonic()
         try:
             body = await self._body(request)
             if chat:
@@ -199,133 +262,88 @@ class _Handler:
             else:
                 req = parse_request(CompletionRequest, body)
                 prompt, param, default = req.text(), "prompt", self.settings.completion_default_tokens
-            job = await self._job(req, prompt, param, default)
-            queue = self._submit(job)
+            jobs = await self._jobs(req, prompt, param, default)
+            queue = self._submit(jobs)
         except ApiError as err:
             return _error(err)
-        reply = _Reply(chat, req.model, req.stops(), self._decode, len(job.ids))
+        reply = Reply(chat, req.model, req.stops(), self._decode, len(jobs[0].ids), len(jobs))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(job, queue, reply, include_usage),
+                self._stream(jobs, queue, arrival, reply, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        async for kind, value in self._events(job, queue):
-            if kind == "route":
-                reply.info = value
-            elif kind == "token" and reply.feed(value):
-                self.engine.cancel(job)  # a stop string: the engine drops the row at its next step
-            elif kind == "end":
-                err = _end_error(value) if not reply.stream.stopped else None
-                if err is not None:
-                    return _error(err)
-                return JSONResponse(reply.full(value))
-        raise AssertionError("the event stream ended without an end event")
+        watcher = asyncio.create_task(self._cancel_on_disconnect(request, jobs))
+        try:
+            return await self._full(jobs, queue, arrival, reply)
+        finally:
+            watcher.cancel()
 
-    async def _stream(self, job: Job, queue: asyncio.Queue, reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
-        async for kind, value in self._events(job, queue):
-            if kind == "route":
-                reply.info = value
-                yield _sse(reply.chunk(role=True))
-            elif kind == "token":
-                stopped = reply.feed(value)
-                delta = reply.take()
-                if delta:
-                    yield _sse(reply.chunk(text=delta))
-                if stopped:
-                    self.engine.cancel(job)
-            elif kind == "end":
-                err = _end_error(value) if not reply.stream.stopped else None
-                if err is not None:
-                    yield _sse(err.body())
-                else:
-                    rest = reply.stream.flush()
-                    yield _sse(reply.chunk(text=rest, finish=reply.finish_reason(value)))
-                    if include_usage:
-                        yield _sse(reply.usage_chunk())
-                yield "data: [DONE]\n\n"
+    async def _cancel_on_disconnect(self, request: Request, jobs: list[Job]) -> None:
+        """Cancel ``jobs`` once their client has gone away. The body has been read, so the next ASGI
+        message is ``http.disconnect``, which the server sends when the connection closes; without
+        this, a non-streaming request would decode to ``max_tokens`` for nobody."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        for job in jobs:
+            self.engine.cancel(job)
+
+    def _token(self, jobs: list[Job], reply: Reply, index: int, token: int) -> None:
+        if reply.feed(index, token):
+            self.engine.cancel(jobs[index])  # a stop string: the engine drops the row at its next step
+
+    async def _full(self, jobs: list[Job], queue: asyncio.Queue, arrival: float, reply: Reply) -> Response:
+        async with contextlib.aclosing(self._events(jobs, queue, arrival)) as events:
+            async for index, kind, value in events:
+                if kind == "route":
+                    reply.info = reply.info or value
+                elif kind == "token":
+                    self._token(jobs, reply, index, value)
+                elif kind == "end":
+                    reply.choices[index].end = value
+                    err = _end_error(value) if not reply.choices[index].stream.stopped else None
+                    if err is not None:
+                        return _error(err)  # one choice failed: the request fails, the others are cancelled
+        return JSONResponse(reply.full())
+
+    async def _stream(
+        self, jobs: list[Job], queue: asyncio.Queue, arrival: float, reply: Reply, include_usage: bool
+    ) -> AsyncIterator[str]:
+        failed = False
+        async with contextlib.aclosing(self._events(jobs, queue, arrival)) as events:
+            async for index, kind, value in events:
+                if kind == "route":
+                    reply.info = reply.info or value
+                    yield _sse(reply.chunk(index, role=True))
+                elif kind == "token":
+                    self._token(jobs, reply, index, value)
+                    delta = reply.take(index)
+                    if delta:
+                        yield _sse(reply.chunk(index, text=delta))
+                elif kind == "end":
+                    choice = reply.choices[index]
+                    choice.end = value
+                    err = _end_error(value) if not choice.stream.stopped else None
+                    if err is not None:
+                        failed = True
+                        yield _sse(err.body())
+                        break  # closing the events cancels the other choices
+                    yield _sse(reply.chunk(index, text=choice.stream.flush(), finish=choice.finish_reason()))
+        if include_usage and not failed:
+            yield _sse(reply.usage_chunk())
+        yield "data: [DONE]\n\n"
 
 
 def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-class _Reply:
-    """One response's text, ids and bookkeeping, in chat or text-completion shape."""
-
-    def __init__(self, chat: bool, model: str, stops: list[str], decode, prompt_tokens: int):
-        self.chat, self.model, self.prompt_tokens = chat, model, prompt_tokens
-        self.stream = TextStream(decode, stops)
-        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-        self.info: RouteInfo | None = None
-        self._pending = ""
-
-    def feed(self, token: int) -> bool:
-        """Add a token; True once a stop string was seen (later tokens are ignored)."""
-        if not self.stream.stopped:
-            self._pending += self.stream.feed(token)
-        return self.stream.stopped
-
-    def take(self) -> str:
-        delta, self._pending = self._pending, ""
-        return delta
-
-    def finish_reason(self, end: str) -> str:
-        return "stop" if self.stream.stopped or end in ("stop", "cancelled") else "length"
-
-    def usage(self) -> dict:
-        completion = len(self.stream.tokens)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
-
-    def _envelope(self, obj: str, info: bool = True) -> dict:
-        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-        if info and self.info is not None:
-            out["brainstacks"] = self.info.to_dict()
-        return out
-
-    def full(self, end: str) -> dict:
-        text = self.stream.text
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": self.finish_reason(end),
-            }
-            return {**self._envelope("chat.completion"), "choices": [choice], "usage": self.usage()}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish_reason(end)}
-        return {**self._envelope("text_completion"), "choices": [choice], "usage": self.usage()}
-
-    def chunk(self, text: str = "", role: bool = False, finish: str | None = None) -> dict:
-        """A stream chunk; the first (``role``) and the last (``finish``) carry the route."""
-        info = role or finish is not None
-        if self.chat:
-            delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {**self._envelope("chat.completion.chunk", info), "choices": [choice]}
-        return {
-            **self._envelope("text_completion", info),
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        }
-
-    def usage_chunk(self) -> dict:
-        return {
-            **self._envelope("chat.completion.chunk" if self.chat else "text_completion", info=False),
-            "choices": [],
-            "usage": self.usage(),
-        }
-
-
 def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
     """The ASGI app; its lifespan starts the engine and, at shutdown, closes it (requests still in
     flight after uvicorn's graceful-shutdown timeout end with ``shutdown``)."""
-    handler = _Handler(engine, settings)
+    metrics = ServeMetrics(engine)
+    handler = _Handler(engine, settings, metrics)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         return _error(
@@ -350,5 +368,12 @@ def create_app(engine: BatchEngine, settings: ServeSettings) -> Starlette:
         HttpRoute("/v1/completions", handler.completions, methods=["POST"]),
         HttpRoute("/v1/models", handler.models, methods=["GET"]),
         HttpRoute("/health", handler.health, methods=["GET"]),
+        HttpRoute("/metrics", metrics.endpoint, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
+    middleware = [
+        Middleware(CountRequests, metrics=metrics, routes=frozenset(r.path for r in routes)),  # 401s count too
+        Middleware(_RequireKey, keys=tuple(settings.api_keys)),
+    ]
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: not_found}, lifespan=lifespan
+    )

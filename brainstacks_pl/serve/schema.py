@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI API, validated strictly, and model names resolved to routes.
 
 Every field a client may send is declared; an unknown field, a wrong type ("5" for an integer), a
-value out of range or a non-default value of a field this server does not implement (``n`` > 1,
-penalties, logprobs, tools...) is a 400 in OpenAI's error shape, never a crash:
+value out of range (``n`` above ``MAX_CHOICES``) or a non-default value of a field this server
+does not implement (penalties, logprobs, tools...) is a 400 in OpenAI's error shape, never a crash:
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
 
@@ -19,7 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brainstacks_pl.serve.jobs import Route
 
-__all__ = ["ApiError", "ChatRequest", "CompletionRequest", "parse_request", "resolve_model", "chat_prompt", "model_ids"]
+__all__ = [
+    "MAX_CHOICES",
+    "ApiError",
+    "ChatRequest",
+    "CompletionRequest",
+    "parse_request",
+    "resolve_model",
+    "chat_prompt",
+    "model_ids",
+]
 
 
 class ApiError(Exception):
@@ -62,9 +71,11 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+MAX_CHOICES = 16
+"""Most choices (``n``) one request may ask for: each is a row of the decode batch."""
+
 # Fields of the OpenAI API this server accepts only at their default (they change nothing then).
 _DEFAULT_ONLY = {
-    "n": 1,
     "best_of": 1,
     "presence_penalty": 0,
     "frequency_penalty": 0,
@@ -89,7 +100,7 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None

@@ -12,6 +12,7 @@ and the command exits 0.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -26,7 +27,10 @@ from pathlib import Path
 
 from brainstacks_pl.errors import UserError
 
-__all__ = ["run", "bind", "build", "launch"]
+__all__ = ["run", "bind", "build", "launch", "api_keys"]
+
+KEYS_VARIABLE = "BRAINSTACKS_API_KEYS"
+"""Environment variable with comma-separated API keys (so keys need not appear in ``ps`` output)."""
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys of ``--api_key`` (each comma-separated) and of ``$BRAINSTACKS_API_KEYS``, in order, once each."""
+    given = [*(args.api_key or []), os.environ.get(KEYS_VARIABLE, "")]
+    return tuple(dict.fromkeys(key.strip() for text in given for key in text.split(",") if key.strip()))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    if not _is_loopback(args.host) and not api_keys(args) and not args.allow_unauthenticated:
+        raise UserError(
+            f"--host {args.host} is reachable from other machines and no API key is set: "
+            f"give --api_key KEY (or ${KEYS_VARIABLE}), or --allow_unauthenticated to serve it open"
+        )
     for name, minimum in (
         ("max_batch", 1),
         ("max_queue", 0),
@@ -85,6 +109,7 @@ def build(args: argparse.Namespace):
         max_tokens=args.max_tokens,
         max_body_bytes=int(args.max_body_mb * 2**20),
         request_timeout=args.request_timeout,
+        api_keys=api_keys(args),
     )
     return engine, create_app(engine, settings), settings
 
@@ -119,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         settings.name,
         settings.name,
     )
+    if settings.api_keys:
+        log.info("API key required on every route but /health (%d keys)", len(settings.api_keys))
     config = uvicorn.Config(
         app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout, lifespan="on"
     )
