@@ -158,11 +158,14 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
                 if self.kl_coeff:
                     with self.stacks.active_off():
                         ref_logps, _ = self.token_logps(sequences, attention, prompt_len)
+            # The bar shows the mean reward, sampled here and greedy in validation (val/reward):
+            # GRPO's loss is a surrogate whose value says nothing about progress.
+            reward = rewards[~bad_groups].mean().float() if bool((~bad_groups).any()) else torch.tensor(float("nan"))
+            self.log(
+                "train/reward", reward, prog_bar=True, on_step=True, on_epoch=False, batch_size=prompt_ids.shape[0]
+            )
             self.log_dict(
                 {
-                    "train/reward": rewards[~bad_groups].mean().float()
-                    if bool((~bad_groups).any())
-                    else torch.tensor(float("nan")),
                     "train/reward_std": rewards.std(1).mean().float(),
                     "train/completion_tokens": completion_mask.sum(1).float().mean(),
                     "train/skipped_groups": float(self.skipped_groups),
@@ -221,7 +224,8 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
             on_step=True,
             on_epoch=False,
         )
-        self.log("train_loss", loss.detach(), prog_bar=True)
+        self.log("train_loss", out.loss.detach())  # the GRPO loss; with aux_coeff x load balance: train_total_loss
+        self.log("train_total_loss", loss.detach())
         return loss.detach()
 
     # ------------------------------------------------------------------ validation
@@ -242,9 +246,9 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
         n = batch["input_ids"].shape[0]
         finite = torch.isfinite(rewards)
         reward = rewards[finite].mean().float() if bool(finite.any()) else torch.tensor(float("nan"))
-        self.log("val/reward", reward, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val/reward", reward, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         # BestStackCallback watches val_loss: lower is better, so the validation objective is -reward.
-        self.log("val_loss", -reward, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_loss", -reward, on_epoch=True, batch_size=n, sync_dist=True)
 
     @torch.no_grad()
     def evaluate(self, dataloader) -> dict[str, float]:

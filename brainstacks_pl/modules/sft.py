@@ -86,7 +86,8 @@ class StackSFTModule(StackModule):
             shard_stacks(self.stacks, data_parallel_mesh(self._device_mesh))
 
     # ------------------------------------------------------------------ steps
-    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """(the optimised loss: task + ``aux_coeff`` x load balance, the task loss alone)."""
         collect = (
             stage == "train"
             and self.log_expert_utilisation_every > 0
@@ -119,17 +120,20 @@ class StackSFTModule(StackModule):
             utilisation = torch.stack(out.expert_fractions).mean(0)  # [E], mean over layers
             for expert, share in enumerate(utilisation):
                 self.log(f"experts/{tag}/e{expert}", share, on_step=True, on_epoch=False)
-        return loss if stage == "train" else task_loss
+        return loss, task_loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._common_step(batch, "train")
+        loss, task_loss = self._common_step(batch, "train")
         if self.skip_if_nonfinite(loss, what="training loss"):  # every rank skips, or none does
             return self.skip_step()
-        self.log("train_loss", loss, prog_bar=True)
+        # The bar shows train_loss beside val_loss: the same quantity, the task loss. The load-balance
+        # term is train/aux_loss/<stack>; the sum the optimizer minimises is train_total_loss.
+        self.log("train_loss", task_loss, prog_bar=True)
+        self.log("train_total_loss", loss)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._common_step(batch, "val")
+        return self._common_step(batch, "val")[1]
 
     def on_train_start(self) -> None:
         # Lightning 2.x keeps submodules in whatever mode they are in (it only restores modes
