@@ -40,6 +40,7 @@ from brainstacks_pl.modules.alignment import AlignmentModule
 from brainstacks_pl.modules.grpo_rewards import RewardError, RewardScoring, RewardSpec, load_reward
 from brainstacks_pl.modules.grpo_rollout import Rollout
 from brainstacks_pl.modules.serving import prompt_rows
+from brainstacks_pl.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
         group, prompt_ids = self.group_size, batch["input_ids"]
         # Seeded by (seed, update, rank): reruns replay the same groups; ranks draw independently.
         generator = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank
+            derive_seed(self.seed, "rollout", self.global_step, self.global_rank)
         )
         self.stacks.eval()  # no gating noise: the ratio must be 1 at the sampling weights
         # Every forward of the step (sampling, old / reference / new log-probs) runs as served.

@@ -21,6 +21,7 @@ from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.stack_module import StackModule
 from brainstacks_pl.phase import PhaseContext
+from brainstacks_pl.seeds import derive_seed
 from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
 from brainstacks_pl.validation import evaluate_loss
 
@@ -145,9 +146,9 @@ class StackSFTModule(StackModule):
         # Gating noise is a function of (seed, stack, epoch) drawn from its own generator, so a
         # resumed round replays it exactly whatever else consumed the global RNG.
         info = self.stacks.active_info
-        offset = (self.domain_names.index(info.domain) * 100 + info.round) if info else 0
+        stack = (self.domain_names.index(info.domain), info.round) if info else ()
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed * 1_000_003 + offset * 10_007 + self.current_epoch)
+        generator.manual_seed(derive_seed(self.seed, "gating-noise", *stack, self.current_epoch))
         self.stacks.context.noise_generator = generator
 
     # ------------------------------------------------------------------ the phase
