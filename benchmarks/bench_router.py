@@ -41,6 +41,7 @@ from brainstacks_pl.losses import per_sample_lm_loss
 from brainstacks_pl.routing.discovery import RouteLossOracle, route_weights
 from brainstacks_pl.routing.features import pad_right
 from brainstacks_pl.routing.spec import RouterSpec
+from brainstacks_pl.tokenization import pad_token_id
 
 DOMAINS = ["chat", "code", "math", "medical", "reasoning"]
 TARGET_SPEEDUP = 3.0
@@ -75,12 +76,12 @@ def bench_discovery(stacks: BrainstacksModel, tokenizer, n_examples: int, repeat
     )
     pairs = [(i, r) for i in range(len(items)) for r in routes]
     batched, single = (
-        RouteLossOracle(stacks, tokenizer.pad_token_id, max_rows=len(routes) * 4),
-        RouteLossOracle(stacks, tokenizer.pad_token_id, max_rows=1),
+        RouteLossOracle(stacks, pad_token_id(tokenizer), max_rows=len(routes) * 4),
+        RouteLossOracle(stacks, pad_token_id(tokenizer), max_rows=1),
     )
 
     def per_route() -> None:  # one forward per route, the examples batched
-        ids, _ = pad_right([it[0].tolist() for it in items], tokenizer.pad_token_id)
+        ids, _ = pad_right([it[0].tolist() for it in items], pad_token_id(tokenizer))
         labels, _ = pad_right([it[1].tolist() for it in items], -100)
         mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(it[0]) for it in items])[:, None]).long()
         for route in routes:

@@ -18,6 +18,8 @@ from typing import Any
 import lightning as L
 from jsonargparse import set_parsing_settings
 from lightning import Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -99,7 +101,10 @@ class BrainstacksCLI(LightningCLI):
             for key in STATEFUL_TRAINER_ARGS
             if config.get(key) is not None and not isinstance(config[key], (str, int))
         }
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except (MisconfigurationException, ImportError) as err:  # every later Trainer has this config
+            raise trainer_refusal(err, config.get("accelerator"), config.get("devices")) from err
 
     def before_fit(self) -> None:
         # Programmatic links (they differ per phase): the data's tokenizer is the model's, and
@@ -222,6 +227,39 @@ def phase_log_name(model: L.LightningModule) -> str:
     phase = getattr(model, "phase", None) or type(model).__name__.removesuffix("Module").lower()
     domain = getattr(model, "domain", None)
     return f"{phase}-{domain}" if isinstance(domain, str) and domain else phase
+
+
+def _torch_devices() -> str:
+    """What torch finds on this machine, for an error about hardware that is not there."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} CUDA GPU(s)"
+    build = "" if torch.version.cuda else f"; torch {torch.__version__} is built without CUDA"
+    return f"no CUDA GPU (torch.cuda.is_available() is False{build})"
+
+
+def trainer_refusal(err: Exception, accelerator: Any, devices: Any) -> UserError:
+    """Lightning's refusal to build the Trainer as one line: the flag, what was found, what to pass.
+
+    An accelerator this machine lacks (Lightning's ``AcceleratorRegistry`` says which it has;
+    ``gpu`` is Lightning's alias of ``mps`` or ``cuda``) gets the accelerator to pass instead;
+    anything else Lightning refuses (more devices than there are, a strategy's missing package)
+    keeps Lightning's own words, on one line, with what torch found beside a device request."""
+    available = sorted(name for name in AcceleratorRegistry if AcceleratorRegistry[name]["accelerator"].is_available())
+    flag = accelerator.lower() if isinstance(accelerator, str) else None
+    wanted = ("mps", "cuda") if flag == "gpu" else (flag,)
+    if flag is not None and all(name in AcceleratorRegistry for name in wanted) and not set(wanted) & set(available):
+        instead = next((name for name in available if name != "cpu"), "cpu")
+        return UserError(
+            f"--trainer.accelerator {accelerator}: not on this machine: found {_torch_devices()}, and "
+            f"Lightning can use {', '.join(available)}; pass --trainer.accelerator {instead}"
+        )
+    said = " ".join(str(err).split()) or type(err).__name__
+    hint = f"; found {_torch_devices()}" if flag not in (None, "cpu") else ""
+    return UserError(
+        f"the Trainer refused --trainer.accelerator {accelerator} --trainer.devices {devices}: {said}{hint}"
+    )
 
 
 def refuse_zero_step_rounds(trainer: Trainer) -> None:

@@ -41,6 +41,7 @@ from brainstacks_pl.routing.novelty import NoveltyDetector, pooled_features
 from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.stack_cache import StackCache
 from brainstacks_pl.storage import Manifest
+from brainstacks_pl.tokenization import pad_token_id
 
 __all__ = ["InferenceError", "check_device", "StackCache", "RouteDecision", "Generation", "RoutedGenerator", "Mode"]
 
@@ -323,8 +324,7 @@ class RoutedGenerator:
 
     @property
     def _pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        return pad_token_id(self.tokenizer)
 
     @torch.no_grad()
     def decode_batch(

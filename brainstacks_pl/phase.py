@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 from lightning.pytorch.loggers import Logger
 
+from brainstacks_pl.seeds import derive_seed
+
 if TYPE_CHECKING:
     from brainstacks_pl.run import RunDirectory
 
@@ -62,7 +64,7 @@ FORCED_CALLBACKS = ("best_stack", "boosting", "null_space")
 def stack_seed(seed: int, domain_index: int, round: int) -> int:
     """Initialisation seed of a stack: a function of its place in the curriculum only, so a
     resumed run, another rank and an alignment phase all build the same stack."""
-    return seed * 1_000_003 + domain_index * 1_009 + round
+    return derive_seed(seed, "stack", domain_index, round)
 
 
 def phase_callbacks(module: L.LightningModule) -> tuple[str, ...]:

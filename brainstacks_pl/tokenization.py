@@ -1,4 +1,4 @@
-"""A byte-level tokenizer that needs no download.
+"""A byte-level tokenizer that needs no download, and the pad id of any tokenizer.
 
 Tests and the demo base need a real ``PreTrainedTokenizerFast`` (padding, special tokens,
 ``save_pretrained``) without touching a hub. A byte-level BPE with no merges maps every
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+__all__ = ["SPECIAL_TOKENS", "byte_tokenizer", "pad_token_id"]
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
@@ -31,3 +33,14 @@ def byte_tokenizer(
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
     fast.padding_side = "right"
     return fast
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id every batch of ``tokenizer``'s sequences is padded with: its pad token, else its eos
+    token (many causal LMs ship none), else 0. Padded positions are masked out wherever they
+    occur (attention mask 0, label -100), so any id of the vocabulary would do, and 0 always is one;
+    training, routing, scoring, generation and serving all pad with this one id."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from brainstacks_pl import BrainstacksModel, StackConfig, storage
 from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.prompts import format_prompt
+from brainstacks_pl.tokenization import pad_token_id
 
 EXAMPLES = [("What is 12 times 7?", "12 x 7 = 84.\n#### 84"), ("What is 9 plus 15?", "9 + 15 = 24.\n#### 24")]
 
@@ -33,7 +34,7 @@ def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
 def batch(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = [encode(tokenizer, p, a) for p, a in EXAMPLES]
     length = max(len(ids) for ids, _ in rows)
-    input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (length - len(ids)) for ids, _ in rows])  # [B, L]
+    input_ids = torch.tensor([ids + [pad_token_id(tokenizer)] * (length - len(ids)) for ids, _ in rows])  # [B, L]
     labels = torch.tensor([lab + [-100] * (length - len(lab)) for _, lab in rows])  # [B, L]
     attention_mask = (torch.arange(length)[None, :] < torch.tensor([[len(ids)] for ids, _ in rows])).long()  # [B, L]
     return input_ids, attention_mask, labels

@@ -61,7 +61,7 @@ def measure(
     for batch in data.val_dataloader():
         ids, mask, answers = batch["input_ids"], batch["attention_mask"], batch["columns"]["answer"]
         levels = batch["columns"].get("level", [0] * len(answers))
-        out = generate(stacks.model, ids, mask, max_new_tokens, None, None, tok.eos_token_id, tok.pad_token_id)
+        out = generate(stacks.model, ids, mask, max_new_tokens, None, None, tok.eos_token_id, data.pad_id)
         texts = [
             tok.decode(r[m.bool()].tolist(), skip_special_tokens=True)
             for r, m in zip(out.sequences[:, ids.shape[1] :], out.completion_mask)
@@ -78,7 +78,7 @@ def measure(
             temperature,
             generator,
             tok.eos_token_id,
-            tok.pad_token_id,
+            data.pad_id,
         )
         texts = [
             tok.decode(r[m.bool()].tolist(), skip_special_tokens=True)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama
-from fault_helpers import REPO, fit_args, make_model_dir, tree_digest
+from fault_helpers import REPO, fit_args, make_model_dir, subprocess_env, tree_digest
 
 from brainstacks_pl import commands, inference_cli
 from brainstacks_pl.cli import cli_main
@@ -868,6 +869,40 @@ SPECIFIC: dict[str, Case] = {
 CASES.update(SPECIFIC)
 
 
+def _absent(accelerator: str) -> bool:
+    """Lightning finds no such accelerator here (``gpu``: neither ``cuda`` nor ``mps``)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    names = ("cuda", "mps") if accelerator == "gpu" else (accelerator,)
+    return not any(AcceleratorRegistry[name]["accelerator"].is_available() for name in names)
+
+
+# Hardware this machine lacks: Lightning refuses to build the Trainer; the user reads one line
+# saying what was found and what to pass. (A machine that has the accelerator leaves its case out.)
+NO_ACCELERATOR = r"--trainer\.accelerator {}: not on this machine: found .*; pass --trainer\.accelerator \w+$"
+CASES.update(
+    {
+        f"fit: --trainer.accelerator {name} (absent)": Case(
+            "fit", lambda env, name=name: fit(env, "--trainer.accelerator", name), NO_ACCELERATOR.format(name)
+        )
+        for name in ("gpu", "cuda", "mps", "tpu")
+        if _absent(name)
+    }
+)
+if _absent("gpu"):
+    CASES["fit: --trainer.accelerator gpu (absent)"].expect = (
+        r"--trainer\.accelerator gpu: not on this machine: found no CUDA GPU "
+        r"\(torch\.cuda\.is_available\(\) is False.*\), and Lightning can use cpu; pass --trainer\.accelerator cpu$"
+    )
+# More CUDA devices than any machine here has: "not on this machine" without CUDA, Lightning's
+# "your machine only has" with it.
+CASES["fit: --trainer.accelerator cuda --trainer.devices 64"] = Case(
+    "fit",
+    lambda env: fit(env, "--trainer.accelerator", "cuda", "--trainer.devices", "64"),
+    r"--trainer\.accelerator cuda.*(not on this machine|your machine only has)",
+)
+
+
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory) -> Path:
     """A base of the same architecture and shapes as ``model_dir`` with other weights."""
@@ -919,6 +954,26 @@ def test_bad_input_matrix(name, finished_run, model_dir, other_model, tmp_path, 
         f"{name}: {verdict}; exit {outcome.code}; exception {outcome.exc!r}\n"
         f"stderr: {outcome.err[-2000:]}\nstdout: {outcome.out[-1000:]}"
     )
+
+
+@pytest.mark.skipif(not _absent("tpu"), reason="this machine has a TPU")
+def test_absent_accelerator_from_the_console_is_one_line_and_exit_2(tmp_path):
+    """The installed command, not only ``commands.main``: no Lightning traceback reaches the user."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "brainstacks_pl", "fit", "--config", str(REPO / "configs" / "demo.yaml")]
+        + ["--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.accelerator", "tpu"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "MisconfigurationException" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and "--trainer.accelerator tpu: not on this machine" in errors[0], errors
+    assert errors[0].endswith("pass --trainer.accelerator cpu") or not _absent("gpu"), errors
+    assert not (tmp_path / "run").exists()
 
 
 def test_torn_checkpoint_is_renamed_aside_with_a_warning(run_copy, caplog):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_llama
+from conftest import ProgressBarRecorder, make_tiny_llama
 from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 from lightning.pytorch.callbacks import Callback
 
@@ -205,8 +205,19 @@ def stack_bytes(run_dir: Path) -> dict[str, bytes]:
 def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
     run_dir = _copy(sft_run, tmp_path / "run")
     sft_files = stack_bytes(run_dir)
-    cli_main(dpo_args(run_dir))
+    cli = cli_main(dpo_args(run_dir, "--trainer.callbacks=[{class_path: conftest.ProgressBarRecorder}]"))
     manifest = assert_sft_then_phase(run_dir, "chat", "dpo")
+    # Like with like on the bar: train_loss is the DPO loss, as val_loss is; the optimised sum
+    # (+ aux_coeff x load balance, logged as train/aux_loss) is train_total_loss, off the bar.
+    [recorder] = [cb for cb in cli.trainer.callbacks if isinstance(cb, ProgressBarRecorder)]
+    aux_coeff = cli.model.stack_config.aux_coeff
+    assert recorder.train and recorder.val
+    for bar, logged in recorder.train:
+        assert "train_loss" in bar and {key for key in bar if "loss" in key} <= {"train_loss", "val_loss"}, bar
+        assert bar["train_loss"] == pytest.approx(logged["train/dpo_loss"])
+        total = bar["train_loss"] + aux_coeff * logged["train/aux_loss"]
+        assert logged["train_total_loss"] == pytest.approx(total, rel=1e-6, abs=1e-7)
+    assert all({key for key in bar if "loss" in key} == {"train_loss", "val_loss"} for bar in recorder.val)
     record = manifest.stacks[-1]
     assert (run_dir / record.file).is_file() and record.val_losses and math.isfinite(record.loss_at_freeze)
     summary = manifest.extra["alignment"][0]
@@ -231,6 +242,8 @@ def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
         "train/rewards/margins",
         "train/rewards/accuracy",
         "train/aux_loss",
+        "train_loss",
+        "train_total_loss",
         "val_loss",
         "dpo/after/likelihood_accuracy",
     ):

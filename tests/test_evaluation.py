@@ -331,9 +331,58 @@ def test_brainstacks_evaluate_end_to_end_skips_routed_without_a_router(tiny_run,
     assert list((tiny_run / "tensorboard" / "eval").glob("events.out.tfevents.*"))
     assert "math_mc" in printed and "skipped" in printed
     assert "chance" in printed and "winner" in printed and "Wilson" in printed
+    assert "…" not in printed, "no column cut short in an 80-column terminal (capsys: 80)"
     chances = {name: res["chance"] for name, res in results["modes"]["base"]["tasks"].items()}
     assert all(c == 0.0 for name, c in chances.items() if results["tasks"][name]["type"] == "gen")
     assert all(0.0 < c < 1.0 for name, c in chances.items() if results["tasks"][name]["type"] == "mc")
+
+
+def _results(tasks, modes: dict[str, str], run: str) -> dict:
+    """``evaluate_run``'s results for ``tasks``, with distinct accuracies; ``modes``: mode -> status."""
+    entries = {}
+    for m, (mode, status) in enumerate(modes.items()):
+        if status != "ok":
+            entries[mode] = {"status": status, "reason": "no router"}
+            continue
+        per_task = {
+            t.name: {"acc": (7 + 11 * i + 5 * m) % 40 / 40, "n": 40 + i, "chance": 0.25 if t.type == "mc" else 0.0}
+            for i, t in enumerate(tasks)
+        }
+        entries[mode] = {"status": "ok", "mean_acc": sum(r["acc"] for r in per_task.values()) / len(per_task)}
+        entries[mode]["tasks"] = per_task
+    return {
+        "run": run,
+        "tasks": {t.name: {k: v for k, v in t.to_dict().items() if k != "name"} for t in tasks},
+        "modes": entries,
+    }
+
+
+@pytest.mark.parametrize("routed", ["ok", "skipped"])
+def test_the_table_of_three_modes_is_whole_in_80_columns(routed, tmp_path):
+    """``brainstacks evaluate`` in an 80-column terminal: every task name, count, chance level,
+    accuracy and interval in full, no column cut to an ellipsis."""
+    import io
+
+    from rich.console import Console
+
+    tasks = resolve_tasks("demo")
+    results = _results(tasks, {"base": "ok", "ungated": "ok", "routed": routed}, str(tmp_path / "runs" / "demo"))
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(run_eval.format_table(results))
+    text = out.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+    ok = [mode for mode, entry in results["modes"].items() if entry["status"] == "ok"]
+    for task in tasks:
+        row = results["modes"]["base"]["tasks"][task.name]
+        assert task.name in text and str(row["n"]) in text and f"{row['chance']:.3f}" in text, task.name
+        for mode in ok:
+            acc, n = results["modes"][mode]["tasks"][task.name]["acc"], row["n"]
+            lo, hi = run_eval.wilson_interval(acc, n)
+            assert f"{acc:.3f}" in text and f"{lo:.2f}-{hi:.2f}" in text, (mode, task.name)
+    for mode in ok:
+        assert f"{results['modes'][mode]['mean_acc']:.3f}" in text
+    assert all(mode in text for mode in results["modes"]) and ("skipped" in text) == (routed == "skipped")
+    assert "Wilson" in text and "winner" in text
 
 
 def test_wilson_interval_and_winner():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import ProgressBarRecorder, make_tiny_llama
 from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 
 from brainstacks_pl.cli import cli_main
@@ -209,8 +209,21 @@ def grpo_args(run_dir: Path, *extra: str) -> list[str]:
 def test_grpo_phase_end_to_end_writes_a_grpo_stack(sft_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(sft_run, run_dir)
-    cli_main(grpo_args(run_dir))
+    cli = cli_main(grpo_args(run_dir, "--trainer.callbacks=[{class_path: conftest.ProgressBarRecorder}]"))
     manifest = assert_sft_then_phase(run_dir, "math", "grpo")
+    # Like with like on the bar: the mean reward, sampled in training and greedy in validation;
+    # GRPO's surrogate loss (train_loss, + aux_coeff x load balance: train_total_loss) stays off it.
+    [recorder] = [cb for cb in cli.trainer.callbacks if isinstance(cb, ProgressBarRecorder)]
+    aux_coeff = cli.model.stack_config.aux_coeff
+    assert recorder.train and recorder.val
+    for bar, logged in recorder.train:
+        shown = {key for key in bar if "loss" in key or "reward" in key}
+        assert "train/reward" in shown and shown <= {"train/reward", "val/reward"}, bar
+        assert logged["train_loss"] == pytest.approx(logged["train/grpo_loss"])
+        total = logged["train_loss"] + aux_coeff * logged["train/aux_loss"]
+        assert logged["train_total_loss"] == pytest.approx(total, rel=1e-6, abs=1e-7)
+    for bar in recorder.val:
+        assert {key for key in bar if "loss" in key or "reward" in key} == {"train/reward", "val/reward"}, bar
     record = manifest.stacks[-1]
     assert record.steps == 2 * 2 * 2, "manual optimisation: updates_per_batch optimizer steps per batch"
     assert len(record.val_losses) == 2

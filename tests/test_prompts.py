@@ -11,6 +11,7 @@ from brainstacks_pl.data.batches import encode_examples
 from brainstacks_pl.data.curriculum import DEMO_DOMAINS, demo_domains
 from brainstacks_pl.data.formats import FORMATS, Example
 from brainstacks_pl.data.preferences import PreferenceDataModule, PreferencePair
+from brainstacks_pl.data.sources import load_examples
 from brainstacks_pl.prompts import (
     DEFAULT_PROMPT_TEMPLATE,
     format_prompt,
@@ -20,7 +21,6 @@ from brainstacks_pl.prompts import (
     prompt_text,
     render_turns,
 )
-from brainstacks_pl.data.sources import load_examples
 from brainstacks_pl.routing import features
 
 PREFIX = DEFAULT_PROMPT_TEMPLATE.split("{prompt}")[0]

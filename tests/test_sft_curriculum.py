@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import ProgressBarRecorder, make_tiny_llama
 from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
 
@@ -279,6 +279,47 @@ def test_missing_domain_files_name_the_domain(tiny_model_dir, tmp_path):
     )
     with pytest.raises(Exception, match="law"):
         cli_main(fit_args(tiny_model_dir, tmp_path / "run", missing))
+
+
+def test_the_bar_shows_the_task_loss_beside_val_loss_and_logs_the_total_apart(tiny_model_dir):
+    """Like with like on the progress bar: ``train_loss`` is the task loss, the quantity of
+    ``val_loss``; the load-balance term (here aux_coeff = 1, so it shows) is logged on its own,
+    and the optimised sum as ``train_total_loss``, off the bar."""
+    import lightning as L
+
+    from brainstacks_pl.data import CurriculumDataModule, DomainConfig
+
+    data = CurriculumDataModule(
+        [DomainConfig("chat", "demo:chat", max_examples=24)],
+        tokenizer=str(tiny_model_dir),
+        max_seq_len=64,
+        batch_size=4,
+        max_val_examples=4,
+    )
+    stack = StackConfig(experts=2, rank=4, top_k=1, aux_coeff=1.0)
+    module = StackSFTModule(str(tiny_model_dir), stack=stack, domains=["chat"], log_expert_utilisation_every=0)
+    module.build().add_stack("chat")
+    recorder = ProgressBarRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
+    )
+    trainer.fit(module, datamodule=data)
+    assert len(recorder.train) == 2 and len(recorder.val) == 1
+    for bar, logged in recorder.train:
+        assert {key for key in bar if "loss" in key} == {"train_loss"}, bar
+        assert bar["train_loss"] == pytest.approx(logged["train/loss/chat/stack0"])  # the task loss
+        aux = logged["train/aux_loss/chat/stack0"]
+        assert aux > 0.01 and logged["train_total_loss"] == pytest.approx(bar["train_loss"] + aux)
+    assert {key for key in recorder.val[0] if "loss" in key} == {"train_loss", "val_loss"}
 
 
 def test_a_non_finite_loss_never_reaches_the_weights(tiny_model_dir, monkeypatch, caplog):

@@ -12,6 +12,7 @@ from typing import Any
 
 from brainstacks_pl.assets import resolve_model_name
 from brainstacks_pl.prompts import AUTO_TEMPLATE, resolve_template
+from brainstacks_pl.tokenization import pad_token_id
 
 __all__ = ["TokenizerMixin"]
 
@@ -66,8 +67,4 @@ class TokenizerMixin:
 
     @property
     def pad_id(self) -> int:
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
-        return pad
+        return pad_token_id(self.tokenizer)

@@ -23,6 +23,7 @@ from torch import Tensor
 from brainstacks_pl.evaluation.scoring import ContinuationScore, cut_at_stop, score_continuations
 from brainstacks_pl.inference import MODES, InferenceError, RouteDecision, RoutedGenerator
 from brainstacks_pl.prompts import prompt_ids
+from brainstacks_pl.tokenization import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ class StackScorer:
 
     @property
     def pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        return pad_token_id(self.tokenizer)
 
     @property
     def max_length(self) -> int | None:

@@ -101,7 +101,9 @@ class DPOModule(AlignmentModule):
         if self.skip_if_nonfinite(loss, what="DPO loss"):  # every rank alike; BestStackCallback restores
             return self.skip_step()
         self._log_step("train", out, batch["input_ids"].shape[0] // 2)
-        self.log("train_loss", loss, prog_bar=True)
+        # train_loss on the bar is the DPO loss, like val_loss beside it; the optimised sum is train_total_loss.
+        self.log("train_loss", out["dpo_loss"], prog_bar=True)
+        self.log("train_total_loss", loss)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

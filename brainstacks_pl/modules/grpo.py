@@ -40,6 +40,7 @@ from brainstacks_pl.modules.alignment import AlignmentModule
 from brainstacks_pl.modules.grpo_rewards import RewardError, RewardScoring, RewardSpec, load_reward
 from brainstacks_pl.modules.grpo_rollout import Rollout
 from brainstacks_pl.modules.serving import prompt_rows
+from brainstacks_pl.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
         group, prompt_ids = self.group_size, batch["input_ids"]
         # Seeded by (seed, update, rank): reruns replay the same groups; ranks draw independently.
         generator = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + self.global_step + 7_919 * self.global_rank
+            derive_seed(self.seed, "rollout", self.global_step, self.global_rank)
         )
         self.stacks.eval()  # no gating noise: the ratio must be 1 at the sampling weights
         # Every forward of the step (sampling, old / reference / new log-probs) runs as served.
@@ -158,11 +159,14 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
                 if self.kl_coeff:
                     with self.stacks.active_off():
                         ref_logps, _ = self.token_logps(sequences, attention, prompt_len)
+            # The bar shows the mean reward, sampled here and greedy in validation (val/reward):
+            # GRPO's loss is a surrogate whose value says nothing about progress.
+            reward = rewards[~bad_groups].mean().float() if bool((~bad_groups).any()) else torch.tensor(float("nan"))
+            self.log(
+                "train/reward", reward, prog_bar=True, on_step=True, on_epoch=False, batch_size=prompt_ids.shape[0]
+            )
             self.log_dict(
                 {
-                    "train/reward": rewards[~bad_groups].mean().float()
-                    if bool((~bad_groups).any())
-                    else torch.tensor(float("nan")),
                     "train/reward_std": rewards.std(1).mean().float(),
                     "train/completion_tokens": completion_mask.sum(1).float().mean(),
                     "train/skipped_groups": float(self.skipped_groups),
@@ -221,7 +225,8 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
             on_step=True,
             on_epoch=False,
         )
-        self.log("train_loss", loss.detach(), prog_bar=True)
+        self.log("train_loss", out.loss.detach())  # the GRPO loss; with aux_coeff x load balance: train_total_loss
+        self.log("train_total_loss", loss.detach())
         return loss.detach()
 
     # ------------------------------------------------------------------ validation
@@ -242,9 +247,9 @@ class GRPOModule(Rollout, RewardScoring, AlignmentModule):
         n = batch["input_ids"].shape[0]
         finite = torch.isfinite(rewards)
         reward = rewards[finite].mean().float() if bool(finite.any()) else torch.tensor(float("nan"))
-        self.log("val/reward", reward, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val/reward", reward, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         # BestStackCallback watches val_loss: lower is better, so the validation objective is -reward.
-        self.log("val_loss", -reward, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_loss", -reward, on_epoch=True, batch_size=n, sync_dist=True)
 
     @torch.no_grad()
     def evaluate(self, dataloader) -> dict[str, float]:

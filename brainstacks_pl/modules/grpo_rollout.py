@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from brainstacks_pl.generation import generate
+from brainstacks_pl.tokenization import pad_token_id
 
 __all__ = ["Rollout"]
 
@@ -32,7 +33,6 @@ class Rollout:
         cache (``generation.generate``); greedy when ``temperature`` is None. Returns
         ``(sequences [B, P+C], completion_mask [B, C])``; the mask covers each completion up to
         and including its eos."""
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         return generate(
             self.stacks.model,
             input_ids,
@@ -40,8 +40,8 @@ class Rollout:
             max_new_tokens,
             temperature,
             generator,
-            eos,
-            pad if pad is not None else (eos or 0),
+            self.tokenizer.eos_token_id,
+            pad_token_id(self.tokenizer),
         )
 
     def token_logps(self, sequences: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ from brainstacks_pl.losses import causal_lm_loss
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.stack_module import StackModule
 from brainstacks_pl.phase import PhaseContext
+from brainstacks_pl.seeds import derive_seed
 from brainstacks_pl.sharding import data_parallel_mesh, shard_stacks
 from brainstacks_pl.validation import evaluate_loss
 
@@ -86,7 +87,8 @@ class StackSFTModule(StackModule):
             shard_stacks(self.stacks, data_parallel_mesh(self._device_mesh))
 
     # ------------------------------------------------------------------ steps
-    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """(the optimised loss: task + ``aux_coeff`` x load balance, the task loss alone)."""
         collect = (
             stage == "train"
             and self.log_expert_utilisation_every > 0
@@ -119,17 +121,20 @@ class StackSFTModule(StackModule):
             utilisation = torch.stack(out.expert_fractions).mean(0)  # [E], mean over layers
             for expert, share in enumerate(utilisation):
                 self.log(f"experts/{tag}/e{expert}", share, on_step=True, on_epoch=False)
-        return loss if stage == "train" else task_loss
+        return loss, task_loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._common_step(batch, "train")
+        loss, task_loss = self._common_step(batch, "train")
         if self.skip_if_nonfinite(loss, what="training loss"):  # every rank skips, or none does
             return self.skip_step()
-        self.log("train_loss", loss, prog_bar=True)
+        # The bar shows train_loss beside val_loss: the same quantity, the task loss. The load-balance
+        # term is train/aux_loss/<stack>; the sum the optimizer minimises is train_total_loss.
+        self.log("train_loss", task_loss, prog_bar=True)
+        self.log("train_total_loss", loss)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._common_step(batch, "val")
+        return self._common_step(batch, "val")[1]
 
     def on_train_start(self) -> None:
         # Lightning 2.x keeps submodules in whatever mode they are in (it only restores modes
@@ -141,9 +146,9 @@ class StackSFTModule(StackModule):
         # Gating noise is a function of (seed, stack, epoch) drawn from its own generator, so a
         # resumed round replays it exactly whatever else consumed the global RNG.
         info = self.stacks.active_info
-        offset = (self.domain_names.index(info.domain) * 100 + info.round) if info else 0
+        stack = (self.domain_names.index(info.domain), info.round) if info else ()
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed * 1_000_003 + offset * 10_007 + self.current_epoch)
+        generator.manual_seed(derive_seed(self.seed, "gating-noise", *stack, self.current_epoch))
         self.stacks.context.noise_generator = generator
 
     # ------------------------------------------------------------------ the phase

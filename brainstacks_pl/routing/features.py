@@ -18,6 +18,7 @@ from torch import Tensor
 from brainstacks_pl.layers.router import base_features
 from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, prompt_ids
 from brainstacks_pl.routing.spec import RouterSpec
+from brainstacks_pl.tokenization import pad_token_id
 
 __all__ = ["pad_right", "compute_features", "collate_features"]
 
@@ -46,7 +47,7 @@ def compute_features(
     mid_weight: float = RouterSpec.mid_weight,
 ) -> list[Tensor]:
     """Base-only router features per prompt: a list of [T_i, d] tensors on the CPU."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     encoded = [prompt_ids(tokenizer, p, template, seq_len) for p in prompts]
     out: list[Tensor] = []
     for start in range(0, len(encoded), batch_size):

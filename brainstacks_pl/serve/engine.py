@@ -38,6 +38,7 @@ from brainstacks_pl.serve.decode import BatchDecoding
 from brainstacks_pl.serve.jobs import Job, QueueFull, RouteInfo, ShuttingDown
 from brainstacks_pl.serve.kv import check_cache
 from brainstacks_pl.serve.residency import StackResidency
+from brainstacks_pl.tokenization import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class BatchEngine(BatchDecoding, StackResidency):
         self.rounds = {d: [r.round for r in generator.manifest.stacks if r.domain == d] for d in self.stack_domains}
         tokenizer = generator.tokenizer
         self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos or 0)  # as generate pads
+        self.pad = pad_token_id(tokenizer)  # as generate pads
         self._cache_name, self._keep = _forward_keywords(self.model)
         self.tokenizer_lock = threading.Lock()
         """Held around every use of the tokenizer (HTTP threads encode and decode, the engine routes)."""
