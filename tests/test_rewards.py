@@ -17,7 +17,6 @@ from brainstacks_pl.rewards import (
     SandboxUnavailable,
     code_pass_rate_reward,
     code_tests_reward,
-    extract_answer,
     format_reward,
     math_exact_match,
     math_operands_reward,
@@ -42,16 +41,10 @@ pytestmark = pytest.mark.skipif(
 
 
 # ---------------------------------------------------------------------- math and format
-def test_extract_answer_prefers_hashes_then_the_last_number():
-    assert extract_answer("3 + 4 = 7.\n#### 7") == 7.0
-    assert extract_answer("costs $1,250 then 3") == 3.0
-    assert extract_answer("#### $1,250.50") == 1250.5
-    assert extract_answer("no number") is None and extract_answer(None) is None and extract_answer(12) == 12.0
-
-
 def test_math_exact_match_and_format():
+    # No credit without a "####" line: evaluate's math_gen (extract: hash) would score it wrong too.
     completions = ["9 x 19 = 171.\n#### 171", "the area is 171", "#### 170", ""]
-    assert math_exact_match([""] * 4, completions, answer=["171"] * 4) == [1.0, 1.0, 0.0, 0.0]
+    assert math_exact_match([""] * 4, completions, answer=["171"] * 4) == [1.0, 0.0, 0.0, 0.0]
     assert format_reward([""] * 4, completions) == [1.0, 0.0, 1.0, 0.0]
 
 

@@ -1,7 +1,7 @@
 """``StackScorer``: a run's model in one evaluation mode, scoring and generating in batches.
 
     base     every stack off (the frozen base alone)
-    ungated  every stack of the run on at weight 1
+    ungated  every stack of the run on at weight 1 (``domains=``: only those domains' stacks)
     routed   per request, the router's weights on the request's prompt (gate + chat floor),
              exactly as ``brainstacks generate --mode routed`` serves it
 
@@ -45,7 +45,13 @@ class ScoreRequest:
 class StackScorer:
     """Log-likelihoods and greedy generations of a run's model in ``mode``."""
 
-    def __init__(self, generator: RoutedGenerator, mode: str = "ungated", batch_size: int = 16):
+    def __init__(
+        self,
+        generator: RoutedGenerator,
+        mode: str = "ungated",
+        batch_size: int = 16,
+        domains: Sequence[str] | None = None,
+    ):
         if mode not in MODES:
             raise InferenceError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "routed" and generator.router is None:
@@ -53,7 +59,14 @@ class StackScorer:
                 f"{generator.cache.root}: this run has no trained router; "
                 "routed mode needs one (configs/router_demo.yaml)"
             )
+        if domains is not None and mode != "ungated":
+            raise InferenceError(f"domains= restricts the ungated mode only, not {mode!r}")
+        unknown = sorted(set(domains or ()) - set(generator.stacks.domains))
+        if unknown:
+            raise InferenceError(f"unknown domains {unknown}; the run has {generator.stacks.domains}")
         self.generator, self.mode, self.batch_size = generator, mode, batch_size
+        self.domains = None if domains is None else tuple(domains)
+        """Ungated over only these domains' stacks (a domain isolated, or the stacks on at a freeze)."""
         self._routes: dict[str, RouteDecision] = {}
 
     @classmethod
@@ -63,7 +76,7 @@ class StackScorer:
 
     def with_mode(self, mode: str) -> StackScorer:
         """The same loaded model in another mode (routing decisions are shared)."""
-        other = StackScorer(self.generator, mode, self.batch_size)
+        other = StackScorer(self.generator, mode, self.batch_size, self.domains if mode == "ungated" else None)
         other._routes = self._routes
         return other
 
@@ -105,7 +118,7 @@ class StackScorer:
         """Make the mode's stacks resident; routed: the ``[N, n_domains]`` weight rows."""
         gen = self.generator
         if self.mode == "ungated":
-            gen.load_domains({r.domain for r in gen.manifest.stacks})
+            gen.load_domains(self.domains if self.domains is not None else {r.domain for r in gen.manifest.stacks})
         elif self.mode == "routed":
             decisions = self.decisions(route_texts)
             gen.load_domains({d for dec in decisions for d in dec.selected})
