@@ -40,7 +40,7 @@ from brainstacks_pl.routing.features import pad_right
 from brainstacks_pl.routing.novelty import NoveltyDetector, pooled_features
 from brainstacks_pl.routing.spec import RouterSpec
 from brainstacks_pl.stack_cache import StackCache
-from brainstacks_pl.storage import Manifest
+from brainstacks_pl.storage import MANIFEST_NAME, Manifest
 from brainstacks_pl.tokenization import pad_token_id
 
 __all__ = ["InferenceError", "check_device", "StackCache", "RouteDecision", "Generation", "RoutedGenerator", "Mode"]
@@ -157,7 +157,7 @@ class RoutedGenerator:
         base = model_name_or_path or manifest.base_model_id
         # The base must be the one the stacks were trained on: checked before loading a local base,
         # after loading (downloading) a hub id that is not cached yet.
-        where, local = str(root / "manifest.json"), is_local(base)
+        where, local = str(root / MANIFEST_NAME), is_local(base)
         if local:
             manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
@@ -167,7 +167,7 @@ class RoutedGenerator:
         if not local:
             manifest.base_model = check_base_model(manifest.base_model, base, where, accept_new_base)
         manifest.check_compatible(
-            stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / "manifest.json")
+            stacks.layer_shapes(), config.to_dict(), manifest.domains, where=str(root / MANIFEST_NAME)
         )
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(base))
         router, spec, novelty = (None, None, None)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from brainstacks_pl.callbacks.forgetting import MODES, ForgettingMatrix
+from brainstacks_pl.storage import MANIFEST_NAME
 
 __all__ = ["print_forgetting_report", "print_phase_summary"]
 
@@ -26,7 +27,7 @@ def print_forgetting_report(forgetting: ForgettingMatrix, run_dir: Path, logger=
         for row in forgetting.data["rows"]:
             table.add_row(row["after"], *[f"{row[mode][d]:.4f}" if d in row[mode] else "" for d in domains])
         console.print(table)
-    console.print(f"run directory: {run_dir}  (manifest.json, stacks/, forgetting_matrix.json)")
+    console.print(f"run directory: {run_dir}  ({MANIFEST_NAME}, stacks/, forgetting_matrix.json)")
     if logger is not None:
         root = (
             Path(logger.log_dir).parent if Path(logger.log_dir).parent.name == "tensorboard" else Path(logger.log_dir)
@@ -95,7 +96,7 @@ def print_sft_summary(manifest, run_dir: Path, settings: dict, rerun: bool) -> N
         if rerun
         else []
     )
-    artifacts = {"stacks": run_dir / "stacks", "manifest": run_dir / "manifest.json"}
+    artifacts = {"stacks": run_dir / "stacks", "manifest": run_dir / MANIFEST_NAME}
     print_phase_summary(
         "SFT: each domain's validation loss before its first stack and after its last", rows, artifacts, notes
     )

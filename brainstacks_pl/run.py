@@ -32,6 +32,7 @@ from brainstacks_pl.errors import StackFileError, UserError
 from brainstacks_pl.fingerprint import base_location, check_base_model
 from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.storage import (
+    MANIFEST_NAME,
     Manifest,
     StackRecord,
     check_domain_name,
@@ -224,7 +225,7 @@ class RunDirectory:
         shapes, config = stacks.layer_shapes(), stacks.stack_config.to_dict()
         for domain in stacks.domains:
             check_domain_name(domain, "the curriculum")
-        where = str(self.root / "manifest.json")
+        where = str(self.root / MANIFEST_NAME)
         saved = None
         if Manifest.exists(self.root):
             self.manifest = Manifest.load(self.root)
@@ -259,7 +260,7 @@ class RunDirectory:
             return
         previous = self.manifest.base_model
         self.manifest.base_model = check_base_model(
-            previous, name_or_path, str(self.root / "manifest.json"), self.accept_new_base
+            previous, name_or_path, str(self.root / MANIFEST_NAME), self.accept_new_base
         )
         if previous.get("fingerprint") and previous.get("fingerprint") != self.manifest.base_model["fingerprint"]:
             log.warning(

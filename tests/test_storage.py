@@ -176,3 +176,24 @@ def test_check_compatible_refuses_other_models_and_configs():
         )
     with pytest.raises(StackFileError, match="curriculum"):
         manifest.check_compatible(manifest.layer_shapes, config, ["code", "chat"], where="run")
+
+
+def test_the_manifest_file_name_is_written_once():
+    """Code that opens, names or reports the manifest uses ``MANIFEST_NAME``; the literal lives in
+    ``storage/manifest.py`` alone (docstrings and help text may mention the file)."""
+    import ast
+    from pathlib import Path
+
+    from brainstacks_pl.storage import MANIFEST_NAME
+
+    repo = Path(__file__).resolve().parents[1]
+    spelled = set()
+    for path in [*(repo / "brainstacks_pl").rglob("*.py"), *(repo / "benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            # a path literal, or the name inside an f-string (an error message naming the file)
+            exact = isinstance(node, ast.Constant) and node.value == MANIFEST_NAME
+            pieces = node.values if isinstance(node, ast.JoinedStr) else []
+            inside = any(isinstance(p, ast.Constant) and MANIFEST_NAME in p.value for p in pieces)
+            if exact or inside:
+                spelled.add(path.relative_to(repo).as_posix())
+    assert spelled == {"brainstacks_pl/storage/manifest.py"}, spelled

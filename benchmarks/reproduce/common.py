@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from brainstacks_pl.cli import cli_main
+from brainstacks_pl.storage import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
@@ -232,7 +233,7 @@ def _relative(arg: str) -> str:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
+    return json.loads((Path(run_dir) / MANIFEST_NAME).read_text())
 
 
 def read_forgetting(run_dir: Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from brainstacks_pl.model import BrainstacksModel
 from brainstacks_pl.modules.serving import ServedConfiguration
 from brainstacks_pl.modules.stack_module import StackModule
 from brainstacks_pl.phase import PhaseContext, record_settings, stack_seed
-from brainstacks_pl.storage import Manifest, StackRecord
+from brainstacks_pl.storage import MANIFEST_NAME, Manifest, StackRecord
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class AlignmentModule(StackModule):
         run = RunDirectory(context.run_dir, is_writer=is_writer, accept_new_base=context.accept_new_base)
         if not Manifest.exists(run.root):
             raise FileNotFoundError(
-                f"{run.root}: no manifest.json; run the SFT phase "
+                f"{run.root}: no {MANIFEST_NAME}; run the SFT phase "
                 "(configs/demo.yaml) into this --trainer.default_root_dir first"
             )
         manifest = Manifest.load(run.root)

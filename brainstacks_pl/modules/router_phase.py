@@ -46,7 +46,7 @@ from brainstacks_pl.routing.report import (
 )
 from brainstacks_pl.routing.rows import RouterRow, drop_val_prompts, selection_scores
 from brainstacks_pl.run import RunDirectory
-from brainstacks_pl.storage import Manifest
+from brainstacks_pl.storage import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class RouterPhase:
         root = self.run_dir.root
         if not Manifest.exists(root):
             raise FileNotFoundError(
-                f"{root}: no manifest.json; train the stacks first: brainstacks "
+                f"{root}: no {MANIFEST_NAME}; train the stacks first: brainstacks "
                 f"fit --config configs/demo.yaml --trainer.default_root_dir {root}"
             )
         manifest = Manifest.load(root)
@@ -78,7 +78,7 @@ class RouterPhase:
             self._use_run_domains(manifest, missing, with_stacks)
         base = module.model_name_or_path or manifest.base_model_id
         if is_local(base):  # fail before loading; run.open checks every base again once it is loaded
-            check_base_model(manifest.base_model, base, str(root / "manifest.json"), self.context.accept_new_base)
+            check_base_model(manifest.base_model, base, str(root / MANIFEST_NAME), self.context.accept_new_base)
         config = StackConfig.from_dict(manifest.stack_config)
         stacks = BrainstacksModel.from_pretrained(
             base, config, manifest.domains, quantization=module.quantization, dtype=module.dtype_name
