@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     text = summary(meta, accuracy, forgetting, routing, general, grpo)
     (a.out / "summary.md").write_text(text)
     print(text)
+    subprocess.run([sys.executable, str(REPO / "benchmarks/reproduce/collect.py")], check=True)  # RESULTS.md
 
 
 if __name__ == "__main__":

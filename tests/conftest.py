@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from brainstacks_pl.tokenization import byte_tokenizer
@@ -59,33 +58,6 @@ def save_tiny_model(path, **overrides):
 
 TEST_THREADS = int(os.environ.get("BRAINSTACKS_TEST_THREADS", "1"))
 """Torch threads in the test process (1 by default; the suite must also pass with 2)."""
-
-
-class ProgressBarRecorder(Callback):
-    """Test helper (``--trainer.callbacks=[{class_path: conftest.ProgressBarRecorder}]``): what the
-    progress bar shows after every training batch and every validation, and every metric logged
-    at that moment. The bar is ``CurriculumProgressBar``, the one a phase shows, whether or not
-    the test's trainer draws it."""
-
-    def __init__(self):
-        self.train: list[tuple[dict[str, float], dict[str, float]]] = []
-        """(bar, logged) after each training batch."""
-        self.val: list[dict[str, float]] = []
-        """The bar after each validation (sanity checks left out)."""
-
-    @staticmethod
-    def _bar(trainer, pl_module) -> dict[str, float]:
-        from brainstacks_pl.cli import CurriculumProgressBar
-
-        return dict(CurriculumProgressBar().get_metrics(trainer, pl_module))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        self.train.append((self._bar(trainer, pl_module), logged))
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self.val.append(self._bar(trainer, pl_module))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brainstacks_pl.answers import answers_match, extract_answer, final_answer
-from brainstacks_pl.evaluation.run_eval import _solved
+from brainstacks_pl.evaluation.run_eval import is_solved
 from brainstacks_pl.evaluation.tasks import TaskExample, TaskSpec
 from brainstacks_pl.rewards import math_exact_match
 
@@ -73,5 +73,5 @@ def test_grpo_reward_and_evaluate_judge_a_completion_alike(completion):
     """The bug this module fixes: the reward took the last "####", evaluate the first."""
     task = TaskSpec(name="m", domain="math", type="generation", path="m.jsonl", extract="hash")
     example = TaskExample("q", "6")
-    scored = _solved(completion, extract_answer(completion, "hash"), example, task)
+    scored = is_solved(completion, extract_answer(completion, "hash"), example, task)
     assert math_exact_match(["q"], [completion], answer=["6"]) == [float(scored)]

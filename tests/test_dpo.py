@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ProgressBarRecorder, make_tiny_llama
+from conftest import make_tiny_llama
 from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
 from lightning.pytorch.callbacks import Callback
+from progress_helpers import ProgressBarRecorder
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -205,7 +206,7 @@ def stack_bytes(run_dir: Path) -> dict[str, bytes]:
 def test_dpo_phase_end_to_end_writes_a_dpo_stack(sft_run, tmp_path):
     run_dir = _copy(sft_run, tmp_path / "run")
     sft_files = stack_bytes(run_dir)
-    cli = cli_main(dpo_args(run_dir, "--trainer.callbacks=[{class_path: conftest.ProgressBarRecorder}]"))
+    cli = cli_main(dpo_args(run_dir, "--trainer.callbacks=[{class_path: progress_helpers.ProgressBarRecorder}]"))
     manifest = assert_sft_then_phase(run_dir, "chat", "dpo")
     # Like with like on the bar: train_loss is the DPO loss, as val_loss is; the optimised sum
     # (+ aux_coeff x load balance, logged as train/aux_loss) is train_total_loss, off the bar.

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ProgressBarRecorder, make_tiny_llama
+from conftest import make_tiny_llama
 from fault_helpers import TINY_FIT, assert_sft_then_phase, make_sft_run, phase_args
+from progress_helpers import ProgressBarRecorder
 
 from brainstacks_pl.cli import cli_main
 from brainstacks_pl.config import StackConfig
@@ -209,7 +210,7 @@ def grpo_args(run_dir: Path, *extra: str) -> list[str]:
 def test_grpo_phase_end_to_end_writes_a_grpo_stack(sft_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(sft_run, run_dir)
-    cli = cli_main(grpo_args(run_dir, "--trainer.callbacks=[{class_path: conftest.ProgressBarRecorder}]"))
+    cli = cli_main(grpo_args(run_dir, "--trainer.callbacks=[{class_path: progress_helpers.ProgressBarRecorder}]"))
     manifest = assert_sft_then_phase(run_dir, "math", "grpo")
     # Like with like on the bar: the mean reward, sampled in training and greedy in validation;
     # GRPO's surrogate loss (train_loss, + aux_coeff x load balance: train_total_loss) stays off it.

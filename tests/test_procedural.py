@@ -12,8 +12,9 @@ from brainstacks_pl.data.procedural import generate_items, reasoning_gym_reward,
 from brainstacks_pl.data.rl_prompts import PromptDataModule
 from brainstacks_pl.data.sources import load_examples
 from brainstacks_pl.errors import UserError
-from brainstacks_pl.evaluation.run_eval import _solved
-from brainstacks_pl.evaluation.tasks import TaskSpec, load_examples as load_task_examples
+from brainstacks_pl.evaluation.run_eval import is_solved
+from brainstacks_pl.evaluation.tasks import TaskSpec
+from brainstacks_pl.evaluation.tasks import load_examples as load_task_examples
 
 SUMS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 
@@ -75,13 +76,15 @@ def test_evaluation_drops_every_question_the_run_trained_on_and_judges_like_the_
     settings = {"sft": {"data.init_args.domains": [vars(_domain(size=40))]}}
     seen = trained_questions(settings)
     assert seen == {i["question"].strip() for i in generate_items("chain_sum", 40, 5, SUMS)}
-    task = TaskSpec(name="arith", domain="arith", type="generation", path="reasoning_gym:chain_sum", size=60, seed=5,
-                    generator=SUMS)
+    task = TaskSpec(
+        name="arith", domain="arith", type="generation", path="reasoning_gym:chain_sum", size=60, seed=5, generator=SUMS
+    )
     assert task.extract == "final"
     data = load_task_examples(task, exclude=seen)
-    assert data.excluded >= 40 - 1 and all(ex.prompt.strip() not in seen for ex in data.examples)  # same seed: all overlap
+    assert data.excluded >= 40  # the same seed: its first 40 items are the trained ones
+    assert all(ex.prompt.strip() not in seen for ex in data.examples)
     example = data.examples[0]
     for completion in (f"#### {example.answer}", "I do not know", f"<answer>{example.answer}</answer>"):
-        judged = _solved(completion, None, example, task)
+        judged = is_solved(completion, None, example, task)
         reward = reasoning_gym_reward([example.prompt], [completion], entry=[json.dumps(example.entry)])
         assert reward == [float(judged)] and judged == (score_completion(completion, example.entry) >= 1.0)

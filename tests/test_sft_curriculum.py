@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ProgressBarRecorder, make_tiny_llama
+from conftest import make_tiny_llama
 from fault_helpers import tiny_sft_args
 from lightning.pytorch.callbacks import Callback
+from progress_helpers import ProgressBarRecorder
 
 from brainstacks_pl.callbacks.best_stack import BestStackCallback
 from brainstacks_pl.callbacks.boosting import ResidualBoosting

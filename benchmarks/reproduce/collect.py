@@ -70,6 +70,9 @@ def collect(results: Path) -> str:
         summary.append(f"| {result.get('paper', name)} | {where} | {verdict(result)} |")
         sections.append(md.read_text().strip())
     head = HEADER.format(machine=machine or "unknown", summary="\n".join(summary), code=_code_line(code))
+    real = results.parent / "real" / "summary.md"  # benchmarks/reproduce_real.py: the same claims on SmolLM2
+    if real.is_file():
+        sections.append(real.read_text().strip())
     return head + "\n" + "\n\n".join(sections) + "\n"
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "evaluate_task",
+    "is_solved",
     "evaluate_run",
     "write_tensorboard",
     "format_table",
@@ -82,7 +83,7 @@ def evaluate_task(
         prompts = [encode_prompt(tok, context, head) for context, head in zip(contexts, bos)]
         texts = scorer.generate(prompts, routes, task.max_new_tokens, task.stop)
         predicted = [extract_answer(t, task.extract) for t in texts]
-        result["acc"] = _mean([_solved(t, p, ex, task) for t, p, ex in zip(texts, predicted, examples)])
+        result["acc"] = _mean([is_solved(t, p, ex, task) for t, p, ex in zip(texts, predicted, examples)])
         result["chance"] = 0.0  # an exact-match answer is not guessed by chance
         result["extracted"] = _mean([p is not None for p in predicted])
         result["samples"] = [
@@ -97,7 +98,7 @@ def evaluate_task(
     return result
 
 
-def _solved(text: str, predicted: str | None, example: TaskExample, task: TaskSpec) -> bool:
+def is_solved(text: str, predicted: str | None, example: TaskExample, task: TaskSpec) -> bool:
     """A reasoning-gym item by its family's own ``score_answer``; any other by ``answers_match``."""
     if example.entry is not None:
         return score_completion(text, example.entry, task.generator) >= SOLVED
