@@ -126,3 +126,57 @@ def test_every_prompt_encoder_keeps_the_end_of_a_too_long_prompt(tokenizer):
     prompt = ids[labels == -100].tolist()
     assert prompt[0] == tokenizer.bos_token_id and prompt[1:] == full[-(len(prompt) - 1) :], "SFT examples"
     assert prompt_ids(tokenizer, "short", max_len=64) == prompt_ids(tokenizer, "short"), "a prompt that fits is whole"
+
+
+# ---------------------------------------------------------------------- the run's template kind
+CHATML = (
+    "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _chat_tokenizer():
+    from brainstacks_pl.tokenization import byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.chat_template = CHATML
+    return tok
+
+
+def test_auto_is_the_bases_chat_template_when_it_has_one_else_plain():
+    from brainstacks_pl.prompts import CHAT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE, resolve_template
+    from brainstacks_pl.tokenization import byte_tokenizer
+
+    assert resolve_template("auto", byte_tokenizer()) == DEFAULT_PROMPT_TEMPLATE
+    assert resolve_template("auto", _chat_tokenizer()) == CHAT_TEMPLATE
+    assert resolve_template("plain", _chat_tokenizer()) == DEFAULT_PROMPT_TEMPLATE
+    with pytest.raises(ValueError, match="has no chat template"):
+        resolve_template("chat", byte_tokenizer())
+    with pytest.raises(ValueError, match="auto, plain, chat"):
+        resolve_template("Q: A:", byte_tokenizer())
+
+
+def test_the_chat_template_keeps_system_turns_and_adds_no_bos():
+    from brainstacks_pl.prompts import CHAT_TEMPLATE, format_prompt, prompt_head
+
+    tok = _chat_tokenizer()
+    text = format_prompt([("system", "Be brief."), ("user", "Hi")], CHAT_TEMPLATE, tok)
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt_head(tok, CHAT_TEMPLATE) == [] and prompt_head(tok, "### {prompt}") == [tok.bos_token_id]
+
+
+def test_a_phase_adopts_the_runs_template_and_refuses_another_explicit_one():
+    from brainstacks_pl.data import CurriculumDataModule, DomainConfig
+    from brainstacks_pl.prompts import CHAT_TEMPLATE
+
+    def module(template):
+        data = CurriculumDataModule([DomainConfig("math", "demo:math")], prompt_template=template)
+        data.set_tokenizer(_chat_tokenizer())
+        return data
+
+    auto = module("auto")
+    auto.use_run_template("### Prompt:\n{prompt}\n### Response:\n")  # a plain run: its stacks answer plain
+    assert auto.prompt_template.startswith("### Prompt:")
+    module("chat").use_run_template(CHAT_TEMPLATE)
+    with pytest.raises(ValueError, match="differs from the run's recorded template"):
+        module("plain").use_run_template(CHAT_TEMPLATE)

@@ -197,3 +197,21 @@ def test_the_manifest_file_name_is_written_once():
             if exact or inside:
                 spelled.add(path.relative_to(repo).as_posix())
     assert spelled == {"brainstacks_pl/storage/manifest.py"}, spelled
+
+
+def test_the_manifest_records_a_valid_prompt_template(tmp_path):
+    from brainstacks_pl.config import StackConfig
+    from brainstacks_pl.errors import StackFileError
+    from brainstacks_pl.storage import Manifest
+
+    manifest = Manifest("b", {}, StackConfig().to_dict(), ["a"], prompt_template="chat")
+    manifest.save(tmp_path)
+    assert Manifest.load(tmp_path).prompt_template == "chat"
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    raw.pop("prompt_template")  # a run from before the field: trained with the plain default
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert Manifest.load(tmp_path).prompt_template.startswith("### Prompt:")
+    raw["prompt_template"] = "no placeholder"
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(StackFileError, match="prompt_template"):
+        Manifest.load(tmp_path)
