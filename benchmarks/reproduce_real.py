@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--batch_size", type=int, default=16, help="evaluation batch size")
     p.add_argument("--skip_grpo", action="store_true", help="measure without the GRPO phase")
+    p.add_argument(
+        "--summary_only", action="store_true", help="rewrite summary.md and RESULTS.md from the JSON in --out"
+    )
     a = p.parse_args(argv)
+    if a.summary_only:
+        return write_summary(a.out)
     torch.set_num_threads(a.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     seconds = {"sft": fit(CONFIGS / "smollm2_sft.yaml", a.run), "router": fit(CONFIGS / "smollm2_router.yaml", a.run)}
@@ -254,8 +259,26 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": seconds["grpo"],
         }
         write_report({**meta, **grpo}, a.out / "grpo.json")
-    text = summary(meta, accuracy, forgetting, routing, general, grpo)
-    (a.out / "summary.md").write_text(text)
+    write_summary(a.out)
+
+
+def write_summary(out: Path) -> None:
+    """``summary.md`` from the JSON files of ``out``, then RESULTS.md (``reproduce/collect.py``)."""
+    read = {
+        name: json.loads((out / f"{name}.json").read_text())
+        for name in ("accuracy", "forgetting", "routing", "general")
+    }
+    grpo = json.loads((out / "grpo.json").read_text()) if (out / "grpo.json").is_file() else None
+    meta = {k: read["accuracy"][k] for k in ("code", "machine")}
+    text = summary(
+        meta,
+        read["accuracy"]["per_domain"],
+        read["forgetting"]["accuracy"],
+        read["routing"]["unseen_families"],
+        read["general"],
+        grpo,
+    )
+    (out / "summary.md").write_text(text)
     print(text)
     subprocess.run([sys.executable, str(REPO / "benchmarks/reproduce/collect.py")], check=True)  # RESULTS.md
 
