@@ -112,3 +112,11 @@ def test_spec_weights_zero_every_domain_of_a_prompt_beyond_the_gap_threshold():
     assert spec.weights(probs).tolist() == spec.weights(probs, None).tolist() == [[0.2, 0.5, 0.0], [0.9, 0.0, 0.3]]
     no_detector = RouterSpec(domains=("chat", "code", "math"))
     assert no_detector.weights(probs, novelty).tolist() == [[0.2, 0.5, 0.0], [0.9, 0.0, 0.3]]
+
+
+def test_a_router_of_a_chat_template_run_records_that_template():
+    from brainstacks_pl.routing.spec import RouterSpec
+
+    assert RouterSpec(prompt_template="chat").prompt_template == "chat"
+    with pytest.raises(ValueError, match="prompt_template"):
+        RouterSpec(prompt_template="auto")
