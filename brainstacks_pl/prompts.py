@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
     "PLAIN_TEMPLATE",
     "base_template",
+    "check_resolved_template",
     "check_template",
     "prompt_head",
     "resolve_template",
@@ -149,6 +150,13 @@ def check_template(template: str) -> str:
         raise ValueError(
             f"prompt_template must be auto, plain, chat or a text containing '{{prompt}}', got {template!r}"
         )
+    return template
+
+
+def check_resolved_template(template: str) -> str:
+    """``template`` if it is what a run records (``chat`` or a text containing ``{prompt}``)."""
+    if not isinstance(template, str) or (template != CHAT_TEMPLATE and "{prompt}" not in template):
+        raise ValueError(f"prompt_template must be 'chat' or a text containing '{{prompt}}', got {template!r}")
     return template
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from brainstacks_pl.errors import StackFileError
-from brainstacks_pl.prompts import CHAT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, check_resolved_template
 from brainstacks_pl.storage.names import check_domain_name, inside
 
 __all__ = ["StackRecord", "manifest_fields"]
@@ -175,8 +175,10 @@ def manifest_fields(raw: dict[str, Any], root: Path, where: str) -> dict[str, An
         _file_entry(entry, root, f"null_space[{domain!r}]", where)
     base_model = _typed(raw.get("base_model", {}), (dict,), "base_model", where)
     template = _typed(raw.get("prompt_template", DEFAULT_PROMPT_TEMPLATE), (str,), "prompt_template", where)
-    if template != CHAT_TEMPLATE and "{prompt}" not in template:
-        raise StackFileError(f"{where}: prompt_template must be 'chat' or a text containing '{{prompt}}'")
+    try:
+        check_resolved_template(template)
+    except ValueError as err:
+        raise StackFileError(f"{where}: {err}") from None
     extra = _typed(raw.get("extra", {}), (dict,), "extra", where)
     if "router" in extra:
         _file_entry(extra["router"], root, "extra.router", where)
