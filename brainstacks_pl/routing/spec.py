@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brainstacks_pl.prompts import AUTO_TEMPLATE, DEFAULT_PROMPT_TEMPLATE, PLAIN_TEMPLATE, check_template
+from brainstacks_pl.prompts import DEFAULT_PROMPT_TEMPLATE, check_resolved_template
 from brainstacks_pl.storage import StackFileError
 
 __all__ = ["DiscoverySettings", "RouterFileError", "RouterSpec", "serving_weights"]
@@ -171,11 +171,7 @@ class RouterSpec:
             raise ValueError(f"domains must not repeat a name, got {list(domains)}")
         if not isinstance(self.discovery, DiscoverySettings):
             raise ValueError(f"discovery must be discovery settings, got {self.discovery!r}")
-        if self.prompt_template in (AUTO_TEMPLATE, PLAIN_TEMPLATE):  # a router records a resolved template
-            raise ValueError(
-                f"prompt_template must be 'chat' or a text containing '{{prompt}}', got {self.prompt_template!r}"
-            )
-        check_template(self.prompt_template)
+        check_resolved_template(self.prompt_template)  # a router records the run's resolved template
         if self.best is not None and not isinstance(self.best, dict):
             raise ValueError(f"best must be an object or null, got {self.best!r}")
         _set(
